@@ -1,0 +1,17 @@
+"""semask: SeMask (Semantically Masked Transformers) semantic segmentation in plain PyTorch."""
+from .hub import load_model, load_official_checkpoint, save_model
+from .models import CheckpointError, SegmentationOutput, build_model, create_model, get_config, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "SegmentationOutput",
+    "build_model",
+    "create_model",
+    "get_config",
+    "list_models",
+    "load_model",
+    "load_official_checkpoint",
+    "save_model",
+]

@@ -1,0 +1,23 @@
+"""Typed model outputs, so callers read fields by name instead of unpacking tuples."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class SegmentationOutput:
+    """What every semask segmentation model returns.
+
+    ``logits`` and ``semantic_logits`` are at the input resolution. The losses are
+    set only when ``labels`` were passed to ``forward``: ``loss`` is the training
+    objective (paper eq. 5), ``loss_main`` the decoder CE (L1) and
+    ``loss_semantic`` the semantic-prior CE (L2) before weighting.
+    """
+
+    logits: Tensor
+    semantic_logits: Tensor | None = None
+    loss: Tensor | None = None
+    loss_main: Tensor | None = None
+    loss_semantic: Tensor | None = None

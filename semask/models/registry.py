@@ -1,0 +1,83 @@
+"""Model presets by name, timm style: ``create_model(name, **overrides)``.
+
+An *architecture* is a model class whose ``config_class`` is a :class:`ModelConfig`
+subclass; a *preset* is a name bound to an architecture and a set of config values.
+Families register both when :mod:`semask.models` is imported.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable
+
+from torch import nn
+
+from .base import ModelConfig
+
+_ARCHITECTURES: dict[str, type[nn.Module]] = {}
+_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
+
+
+def register_architecture(model_cls: type[nn.Module]) -> type[nn.Module]:
+    """Class decorator: make ``model_cls`` buildable from its config's ``model_type``."""
+    model_type = model_cls.config_class.model_type  # type: ignore[attr-defined]
+    _ARCHITECTURES[model_type] = model_cls
+    return model_cls
+
+
+def register_preset(name: str, model_type: str, **config: Any) -> None:
+    if name in _PRESETS:
+        raise ValueError(f"preset {name!r} is already registered")
+    _PRESETS[name] = (model_type, config)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the registered presets matching a shell-style ``pattern``."""
+    return sorted(n for n in _PRESETS if fnmatch.fnmatch(n, pattern))
+
+
+def config_class(model_type: str) -> type[ModelConfig]:
+    if model_type not in _ARCHITECTURES:
+        raise KeyError(f"unknown model_type {model_type!r}; known: {sorted(_ARCHITECTURES)}")
+    return _ARCHITECTURES[model_type].config_class  # type: ignore[attr-defined,no-any-return]
+
+
+def get_config(name: str, **overrides: Any) -> ModelConfig:
+    """The config of preset ``name`` with ``overrides`` applied (validated by the dataclass)."""
+    if name not in _PRESETS:
+        close = [n for n in _PRESETS if name.split("_")[0] in n][:8]
+        raise KeyError(f"unknown model {name!r}; similar: {close or list_models()[:8]}")
+    model_type, values = _PRESETS[name]
+    cls = config_class(model_type)
+    known = {f for f in cls.__dataclass_fields__}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"{name} has no settings {unknown}; valid settings: {sorted(known)}")
+    return cls(**{**values, **overrides})
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Instantiate the architecture ``config`` describes (random initialisation)."""
+    return _ARCHITECTURES[config.model_type](config)
+
+
+def create_model(name: str, *, backbone_weights: str | None = None, **overrides: Any) -> nn.Module:
+    """Build preset ``name``; ``backbone_weights`` initialises the encoder from an ImageNet checkpoint."""
+    model = build_model(get_config(name, **overrides))
+    if backbone_weights is not None:
+        model.load_backbone_weights(backbone_weights)  # type: ignore[operator]
+    return model
+
+
+# Official-checkpoint converters: (detector, converter) pairs tried in order.
+Detector = Callable[[dict[str, Any]], bool]
+Converter = Callable[..., nn.Module]
+_CONVERTERS: list[tuple[str, Detector, Converter]] = []
+
+
+def register_converter(family: str, detect: Detector, convert: Converter) -> None:
+    """Teach :func:`semask.load_official_checkpoint` a family's official key layout."""
+    _CONVERTERS.append((family, detect, convert))
+
+
+def converters() -> list[tuple[str, Detector, Converter]]:
+    return list(_CONVERTERS)

@@ -1,0 +1,138 @@
+"""The SeMask semantic layer (paper section 3.2, Fig. 3; spec semask_fpn.md section 3).
+
+After the Transformer blocks of a stage, the features y attend to themselves through
+*semantic* queries and keys: both are linear projections to K (number of classes)
+channels, so the attention map compares pixels by their class evidence. The result is
+added back with a learnable weight lambda that starts at 0, so an ImageNet-pretrained
+encoder is unchanged at the start of training. The query projection S_Q of the last
+semantic block is the stage's *semantic prior map*, supervised by the semantic-prior
+loss through the parameter-free semantic decoder.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .layers import pad_to_multiple, window_merge, window_partition
+
+# Global attention over every pixel of a large image would hold an N x N score matrix
+# (16384^2 floats = 1 GiB at stride 16 of a 2048^2 input). Rows of a softmax are
+# independent, so queries are processed in chunks of this many tokens: the result is
+# the exact same math, with memory linear in N.
+GLOBAL_ATTENTION_CHUNK = 4096
+
+
+def semantic_attention(s_q: Tensor, s_k: Tensor, v: Tensor, chunk: int = GLOBAL_ATTENTION_CHUNK) -> Tensor:
+    """softmax(S_Q S_K^T) V with no 1/sqrt(d) scaling (as the official code), row-chunked."""
+    if s_q.shape[-2] <= chunk:
+        return torch.softmax(s_q @ s_k.transpose(-2, -1), dim=-1) @ v
+    s_k_t = s_k.transpose(-2, -1)
+    return torch.cat(
+        [torch.softmax(q @ s_k_t, dim=-1) @ v for q in s_q.split(chunk, dim=-2)], dim=-2
+    )
+
+
+class SemanticAttentionBlock(nn.Module):
+    """One semantic attention block (the official ``class_injection.{k}``).
+
+    ``mlp_cls_q``/``mlp_cls_k`` give the semantic queries/keys (K channels),
+    ``mlp_v`` the values, ``mlp_res`` the output projection, ``lambda_`` the paper's lambda
+    (stored as ``gamma`` in the official checkpoints).
+    """
+
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.1, learnable_lambda: bool = True) -> None:
+        super().__init__()
+        self.mlp_cls_q = nn.Linear(dim, num_classes)
+        self.mlp_cls_k = nn.Linear(dim, num_classes)
+        self.mlp_v = nn.Linear(dim, dim)
+        self.mlp_res = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        # Table 4 ablation: without a learnable lambda the branch is added with weight 1.
+        if learnable_lambda:
+            self.lambda_ = nn.Parameter(torch.zeros(1))
+        else:
+            self.register_buffer("lambda_", torch.ones(1), persistent=False)
+
+    def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """y: (windows, N, C) -> (semantic prior S_Q (windows, N, K), updated y)."""
+        s_q = self.mlp_cls_q(y)
+        f = self.mlp_res(semantic_attention(s_q, self.mlp_cls_k(y), self.mlp_v(y)))
+        return s_q, self.lambda_ * self.dropout(f) + y
+
+
+class SelfAttentionBlock(nn.Module):
+    """The paper's Table 3 ablation ("Trans Swin"): plain single-head self-attention in place
+    of the SeMask block, same placement, windows, lambda and dropout; it yields no prior."""
+
+    def __init__(self, dim: int, dropout: float = 0.1, learnable_lambda: bool = True) -> None:
+        super().__init__()
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = dim**-0.5
+        if learnable_lambda:
+            self.lambda_ = nn.Parameter(torch.zeros(1))
+        else:
+            self.register_buffer("lambda_", torch.ones(1), persistent=False)
+
+    def forward(self, y: Tensor) -> tuple[None, Tensor]:
+        f = self.proj(semantic_attention(self.q(y) * self.scale, self.k(y), self.v(y)))
+        return None, self.lambda_ * self.dropout(f) + y
+
+
+class SemanticLayer(nn.Module):
+    """Semantic layer of one stage: LayerNorm, then ``num_blocks`` semantic attention blocks.
+
+    ``window_size`` windows the attention (non-shifted, zero padding taking part, as the
+    official code); ``global_attention`` lets every pixel of an image attend to every other.
+    ``attention="self"`` swaps in :class:`SelfAttentionBlock` (ablation; no prior map).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        num_blocks: int = 1,
+        window_size: int = 7,
+        global_attention: bool = False,
+        dropout: float = 0.1,
+        learnable_lambda: bool = True,
+        attention: str = "semantic",
+    ) -> None:
+        super().__init__()
+        if attention not in ("semantic", "self"):
+            raise ValueError(f"attention must be 'semantic' or 'self', got {attention!r}")
+        self.window_size = window_size
+        self.global_attention = global_attention
+        self.norm1 = nn.LayerNorm(dim)
+        self.class_injection = nn.ModuleList(
+            SemanticAttentionBlock(dim, num_classes, dropout, learnable_lambda)
+            if attention == "semantic"
+            else SelfAttentionBlock(dim, dropout, learnable_lambda)
+            for _ in range(num_blocks)
+        )
+
+    def forward(self, x: Tensor, h: int, w: int) -> tuple[Tensor, Tensor | None]:
+        """x: (B, H*W, C) -> (semantically masked features (B, H*W, C), prior map (B, K, H, W) or None)."""
+        b, _, c = x.shape
+        y = self.norm1(x)  # the normalised features are the residual stream from here on
+        if self.global_attention:
+            for block in self.class_injection:
+                s_q, y = block(y)
+            return y, None if s_q is None else s_q.transpose(1, 2).reshape(b, -1, h, w)
+        m = self.window_size
+        y = pad_to_multiple(y.view(b, h, w, c), m)
+        hp, wp = y.shape[1:3]
+        y = window_partition(y, m)
+        for block in self.class_injection:
+            s_q, y = block(y)
+        y = window_merge(y, m, b, hp, wp)[:, :h, :w].reshape(b, h * w, c)
+        if s_q is None:
+            return y, None
+        return y, window_merge(s_q, m, b, hp, wp)[:, :h, :w].permute(0, 3, 1, 2).contiguous()
+
+    def extra_repr(self) -> str:
+        mode = "global" if self.global_attention else f"window={self.window_size}"
+        return mode

@@ -1,0 +1,332 @@
+"""SeMask Swin + Semantic-FPN and the Swin-FPN baselines (paper Table 2; spec semask_fpn.md).
+
+The decode head is mmseg's FPNHead (no FPN neck). SeMask adds a semantic layer per
+encoder stage and a parameter-free *semantic decoder* that sums the upsampled
+semantic prior maps; its output is supervised with weight 0.4 (paper eq. 5).
+Baselines are the same model with ``num_semantic_blocks=0``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import CheckpointError, ModelConfig, format_key_report, load_state_dict_strict, tuple_field
+from .layers import to_tensor_tuple
+from .loss import check_labels, segmentation_cross_entropy
+from .outputs import SegmentationOutput
+from .registry import register_architecture, register_converter, register_preset
+from .swin import SwinTransformer, resample_relative_position_bias
+
+
+def official_global_stages(embed_dim: int, num_classes: int) -> tuple[int, ...]:
+    """The released checkpoints' rule: C in {96, 192} and K > 19 -> stages 2, 3 global."""
+    return (2, 3) if embed_dim in (96, 192) and num_classes > 19 else ()
+
+
+@dataclass
+class SeMaskFPNConfig(ModelConfig):
+    """Architecture of a (SeMask) Swin + Semantic-FPN model.
+
+    ``semantic_window_size=None`` means "equal to ``window_size``" and
+    ``semantic_global_stages=None`` means the official rule
+    (:func:`official_global_stages`); both are resolved at construction so a saved
+    config is explicit.
+
+    Ablations of the paper: ``semantic_attention="self"`` (Table 3, Trans Swin),
+    ``learnable_lambda=False`` (Table 4), ``semantic_loss_weight=0`` and
+    ``auxiliary_source="stage_output"|"queries"`` on a baseline (Table 5).
+    """
+
+    model_type: ClassVar[str] = "semask_fpn"
+    embed_dim: int = 96
+    depths: tuple[int, ...] = tuple_field(2, 2, 6, 2)
+    num_heads: tuple[int, ...] = tuple_field(3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.3
+    num_semantic_blocks: int | tuple[int, ...] = 1
+    semantic_window_size: int | None = None
+    semantic_global_stages: tuple[int, ...] | None = None
+    semantic_dropout: float = 0.1
+    learnable_lambda: bool = True
+    semantic_attention: str = "semantic"
+    auxiliary_source: str | None = None
+    decoder_channels: int = 256
+    decoder_dropout: float = 0.1
+    semantic_loss_weight: float = 0.4
+    loss_reduction: str = "all"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.depths = tuple(int(d) for d in self.depths)
+        n = len(self.depths)
+        self.num_heads = to_tensor_tuple(self.num_heads, n, "num_heads")
+        self.num_semantic_blocks = to_tensor_tuple(self.num_semantic_blocks, n, "num_semantic_blocks")
+        if self.semantic_window_size is None:
+            self.semantic_window_size = self.window_size
+        if self.semantic_global_stages is None:
+            self.semantic_global_stages = official_global_stages(self.embed_dim, self.num_classes)
+        self.semantic_global_stages = tuple(sorted(int(s) for s in self.semantic_global_stages))
+        if any(not 0 <= s < n for s in self.semantic_global_stages):
+            raise ValueError(f"semantic_global_stages {self.semantic_global_stages} outside stages 0..{n - 1}")
+        if self.loss_reduction not in ("all", "valid"):
+            raise ValueError(f"loss_reduction must be 'all' or 'valid', got {self.loss_reduction!r}")
+
+    @property
+    def is_semask(self) -> bool:
+        return any(self.num_semantic_blocks)
+
+
+class ConvModule(nn.Module):
+    """3x3 conv (no bias) -> BatchNorm -> ReLU, with mmseg's ``conv``/``bn`` key names."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU(inplace=True)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class Upsample2x(nn.Module):
+    """Bilinear x2 upsampling (align_corners False); parameter-free, occupies odd indices."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+def resize(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class SemanticFPNHead(nn.Module):
+    """mmseg FPNHead: per-stride conv towers upsampled to stride 4 and summed, then 1x1 to K."""
+
+    def __init__(self, in_channels: list[int], channels: int, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.scale_heads = nn.ModuleList()
+        for i, c in enumerate(in_channels):
+            layers: list[nn.Module] = []
+            for k in range(max(1, i)):  # log2(stride_i / 4) towers, at least one
+                layers.append(ConvModule(c if k == 0 else channels, channels))
+                if i > 0:
+                    layers.append(Upsample2x())
+            self.scale_heads.append(nn.Sequential(*layers))
+        self.dropout = nn.Dropout2d(dropout)
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        nn.init.normal_(self.conv_seg.weight, std=0.01)
+        nn.init.zeros_(self.conv_seg.bias)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        out = self.scale_heads[0](features[0])
+        for head, feature in zip(self.scale_heads[1:], features[1:]):
+            out = out + resize(head(feature), out.shape[-2:])
+        return self.conv_seg(self.dropout(out))
+
+
+def semantic_decoder(priors: list[Tensor]) -> Tensor:
+    """Parameter-free: prior i upsampled x2 i times, resized to stride 4 and summed (paper Fig. 2)."""
+    out = priors[0]
+    for i, prior in enumerate(priors[1:], start=1):
+        for _ in range(i):
+            prior = F.interpolate(prior, scale_factor=2.0, mode="bilinear", align_corners=False)
+        out = out + resize(prior, out.shape[-2:])
+    return out
+
+
+@register_architecture
+class SeMaskFPN(nn.Module):
+    """(SeMask) Swin encoder + Semantic-FPN decoder; ``forward(pixel_values, labels=None)``."""
+
+    config_class = SeMaskFPNConfig
+
+    def __init__(self, config: SeMaskFPNConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = SwinTransformer(
+            embed_dim=config.embed_dim,
+            depths=config.depths,
+            num_heads=config.num_heads,  # type: ignore[arg-type]
+            window_size=config.window_size,
+            mlp_ratio=config.mlp_ratio,
+            drop_path_rate=config.drop_path_rate,
+            num_classes=config.num_classes,
+            num_semantic_blocks=config.num_semantic_blocks,  # type: ignore[arg-type]
+            semantic_window_size=config.semantic_window_size,  # type: ignore[arg-type]
+            semantic_global_stages=config.semantic_global_stages,  # type: ignore[arg-type]
+            semantic_dropout=config.semantic_dropout,
+            learnable_lambda=config.learnable_lambda,
+            semantic_attention=config.semantic_attention,
+            auxiliary_source=config.auxiliary_source,
+        )
+        self.decode_head = SemanticFPNHead(
+            self.backbone.num_features, config.decoder_channels, config.num_classes, config.decoder_dropout
+        )
+
+    def forward(self, pixel_values: Tensor, labels: Tensor | None = None) -> SegmentationOutput:
+        size = pixel_values.shape[-2:]
+        encoded = self.backbone(pixel_values)
+        logits = resize(self.decode_head(encoded.features), size)
+        semantic_logits = None
+        if encoded.semantic_priors:
+            semantic_logits = resize(semantic_decoder(encoded.semantic_priors), size)
+        out = SegmentationOutput(logits=logits, semantic_logits=semantic_logits)
+        if labels is not None:
+            self.add_loss(out, labels)
+        return out
+
+    def add_loss(self, out: SegmentationOutput, labels: Tensor) -> None:
+        """L = L1 + semantic_loss_weight * L2 (paper eq. 3-5)."""
+        cfg = self.config
+        check_labels(labels, cfg.num_classes)
+        out.loss_main = segmentation_cross_entropy(out.logits, labels, cfg.loss_reduction)
+        out.loss = out.loss_main
+        if out.semantic_logits is not None and cfg.semantic_loss_weight:
+            out.loss_semantic = segmentation_cross_entropy(out.semantic_logits, labels, cfg.loss_reduction)
+            out.loss = out.loss + cfg.semantic_loss_weight * out.loss_semantic
+
+    def load_backbone_weights(self, path: str) -> "BackboneLoadReport":
+        """Initialise the encoder from a public ImageNet Swin checkpoint (see :func:`load_swin_imagenet`)."""
+        from ..hub import read_checkpoint
+
+        state_dict, _ = read_checkpoint(path)
+        return load_swin_imagenet(self.backbone, state_dict, source=str(path))
+
+
+# ----------------------------------------------------------------------------- presets
+_VARIANTS = {
+    "t": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7),
+    "s": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7),
+    "b": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12),
+    "l": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12),
+}
+for _v, _arch in _VARIANTS.items():
+    register_preset(f"swin_{_v}_fpn", "semask_fpn", num_semantic_blocks=0, **_arch)
+    register_preset(f"semask_swin_{_v}_fpn", "semask_fpn", num_semantic_blocks=1, **_arch)
+    register_preset(f"semask_swin_{_v}_fpn_no_lambda", "semask_fpn", learnable_lambda=False, **_arch)
+
+# The paper's Tables 3 and 5 ablations (Tiny).
+register_preset("trans_swin_t_fpn", "semask_fpn", semantic_attention="self", **_VARIANTS["t"])
+register_preset("semask_swin_t_fpn_no_prior_loss", "semask_fpn", semantic_loss_weight=0.0, **_VARIANTS["t"])
+register_preset("swin_t_fpn_aux", "semask_fpn", num_semantic_blocks=0, auxiliary_source="stage_output", **_VARIANTS["t"])
+register_preset("query_swin_t_fpn", "semask_fpn", num_semantic_blocks=0, auxiliary_source="queries", **_VARIANTS["t"])
+
+
+# ------------------------------------------------------------ ImageNet backbone weights
+@dataclass
+class BackboneLoadReport:
+    """What an ImageNet initialisation did not fill (new SeMask parts) or did not use."""
+
+    loaded: int
+    missing: list[str]
+    unexpected: list[str]
+
+    def __str__(self) -> str:
+        return (
+            f"loaded {self.loaded} tensors; {len(self.missing)} start fresh "
+            f"({', '.join(sorted({k.split('.')[0] if k.startswith('norm') else k.split('.class_injection')[0] for k in self.missing}))}); "
+            f"{len(self.unexpected)} unused ({', '.join(self.unexpected[:6])}{'...' if len(self.unexpected) > 6 else ''})"
+        )
+
+
+_FRESH_IN_SEGMENTATION = re.compile(r"^(norm\d+\.|layers\.\d+\.semantic_layer\.)")
+_CLASSIFIER_ONLY = re.compile(r"^(head\.|norm\.|.*\.attn_mask$|.*relative_position_index$)")
+
+
+def load_swin_imagenet(backbone: SwinTransformer, state_dict: dict[str, Tensor], source: str) -> BackboneLoadReport:
+    """Load ImageNet Swin weights, dropping the classifier and resampling bias tables.
+
+    Only the semantic layers and the stage norms may stay uninitialised; any other
+    missing, unexpected or mis-shaped key is an error, so a wrong checkpoint never
+    fails silently (a known pitfall of the original release).
+    """
+    sd = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in state_dict.items()}
+    unused = sorted(k for k in sd if _CLASSIFIER_ONLY.match(k))
+    sd = {k: v for k, v in sd.items() if not _CLASSIFIER_ONLY.match(k)}
+    own = backbone.state_dict()
+    for key, value in list(sd.items()):
+        if key.endswith("relative_position_bias_table") and key in own and value.shape != own[key].shape:
+            window = round((own[key].shape[0] ** 0.5 + 1) / 2)
+            sd[key] = resample_relative_position_bias(value, window)
+    missing = sorted(k for k in own if k not in sd)
+    unexpected = sorted(k for k in sd if k not in own)
+    mis_shaped = sorted(
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
+    )
+    bad_missing = [k for k in missing if not _FRESH_IN_SEGMENTATION.match(k)]
+    if bad_missing or unexpected or mis_shaped:
+        raise CheckpointError(format_key_report(f"ImageNet Swin checkpoint {source}", bad_missing, unexpected, mis_shaped))
+    backbone.load_state_dict(sd, strict=False)
+    return BackboneLoadReport(loaded=len(sd), missing=missing, unexpected=unused)
+
+
+# ------------------------------------------------------------------ official checkpoints
+def _is_official_fpn(state_dict: dict[str, Any]) -> bool:
+    return "backbone.patch_embed.proj.weight" in state_dict and "decode_head.conv_seg.weight" in state_dict and any(
+        k.startswith("decode_head.scale_heads.") for k in state_dict
+    )
+
+
+def infer_fpn_config(state_dict: dict[str, Tensor]) -> dict[str, Any]:
+    """Read the architecture off the tensor shapes of an official (mmseg) checkpoint."""
+    def count(pattern: str) -> int:
+        rx = re.compile(pattern)
+        return len({m.group(1) for k in state_dict if (m := rx.match(k))})
+
+    num_stages = count(r"backbone\.layers\.(\d+)\.")
+    depths = tuple(count(rf"backbone\.layers\.{i}\.blocks\.(\d+)\.") for i in range(num_stages))
+    tables = [state_dict[f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in range(num_stages)]
+    embed_dim = state_dict["backbone.patch_embed.proj.weight"].shape[0]
+    fc1 = state_dict["backbone.layers.0.blocks.0.mlp.fc1.weight"]
+    conv_seg = state_dict["decode_head.conv_seg.weight"]
+    return dict(
+        num_classes=conv_seg.shape[0],
+        embed_dim=embed_dim,
+        depths=depths,
+        num_heads=tuple(t.shape[1] for t in tables),
+        window_size=round((tables[0].shape[0] ** 0.5 + 1) / 2),
+        mlp_ratio=fc1.shape[0] / embed_dim,
+        num_semantic_blocks=tuple(
+            count(rf"backbone\.layers\.{i}\.semantic_layer\.class_injection\.(\d+)\.") for i in range(num_stages)
+        ),
+        decoder_channels=conv_seg.shape[1],
+    )
+
+
+def official_to_semask_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official mmseg key names -> ours: ``gamma`` is the paper's lambda; index buffers are recomputed."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith(("relative_position_index", "attn_mask")):
+            continue
+        out[re.sub(r"\.gamma$", ".lambda_", key)] = value
+    return out
+
+
+def convert_official_fpn(state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any) -> SeMaskFPN:
+    from .registry import build_model
+
+    values = infer_fpn_config(state_dict)
+    classes, palette = meta.get("CLASSES"), meta.get("PALETTE")
+    if classes is not None and len(classes) == values["num_classes"]:
+        values["class_names"] = [str(c) for c in classes]
+    if palette is not None and len(palette) >= values["num_classes"]:
+        values["palette"] = [[int(c) for c in colour] for colour in palette]
+    model = build_model(SeMaskFPNConfig(**{**values, **overrides}))
+    load_state_dict_strict(model, official_to_semask_keys(state_dict), source)
+    return model  # type: ignore[return-value]
+
+
+register_converter("semask_fpn", _is_official_fpn, convert_official_fpn)

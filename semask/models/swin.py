@@ -1,0 +1,321 @@
+"""Swin Transformer encoder with optional SeMask semantic layers (spec semask_fpn.md sections 2-3).
+
+Module and parameter names follow the official checkpoints (``patch_embed``,
+``layers.{i}.blocks.{j}``, ``layers.{i}.semantic_layer``, ``layers.{i}.downsample``,
+``norm{i}``) so official weights load with a single rename (``gamma`` -> ``lambda_``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import DropPath, Mlp, init_transformer_weights, pad_to_multiple, window_merge, window_partition
+from .semantic_layer import SemanticLayer
+
+# Additive mask value between tokens of different regions in shifted windows (official value).
+SHIFT_MASK_VALUE = -100.0
+
+
+def relative_position_index(window: int) -> Tensor:
+    """(M^2, M^2) index into the (2M-1)^2 bias table: (ha-hb+M-1)*(2M-1) + (wa-wb+M-1)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :] + (window - 1)
+    return rel[0] * (2 * window - 1) + rel[1]
+
+
+def shift_window_mask(hp: int, wp: int, window: int, shift: int, device: torch.device) -> Tensor:
+    """(nW, M^2, M^2) additive mask keeping attention inside the regions a cyclic shift joined."""
+    region = torch.zeros(hp, wp, device=device)
+    bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    label = 0
+    for hs in bounds:
+        for ws in bounds:
+            region[hs, ws] = label
+            label += 1
+    windows = window_partition(region.view(1, hp, wp, 1), window).squeeze(-1)  # (nW, M^2)
+    different = windows.unsqueeze(1) != windows.unsqueeze(2)
+    return torch.zeros_like(different, dtype=torch.float32).masked_fill(different, SHIFT_MASK_VALUE)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside MxM windows with a relative position bias."""
+
+    def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+
+    def relative_position_bias(self) -> Tensor:
+        n = self.window_size**2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(n, n, self.num_heads).permute(2, 0, 1)
+
+    def forward(self, x: Tensor, shift_mask: Tensor | None = None, return_queries: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """x: (B*nW, N, C); shift_mask: (nW, N, N) additive, windows of one image in order.
+
+        ``return_queries`` also returns the (unscaled) queries, heads merged, (B*nW, N, C).
+        """
+        bw, n, c = x.shape
+        q, k, v = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        bias = self.relative_position_bias().to(q.dtype)
+        if shift_mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), scale=self.scale)
+        else:
+            nw = shift_mask.shape[0]
+            mask = bias.unsqueeze(0) + shift_mask.to(q.dtype).unsqueeze(1)  # (nW, heads, N, N)
+            shape = (bw // nw, nw, self.num_heads, n, -1)
+            out = F.scaled_dot_product_attention(
+                q.view(shape), k.view(shape), v.view(shape), attn_mask=mask, scale=self.scale
+            ).flatten(0, 1)
+        out = self.proj(out.transpose(1, 2).reshape(bw, n, c))
+        if return_queries:
+            return out, q.transpose(1, 2).reshape(bw, n, c)
+        return out
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm (shifted-)window attention + MLP, each with a residual and drop path."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift: int, mlp_ratio: float, drop_path: float) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.shift = shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(
+        self, x: Tensor, h: int, w: int, shift_mask: Tensor | None, return_queries: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x: (B, H*W, C). ``return_queries`` also returns the attention queries as (B, H*W, C)."""
+        b, _, c = x.shape
+        m = self.window_size
+        y = pad_to_multiple(self.norm1(x).view(b, h, w, c), m)  # padded tokens are not masked
+        hp, wp = y.shape[1:3]
+        if self.shift:
+            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        y = self.attn(window_partition(y, m), shift_mask if self.shift else None, return_queries)
+        if return_queries:
+            y, queries = y
+        x = x + self.drop_path(self._unwindow(y, b, h, w, hp, wp))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        if return_queries:
+            return x, self._unwindow(queries, b, h, w, hp, wp)
+        return x
+
+    def _unwindow(self, windows: Tensor, b: int, h: int, w: int, hp: int, wp: int) -> Tensor:
+        """Windows -> tokens: merge, undo the cyclic shift, crop the padding."""
+        y = window_merge(windows, self.window_size, b, hp, wp)
+        if self.shift:
+            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        return y[:, :h, :w].reshape(b, h * w, -1)
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood concat (official sub-grid order) -> LayerNorm(4C) -> Linear(4C, 2C)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: Tensor, h: int, w: int) -> tuple[Tensor, int, int]:
+        b, _, c = x.shape
+        x = x.view(b, h, w, c)
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        h, w = x.shape[1:3]
+        return self.reduction(self.norm(x.view(b, h * w, 4 * c))), h, w
+
+
+class PatchEmbed(nn.Module):
+    """Pad to a multiple of 4, 4x4/4 convolution, LayerNorm over channels."""
+
+    def __init__(self, embed_dim: int, patch_size: int = 4) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
+        p = self.patch_size
+        h, w = x.shape[-2:]
+        if h % p or w % p:
+            x = F.pad(x, (0, (-w) % p, 0, (-h) % p))
+        x = self.proj(x)
+        h, w = x.shape[-2:]
+        return self.norm(x.flatten(2).transpose(1, 2)), h, w
+
+
+class SwinStage(nn.Module):
+    """Swin blocks, then (SeMask) the semantic layer, then patch merging for the next stage.
+
+    ``auxiliary_source`` (ablation, Table 5; baselines only) adds a Linear(C, K)
+    ``aux_classifier`` whose output is the stage's prior map: applied to the stage output
+    ("stage_output") or to the queries of the stage's last Swin block ("queries").
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        drop_paths: list[float],
+        downsample: bool,
+        semantic_layer: SemanticLayer | None,
+        auxiliary_source: str | None = None,
+        num_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        if auxiliary_source not in (None, "stage_output", "queries"):
+            raise ValueError(f"auxiliary_source must be None, 'stage_output' or 'queries', got {auxiliary_source!r}")
+        if auxiliary_source is not None and semantic_layer is not None:
+            raise ValueError("auxiliary_source is an ablation of the baselines; it cannot be combined with a semantic layer")
+        self.window_size = window_size
+        self.auxiliary_source = auxiliary_source
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window_size, 0 if j % 2 == 0 else window_size // 2, mlp_ratio, drop_paths[j])
+            for j in range(depth)
+        )
+        self.semantic_layer = semantic_layer
+        self.aux_classifier = nn.Linear(dim, num_classes) if auxiliary_source else None
+        self.downsample = PatchMerging(dim) if downsample else None
+
+    def forward(self, x: Tensor, h: int, w: int) -> tuple[Tensor, Tensor | None, Tensor, int, int]:
+        """Returns (stage output, semantic prior or None, input of the next stage, its H, W)."""
+        m = self.window_size
+        shift_mask = None
+        if len(self.blocks) > 1:
+            shift_mask = shift_window_mask(-(-h // m) * m, -(-w // m) * m, m, m // 2, x.device)
+        for block in self.blocks[:-1]:
+            x = block(x, h, w, shift_mask)
+        prior = None
+        if self.auxiliary_source == "queries":
+            x, queries = self.blocks[-1](x, h, w, shift_mask, return_queries=True)
+            prior = self._aux_map(queries, h, w)
+        else:
+            x = self.blocks[-1](x, h, w, shift_mask)
+        if self.auxiliary_source == "stage_output":
+            prior = self._aux_map(x, h, w)
+        if self.semantic_layer is not None:
+            x, prior = self.semantic_layer(x, h, w)
+        if self.downsample is None:
+            return x, prior, x, h, w
+        x_next, hn, wn = self.downsample(x, h, w)
+        return x, prior, x_next, hn, wn
+
+    def _aux_map(self, tokens: Tensor, h: int, w: int) -> Tensor:
+        return self.aux_classifier(tokens).transpose(1, 2).reshape(tokens.shape[0], -1, h, w)  # type: ignore[misc]
+
+
+@dataclass
+class EncoderOutput:
+    """Normalised stage features (strides 4..32) and semantic prior maps (empty for Swin)."""
+
+    features: list[Tensor]
+    semantic_priors: list[Tensor]
+
+
+class SwinTransformer(nn.Module):
+    """Swin encoder returning four feature maps; SeMask when ``num_semantic_blocks`` > 0.
+
+    ``semantic_global_stages`` lists the stages whose semantic attention is global;
+    ``semantic_attention`` and ``auxiliary_source`` select the paper's ablations.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 96,
+        depths: tuple[int, ...] = (2, 2, 6, 2),
+        num_heads: tuple[int, ...] = (3, 6, 12, 24),
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.3,
+        num_classes: int = 150,
+        num_semantic_blocks: tuple[int, ...] = (1, 1, 1, 1),
+        semantic_window_size: int = 7,
+        semantic_global_stages: tuple[int, ...] = (),
+        semantic_dropout: float = 0.1,
+        learnable_lambda: bool = True,
+        semantic_attention: str = "semantic",
+        auxiliary_source: str | None = None,
+    ) -> None:
+        super().__init__()
+        num_stages = len(depths)
+        self.patch_embed = PatchEmbed(embed_dim)
+        total = sum(depths)
+        rates = [drop_path_rate * j / max(total - 1, 1) for j in range(total)]  # linear, as torch.linspace
+        self.num_features = [embed_dim * 2**i for i in range(num_stages)]
+        self.layers = nn.ModuleList()
+        for i, dim in enumerate(self.num_features):
+            semantic = None
+            if num_semantic_blocks[i] > 0:
+                semantic = SemanticLayer(
+                    dim,
+                    num_classes,
+                    num_semantic_blocks[i],
+                    semantic_window_size,
+                    global_attention=i in semantic_global_stages,
+                    dropout=semantic_dropout,
+                    learnable_lambda=learnable_lambda,
+                    attention=semantic_attention,
+                )
+            start = sum(depths[:i])
+            self.layers.append(
+                SwinStage(
+                    dim,
+                    depths[i],
+                    num_heads[i],
+                    window_size,
+                    mlp_ratio,
+                    rates[start : start + depths[i]],
+                    downsample=i < num_stages - 1,
+                    semantic_layer=semantic,
+                    auxiliary_source=auxiliary_source,
+                    num_classes=num_classes,
+                )
+            )
+        for i, dim in enumerate(self.num_features):
+            self.add_module(f"norm{i}", nn.LayerNorm(dim))
+        self.apply(init_transformer_weights)
+
+    def forward(self, pixel_values: Tensor) -> EncoderOutput:
+        x, h, w = self.patch_embed(pixel_values)
+        b = x.shape[0]
+        features, priors = [], []
+        for i, stage in enumerate(self.layers):
+            out, prior, x, h_next, w_next = stage(x, h, w)
+            out = getattr(self, f"norm{i}")(out)
+            features.append(out.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous())
+            if prior is not None:
+                priors.append(prior)
+            h, w = h_next, w_next
+        return EncoderOutput(features, priors)
+
+
+def resample_relative_position_bias(table: Tensor, window_size: int) -> Tensor:
+    """Bicubically resize a ((2M'-1)^2, heads) bias table to window ``window_size``."""
+    old = round(table.shape[0] ** 0.5)
+    new = 2 * window_size - 1
+    if old == new:
+        return table
+    heads = table.shape[1]
+    grid = table.T.reshape(1, heads, old, old).float()
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    return grid.reshape(heads, new * new).T.to(table.dtype)
