@@ -174,6 +174,8 @@ class SeMaskFPN(nn.Module):
         )
 
     def forward(self, pixel_values: Tensor, labels: Tensor | None = None) -> SegmentationOutput:
+        if labels is not None:
+            check_labels(labels, self.config.num_classes)  # before any compute is spent
         size = pixel_values.shape[-2:]
         encoded = self.backbone(pixel_values)
         logits = resize(self.decode_head(encoded.features), size)
@@ -188,7 +190,6 @@ class SeMaskFPN(nn.Module):
     def add_loss(self, out: SegmentationOutput, labels: Tensor) -> None:
         """L = L1 + semantic_loss_weight * L2 (paper eq. 3-5)."""
         cfg = self.config
-        check_labels(labels, cfg.num_classes)
         out.loss_main = segmentation_cross_entropy(out.logits, labels, cfg.loss_reduction)
         out.loss = out.loss_main
         if out.semantic_logits is not None and cfg.semantic_loss_weight:
