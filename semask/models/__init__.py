@@ -1,5 +1,7 @@
 """Model families; importing a family module registers its presets and checkpoint converter."""
 from . import semask_fpn  # noqa: F401  (registers presets)
+from . import mask2former  # noqa: F401
+from . import mit  # noqa: F401
 from .base import CheckpointError, ModelConfig
 from .outputs import SegmentationOutput
 from .registry import build_model, create_model, get_config, list_models

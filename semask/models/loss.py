@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .outputs import SegmentationOutput
+
 IGNORE_INDEX = 255
 
 
@@ -41,3 +43,18 @@ def segmentation_cross_entropy(
     if reduction == "valid":
         return per_pixel.sum() / (labels != ignore_index).sum().clamp(min=1)
     raise ValueError(f"unknown loss reduction {reduction!r}; use 'all' or 'valid'")
+
+
+def add_semantic_prior_loss(
+    out: SegmentationOutput, labels: Tensor, semantic_loss_weight: float, reduction: str = "all"
+) -> SegmentationOutput:
+    """Fill ``out``'s losses: L = L1 + semantic_loss_weight * L2 (paper eq. 3-5).
+
+    L2 is skipped when there is no prior map (baselines) or its weight is 0 (ablation).
+    """
+    out.loss_main = segmentation_cross_entropy(out.logits, labels, reduction)
+    out.loss = out.loss_main
+    if out.semantic_logits is not None and semantic_loss_weight:
+        out.loss_semantic = segmentation_cross_entropy(out.semantic_logits, labels, reduction)
+        out.loss = out.loss + semantic_loss_weight * out.loss_semantic
+    return out

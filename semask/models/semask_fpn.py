@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .base import CheckpointError, ModelConfig, format_key_report, load_state_dict_strict, tuple_field
 from .layers import to_tensor_tuple
-from .loss import check_labels, segmentation_cross_entropy
+from .loss import add_semantic_prior_loss, check_labels
 from .outputs import SegmentationOutput
 from .registry import register_architecture, register_converter, register_preset
 from .swin import SwinTransformer, resample_relative_position_bias
@@ -184,17 +184,8 @@ class SeMaskFPN(nn.Module):
             semantic_logits = resize(semantic_decoder(encoded.semantic_priors), size)
         out = SegmentationOutput(logits=logits, semantic_logits=semantic_logits)
         if labels is not None:
-            self.add_loss(out, labels)
+            add_semantic_prior_loss(out, labels, self.config.semantic_loss_weight, self.config.loss_reduction)
         return out
-
-    def add_loss(self, out: SegmentationOutput, labels: Tensor) -> None:
-        """L = L1 + semantic_loss_weight * L2 (paper eq. 3-5)."""
-        cfg = self.config
-        out.loss_main = segmentation_cross_entropy(out.logits, labels, cfg.loss_reduction)
-        out.loss = out.loss_main
-        if out.semantic_logits is not None and cfg.semantic_loss_weight:
-            out.loss_semantic = segmentation_cross_entropy(out.semantic_logits, labels, cfg.loss_reduction)
-            out.loss = out.loss + cfg.semantic_loss_weight * out.loss_semantic
 
     def load_backbone_weights(self, path: str) -> "BackboneLoadReport":
         """Initialise the encoder from a public ImageNet Swin checkpoint (see :func:`load_swin_imagenet`)."""

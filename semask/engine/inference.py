@@ -1,0 +1,211 @@
+"""Whole-image, sliding-window, multi-scale and flip inference, as mmsegmentation 0.x does it.
+
+* **whole**: one forward pass on the full (already resized) image.
+* **slide** (crop c, stride s per axis): ``grids = max(H - c + s - 1, 0) // s + 1`` windows
+  per axis, starting at ``i * s``; a window that would cross the border is shifted back so
+  that it ends on it. Logits are summed and divided by the number of windows covering each
+  pixel. As in mmseg 0.x, windows are *not* padded: when the image is smaller than the crop,
+  the one window is the whole image, so slide then equals whole.
+* Logits are bilinearly resized (``align_corners=False``) to ``out_size``, usually the original
+  image size. With one scale and no flip, :func:`segment` returns these logits. With several
+  scales and/or flip, it returns the mean of the *softmax probabilities* at ``out_size`` over
+  every (scale, flip) pair, the flipped ones flipped back (mmseg's ``aug_test``).
+
+Multi-scale inputs: :func:`predict_image` reproduces the protocol exactly by resizing the
+original uint8 image to fit ``scale * ratio`` for each ratio. :func:`segment` only has the
+already-normalised tensor, so it resizes that tensor bilinearly by each ratio (new side
+``int(side * ratio + 0.5)``), which can differ from the protocol by a pixel of size and by
+uint8 rounding.
+
+The model is any callable mapping a (B, 3, h, w) tensor to an object with a ``.logits``
+(B, K, h', w') tensor; logits at another size than the input are resized to the input size.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.transforms import TestTransform, normalize
+
+Model = Callable[[Tensor], Any]
+Mode = Literal["whole", "slide"]
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"{name} must be a positive int or (h, w) pair, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def slide_windows(
+    size: tuple[int, int], crop_size: int | Sequence[int], stride: int | Sequence[int]
+) -> list[tuple[int, int, int, int]]:
+    """The (y1, y2, x1, x2) windows that slide inference visits on an image of ``size`` (h, w)."""
+    h, w = size
+    ch, cw = _pair(crop_size, "crop_size")
+    sh, sw = _pair(stride, "stride")
+    h_grids = max(h - ch + sh - 1, 0) // sh + 1
+    w_grids = max(w - cw + sw - 1, 0) // sw + 1
+    windows = []
+    for i in range(h_grids):
+        for j in range(w_grids):
+            y2, x2 = min(i * sh + ch, h), min(j * sw + cw, w)
+            windows.append((max(y2 - ch, 0), y2, max(x2 - cw, 0), x2))
+    return windows
+
+
+def _resize(tensor: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(tensor.shape[-2:]) == tuple(size):
+        return tensor
+    return F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _logits(model: Model, x: Tensor, num_classes: int | None) -> Tensor:
+    out = model(x)
+    logits = getattr(out, "logits", None)
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"the model returned {type(out).__name__}; expected an object with a .logits tensor")
+    if logits.ndim != 4 or logits.shape[0] != x.shape[0]:
+        raise ValueError(f"model logits must be (B={x.shape[0]}, K, h, w), got {tuple(logits.shape)}")
+    if num_classes is not None and logits.shape[1] != num_classes:
+        raise ValueError(f"model predicts {logits.shape[1]} classes, expected num_classes={num_classes}")
+    return _resize(logits.float(), tuple(x.shape[-2:]))
+
+
+def _forward(
+    model: Model, x: Tensor, mode: Mode, crop_size: Any, stride: Any, num_classes: int | None
+) -> Tensor:
+    """Logits at the size of ``x`` from whole or sliding-window inference."""
+    if mode == "whole":
+        return _logits(model, x, num_classes)
+    h, w = x.shape[-2:]
+    total: Tensor | None = None
+    count = x.new_zeros((1, 1, h, w), dtype=torch.float32)
+    for y1, y2, x1, x2 in slide_windows((h, w), crop_size, stride):
+        window = _logits(model, x[..., y1:y2, x1:x2], num_classes)
+        if total is None:
+            total = x.new_zeros((x.shape[0], window.shape[1], h, w), dtype=torch.float32)
+        total[..., y1:y2, x1:x2] += window
+        count[..., y1:y2, x1:x2] += 1
+    assert total is not None  # there is always at least one window
+    return total / count
+
+
+def _average_probabilities(
+    model: Model,
+    inputs: Iterable[Tensor],
+    flip: bool,
+    out_size: tuple[int, int],
+    mode: Mode,
+    crop_size: Any,
+    stride: Any,
+    num_classes: int | None,
+) -> Tensor:
+    """Mean softmax at ``out_size`` over every input, each also mirrored when ``flip``."""
+    total: Tensor | None = None
+    n = 0
+    for x in inputs:
+        for mirrored in (False, True) if flip else (False,):
+            logits = _forward(model, x.flip(-1) if mirrored else x, mode, crop_size, stride, num_classes)
+            probs = _resize(logits, out_size).softmax(dim=1)
+            probs = probs.flip(-1) if mirrored else probs
+            total = probs if total is None else total + probs
+            n += 1
+    assert total is not None
+    return total / n
+
+
+def _check_call(model: Model, mode: str, crop_size: Any, stride: Any, scales: Sequence[float]) -> None:
+    if isinstance(model, nn.Module) and model.training:
+        raise ValueError("the model is in training mode (dropout, batch-norm updates); call model.eval() first")
+    if mode not in ("whole", "slide"):
+        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+    if mode == "slide":
+        if crop_size is None or stride is None:
+            raise ValueError(f"slide mode needs crop_size and stride, got crop_size={crop_size}, stride={stride}")
+        _pair(crop_size, "crop_size")
+        _pair(stride, "stride")
+    if len(scales) == 0 or min(scales) <= 0:
+        raise ValueError(f"scales must be a non-empty sequence of positive ratios, got {list(scales)}")
+
+
+@torch.inference_mode()
+def segment(
+    model: Model,
+    image: Tensor,
+    *,
+    mode: Mode = "whole",
+    crop_size: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    out_size: Sequence[int] | None = None,
+    num_classes: int | None = None,
+) -> Tensor:
+    """Segment a normalised (B, 3, H, W) batch; returns (B, K, *out_size) float32.
+
+    Logits for one scale without flip, else averaged softmax probabilities (module docstring).
+    ``out_size`` defaults to (H, W); ``num_classes``, when given, is checked against the model.
+    """
+    _check_call(model, mode, crop_size, stride, scales)
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be a (B, 3, H, W) tensor, got shape {tuple(image.shape)}")
+    size = tuple(image.shape[-2:]) if out_size is None else _pair(tuple(out_size), "out_size")
+
+    def rescaled(ratio: float) -> Tensor:
+        if ratio == 1.0:
+            return image
+        h, w = image.shape[-2:]
+        return _resize(image, (int(h * ratio + 0.5), int(w * ratio + 0.5)))
+
+    if len(scales) == 1 and not flip:
+        return _resize(_forward(model, rescaled(scales[0]), mode, crop_size, stride, num_classes), size)
+    inputs = (rescaled(ratio) for ratio in scales)
+    return _average_probabilities(model, inputs, flip, size, mode, crop_size, stride, num_classes)
+
+
+def _model_device(model: Model) -> torch.device:
+    if isinstance(model, nn.Module):
+        for tensor in model.parameters():
+            return tensor.device
+    return torch.device("cpu")
+
+
+@torch.inference_mode()
+def predict_image(
+    model: Model,
+    image_rgb_uint8: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    scale: tuple[int, int] | None = (2048, 512),
+    *,
+    mode: Mode = "whole",
+    crop_size: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    num_classes: int | None = None,
+) -> np.ndarray:
+    """Class-id map (H, W) int64 of one RGB uint8 image, at its original size.
+
+    For each ratio in ``scales`` the original image is resized to fit ``scale * ratio``
+    (``scale=None``: the original size times the ratio), normalised with ``mean``/``std`` (RGB,
+    0-255) and run on the model's device; the argmax of the averaged probabilities is returned.
+    """
+    _check_call(model, mode, crop_size, stride, scales)
+    image = np.asarray(image_rgb_uint8)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {image.dtype} of shape {image.shape}")
+    transform = TestTransform(scale, mean, std)
+    device = _model_device(model)
+    inputs = (
+        torch.from_numpy(normalize(transform.resize(image, ratio), mean, std))[None].to(device) for ratio in scales
+    )
+    size = (image.shape[0], image.shape[1])
+    probs = _average_probabilities(model, inputs, flip, size, mode, crop_size, stride, num_classes)
+    return probs.argmax(dim=1)[0].cpu().numpy()

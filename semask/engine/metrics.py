@@ -1,0 +1,192 @@
+"""mIoU, mAcc and aAcc exactly as mmsegmentation computes them (spec section 7).
+
+Per image, pixels whose label is the ignore index are dropped, then per-class intersection,
+prediction and label pixel counts are added to split-wide totals (never averaged per image).
+Predicted ids outside 0..K-1 are not counted (mmseg's histogram drops them). At the end
+``IoU_c = I_c / (P_c + L_c - I_c)``, ``Acc_c = I_c / L_c``, ``aAcc = sum(I) / sum(L)``; mIoU and
+mAcc are NaN-means, so a class absent from both predictions and labels is skipped, while a
+class predicted but never labelled scores IoU 0 (its Acc is NaN). Values are percentages;
+rounding to 2 decimals happens only when formatting.
+
+Label values other than 0..K-1 and the ignore index raise an error here instead of being
+dropped silently: they mean ``num_classes`` or ``reduce_zero_label`` is wrong.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.datasets import reduce_zero_label as reduce_zero_label_map
+
+
+class IoUAccumulator:
+    """Running per-class pixel counts over a split.
+
+    ``counts`` is an int64 (3, K) array of [intersection, prediction, label] pixels; add
+    another process's counts with :meth:`add_counts` (e.g. after an all-reduce).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.counts = np.zeros((3, num_classes), np.int64)
+
+    def reset(self) -> None:
+        self.counts[:] = 0
+
+    def update(self, pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> None:
+        """Add one image (H, W) or a batch (B, H, W) of predicted and true class ids."""
+        if tuple(pred.shape) != tuple(label.shape):
+            raise ValueError(
+                f"prediction shape {tuple(pred.shape)} does not match label shape {tuple(label.shape)}"
+            )
+        k = self.num_classes
+        if isinstance(pred, torch.Tensor) or isinstance(label, torch.Tensor):
+            pred_t = torch.as_tensor(pred).reshape(-1).long()
+            label_t = torch.as_tensor(label, device=pred_t.device).reshape(-1).long()
+            label_t, pred_t = self._valid(label_t, pred_t)
+            parts = (label_t[pred_t == label_t], pred_t[(pred_t >= 0) & (pred_t < k)], label_t)
+            areas = [torch.bincount(x, minlength=k).cpu().numpy() for x in parts]
+        else:
+            pred_n = np.asarray(pred).reshape(-1).astype(np.int64, copy=False)
+            label_n = np.asarray(label).reshape(-1).astype(np.int64, copy=False)
+            label_n, pred_n = self._valid(label_n, pred_n)
+            parts = (label_n[pred_n == label_n], pred_n[(pred_n >= 0) & (pred_n < k)], label_n)
+            areas = [np.bincount(x, minlength=k) for x in parts]
+        self.counts += np.stack(areas).astype(np.int64)
+
+    def _valid(self, label: Any, pred: Any) -> tuple[Any, Any]:
+        """Drop ignored pixels; reject label ids outside 0..K-1."""
+        valid = label != self.ignore_index
+        label, pred = label[valid], pred[valid]
+        if len(label) > 0:
+            low, high = int(label.min()), int(label.max())
+            if low < 0 or high >= self.num_classes:
+                raise ValueError(
+                    f"label ids must be 0..{self.num_classes - 1} or {self.ignore_index} (ignore), "
+                    f"found {low}..{high}; check num_classes and reduce_zero_label"
+                )
+        return label, pred
+
+    def add_counts(self, counts: np.ndarray | torch.Tensor) -> None:
+        """Add (3, K) counts from another accumulator, e.g. summed across processes."""
+        counts = np.asarray(torch.as_tensor(counts).cpu(), dtype=np.int64)
+        if counts.shape != self.counts.shape:
+            raise ValueError(f"counts must have shape {self.counts.shape}, got {counts.shape}")
+        self.counts += counts
+
+    def compute(self) -> dict[str, Any]:
+        """``aAcc``, ``mIoU``, ``mAcc`` (floats) and per-class ``IoU``, ``Acc`` (lists), in percent."""
+        intersect, area_pred, area_label = self.counts.astype(np.float64)
+        union = area_pred + area_label - intersect
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = intersect / union * 100
+            acc = intersect / area_label * 100
+            a_acc = intersect.sum() / area_label.sum() * 100 if area_label.sum() else float("nan")
+        return {
+            "aAcc": float(a_acc),
+            "mIoU": _nanmean(iou),
+            "mAcc": _nanmean(acc),
+            "IoU": [float(v) for v in iou],
+            "Acc": [float(v) for v in acc],
+        }
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def _fmt(value: float) -> str:
+    return "nan" if np.isnan(value) else f"{value:.2f}"
+
+
+def format_table(result: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
+    """Markdown: a per-class IoU/Acc table, then the aAcc/mIoU/mAcc summary (2 decimals)."""
+    iou, acc = result["IoU"], result["Acc"]
+    if class_names is None:
+        class_names = [str(i) for i in range(len(iou))]
+    if len(class_names) != len(iou):
+        raise ValueError(f"{len(class_names)} class names for {len(iou)} classes")
+    width = max([len("Class")] + [len(name) for name in class_names])
+    lines = [f"| {'Class':<{width}} |    IoU |    Acc |", f"|{'-' * (width + 2)}|-------:|-------:|"]
+    lines += [f"| {name:<{width}} | {_fmt(i):>6} | {_fmt(a):>6} |" for name, i, a in zip(class_names, iou, acc)]
+    lines += [
+        "",
+        "|   aAcc |   mIoU |   mAcc |",
+        "|-------:|-------:|-------:|",
+        f"| {_fmt(result['aAcc']):>6} | {_fmt(result['mIoU']):>6} | {_fmt(result['mAcc']):>6} |",
+    ]
+    return "\n".join(lines)
+
+
+def _index_pngs(folder: Path, suffix: str, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder {folder} does not exist")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.rglob(f"*{suffix}")):
+        key = path.name[: -len(suffix)]
+        if key in files:
+            raise ValueError(f"two {what} files map to the key {key!r}: {files[key]} and {path}")
+        files[key] = path
+    if not files:
+        raise FileNotFoundError(f"no {what} files ending in {suffix!r} under {folder}")
+    return files
+
+
+def _read_ids(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        if img.mode not in ("L", "P"):
+            raise ValueError(f"{path} must be an 8-bit single-channel PNG of class ids, got mode {img.mode}")
+        return np.array(img)
+
+
+def score_folders(
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    num_classes: int,
+    reduce_zero_label: bool = False,
+    ignore_index: int = 255,
+    pred_suffix: str = ".png",
+    gt_suffix: str = ".png",
+) -> dict[str, Any]:
+    """Score a folder of predicted id PNGs against a folder of ground-truth PNGs.
+
+    Files are matched by name minus the suffix, searching subfolders too (for Cityscapes:
+    ``pred_suffix="_leftImg8bit.png", gt_suffix="_gtFine_labelTrainIds.png"``). Every ground
+    truth needs a prediction and vice versa. ``reduce_zero_label`` applies the ADE20K reduction
+    to the ground truth only (0 -> 255, k -> k - 1), as mmseg 0.x does when it scores raw
+    annotation files.
+    """
+    preds = _index_pngs(Path(pred_dir), pred_suffix, "prediction")
+    gts = _index_pngs(Path(gt_dir), gt_suffix, "ground-truth")
+    missing = sorted(set(gts) - set(preds))
+    extra = sorted(set(preds) - set(gts))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} ground truth(s) without a prediction, e.g. {gts[missing[0]]}")
+        if extra:
+            parts.append(f"{len(extra)} prediction(s) without a ground truth, e.g. {preds[extra[0]]}")
+        raise ValueError(f"{pred_dir} vs {gt_dir}: " + "; ".join(parts))
+    accumulator = IoUAccumulator(num_classes, ignore_index)
+    for key in sorted(gts):
+        pred, gt = _read_ids(preds[key]), _read_ids(gts[key])
+        if pred.shape != gt.shape:
+            raise ValueError(
+                f"prediction {preds[key]} is {pred.shape[1]}x{pred.shape[0]} but ground truth "
+                f"{gts[key]} is {gt.shape[1]}x{gt.shape[0]} (WxH)"
+            )
+        if reduce_zero_label:
+            gt = reduce_zero_label_map(gt)
+        try:
+            accumulator.update(pred, gt)
+        except ValueError as exc:
+            raise ValueError(f"{gts[key]}: {exc}") from None
+    return accumulator.compute()

@@ -1,0 +1,492 @@
+"""SeMask Swin with mask-classification heads: MaskFormer, Mask2Former, -FaPN, -MSFaPN.
+
+Spec semask_mask2former.md. The SeMask part is the backbone (one semantic layer per Swin
+stage) plus a parameter-free semantic decoder whose output gets the semantic-prior CE
+(weight 0.4); the segmentation itself comes from Q (class, mask) pairs combined as
+``sum_q softmax(class_q)[c] * sigmoid(mask_q)``. Module names follow the detectron2
+checkpoints (``backbone``, ``sem_seg_head.pixel_decoder``, ``sem_seg_head.predictor``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..base import CheckpointError, ModelConfig, load_state_dict_strict, tuple_field
+from ..layers import to_tensor_tuple
+from ..loss import check_labels, segmentation_cross_entropy
+from ..outputs import SegmentationOutput
+from ..registry import register_architecture, register_converter, register_preset
+from ..semantic_layer import SemanticLayer
+from ..swin import SwinTransformer
+from .criterion import SetCriterion
+from .pixel_decoders import FPNPixelDecoder, MSDeformAttnPixelDecoder
+from .transformer_decoders import MaskedAttentionDecoder, MaskFormerPredictor, Predictions
+
+FAMILIES = ("maskformer", "mask2former", "fapn", "msfapn")
+# Official inputs are padded to a multiple of the coarsest stride (detectron2 ImageList).
+SIZE_DIVISIBILITY = 32
+
+# Family defaults that differ between the MaskFormer (v1) and Mask2Former code (spec 1.8, 2.2-2.3).
+_MASKFORMER_DEFAULTS = dict(dec_layers=6, decoder_dropout=0.1, class_weight=1.0, mask_weight=20.0, dice_weight=1.0)
+_MASK2FORMER_DEFAULTS = dict(dec_layers=9, decoder_dropout=0.0, class_weight=2.0, mask_weight=5.0, dice_weight=5.0)
+
+
+def official_global_stages(family: str, num_classes: int) -> tuple[int, ...]:
+    """Which semantic layers attend globally in each official code copy (spec table 1.3, quirk Q3)."""
+    if family == "maskformer":
+        return (3,)
+    if family == "mask2former":
+        return (3,) if num_classes == 150 else ()
+    return (2, 3)  # the FaPN copy, used by FaPN and MSFaPN
+
+
+@dataclass
+class MaskFormerConfig(ModelConfig):
+    """Architecture and loss of a SeMask Swin mask-classification model.
+
+    ``family`` picks the heads: "maskformer" (FPN + DETR decoder on res5), "mask2former"
+    (deformable pixel decoder + masked attention), "fapn" (FaPN pixel decoder + masked
+    attention), "msfapn" (deformable pixel decoder with FaPN alignment at stride 4).
+    Fields left ``None`` take the family's official value at construction.
+    """
+
+    model_type: ClassVar[str] = "semask_maskformer"
+    family: str = "mask2former"
+    # SeMask Swin backbone
+    embed_dim: int = 192
+    depths: tuple[int, ...] = tuple_field(2, 2, 18, 2)
+    num_heads: tuple[int, ...] = tuple_field(6, 12, 24, 48)
+    window_size: int = 12
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.3
+    num_semantic_blocks: int | tuple[int, ...] = 1
+    semantic_window_size: int | None = None
+    semantic_global_stages: tuple[int, ...] | None = None
+    semantic_dropout: float = 0.1
+    # heads
+    hidden_dim: int = 256
+    mask_dim: int = 256
+    num_queries: int = 100
+    decoder_heads: int = 8
+    decoder_ffn_dim: int = 2048
+    dec_layers: int | None = None
+    decoder_dropout: float | None = None
+    encoder_layers: int = 6
+    encoder_ffn_dim: int = 1024
+    encoder_points: int = 4
+    deformable_groups: int = 8
+    # loss
+    class_weight: float | None = None
+    mask_weight: float | None = None
+    dice_weight: float | None = None
+    no_object_weight: float = 0.1
+    deep_supervision: bool = True
+    train_num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    semantic_loss_weight: float = 0.4
+    # multi-scale + flip test (spec section 3): short-edge sizes and long-edge cap
+    test_sizes: list[int] = field(default_factory=lambda: [320, 480, 640, 800, 960, 1120])
+    test_max_size: int = 4480
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        self.depths = tuple(int(d) for d in self.depths)
+        n = len(self.depths)
+        if n != 4:
+            raise ValueError(f"the pixel decoders need 4 backbone stages, got depths={self.depths}")
+        self.num_heads = to_tensor_tuple(self.num_heads, n, "num_heads")
+        self.num_semantic_blocks = to_tensor_tuple(self.num_semantic_blocks, n, "num_semantic_blocks")
+        if not all(self.num_semantic_blocks):
+            raise ValueError(f"every stage needs a semantic layer, got num_semantic_blocks={self.num_semantic_blocks}")
+        if self.semantic_window_size is None:
+            self.semantic_window_size = self.window_size
+        if self.semantic_global_stages is None:
+            self.semantic_global_stages = official_global_stages(self.family, self.num_classes)
+        self.semantic_global_stages = tuple(sorted(int(s) for s in self.semantic_global_stages))
+        if any(not 0 <= s < n for s in self.semantic_global_stages):
+            raise ValueError(f"semantic_global_stages {self.semantic_global_stages} outside stages 0..{n - 1}")
+        defaults = _MASKFORMER_DEFAULTS if self.family == "maskformer" else _MASK2FORMER_DEFAULTS
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.hidden_dim % 32:
+            raise ValueError(f"hidden_dim must be a multiple of 32 (GroupNorm(32)), got {self.hidden_dim}")
+        if self.dec_layers < 1:  # type: ignore[operator]
+            raise ValueError(f"dec_layers must be >= 1, got {self.dec_layers}")
+        self.test_sizes = [int(s) for s in self.test_sizes]
+
+    @property
+    def uses_points(self) -> bool:
+        return self.family != "maskformer"
+
+
+@dataclass
+class MaskClassificationOutput(SegmentationOutput):
+    """:class:`SegmentationOutput` plus the raw set predictions and every loss term.
+
+    ``pred_logits`` (B, Q, K+1) and ``pred_masks`` (B, Q, H/4, W/4) are the final layer's
+    (on the input padded to a multiple of 32); ``aux_outputs`` the earlier layers' as
+    (logits, masks) pairs; ``loss_terms`` the unweighted CE/mask/dice terms per layer.
+    """
+
+    pred_logits: Tensor | None = None
+    pred_masks: Tensor | None = None
+    aux_outputs: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    loss_terms: dict[str, Tensor] = field(default_factory=dict)
+
+
+def semantic_head(priors: list[Tensor]) -> Tensor:
+    """detectron2 ``SemanticHead``: x2 steps and final x4, all bilinear align_corners=True (quirk Q4)."""
+    def up(x: Tensor, **kwargs: Any) -> Tensor:
+        return F.interpolate(x, mode="bilinear", align_corners=True, **kwargs)
+
+    out = priors[0]
+    for i, prior in enumerate(priors[1:], start=1):
+        for _ in range(i):
+            prior = up(prior, scale_factor=2.0)
+        if prior.shape[-2:] != out.shape[-2:]:
+            prior = up(prior, size=out.shape[-2:])
+        out = out + prior
+    return up(out, size=(4 * out.shape[-2], 4 * out.shape[-1]))
+
+
+def semantic_inference(logits: Tensor, masks: Tensor) -> Tensor:
+    """sum_q softmax(class_q)[c] * sigmoid(mask_q): (B,Q,K+1), (B,Q,H,W) -> (B,K,H,W); no-object dropped."""
+    return torch.einsum("bqc,bqhw->bchw", logits.softmax(-1)[..., :-1], masks.sigmoid())
+
+
+def init_semantic_layers_d2(backbone: nn.Module) -> None:
+    """detectron2 init of the semantic layers: kaiming-normal q/k/v, zero biases, zero mlp_res.
+
+    At init every semantic layer then outputs exactly its LayerNorm input (lambda is 0 too).
+    """
+    for module in backbone.modules():
+        if isinstance(module, SemanticLayer):
+            for block in module.class_injection:
+                for linear in (block.mlp_cls_q, block.mlp_cls_k, block.mlp_v):
+                    nn.init.kaiming_normal_(linear.weight, mode="fan_in", nonlinearity="relu")
+                    nn.init.zeros_(linear.bias)
+                nn.init.zeros_(block.mlp_res.weight)
+                nn.init.zeros_(block.mlp_res.bias)
+
+
+class SemSegHead(nn.Module):
+    """``sem_seg_head``: pixel decoder + transformer decoder (the semantic head has no parameters)."""
+
+    def __init__(self, config: MaskFormerConfig, in_channels: list[int]) -> None:
+        super().__init__()
+        cfg = config
+        d = cfg.hidden_dim
+        if cfg.family in ("maskformer", "fapn"):
+            self.pixel_decoder: nn.Module = FPNPixelDecoder(
+                in_channels, d, align=cfg.family == "fapn", deformable_groups=cfg.deformable_groups
+            )
+        else:
+            self.pixel_decoder = MSDeformAttnPixelDecoder(
+                in_channels,
+                d,
+                cfg.encoder_layers,
+                cfg.encoder_ffn_dim,
+                cfg.decoder_heads,
+                cfg.encoder_points,
+                dropout=0.0,
+                align=cfg.family == "msfapn",
+                deformable_groups=cfg.deformable_groups,
+            )
+        if cfg.family == "maskformer":
+            self.predictor: nn.Module = MaskFormerPredictor(
+                in_channels[-1],
+                cfg.num_classes,
+                d,
+                cfg.num_queries,
+                cfg.decoder_heads,
+                cfg.decoder_ffn_dim,
+                cfg.dec_layers,  # type: ignore[arg-type]
+                cfg.mask_dim,
+                cfg.decoder_dropout,  # type: ignore[arg-type]
+            )
+        else:
+            self.predictor = MaskedAttentionDecoder(
+                cfg.num_classes,
+                d,
+                cfg.num_queries,
+                cfg.decoder_heads,
+                cfg.decoder_ffn_dim,
+                cfg.dec_layers,  # type: ignore[arg-type]
+                cfg.mask_dim,
+                dropout=cfg.decoder_dropout,  # type: ignore[arg-type]
+            )
+        self.family = cfg.family
+
+    def forward(self, features: list[Tensor]) -> Predictions:
+        mask_features, multi_scale = self.pixel_decoder(features)
+        if self.family == "maskformer":
+            return self.predictor(features[-1], mask_features)  # type: ignore[no-any-return]
+        return self.predictor(multi_scale, mask_features)  # type: ignore[no-any-return]
+
+
+@register_architecture
+class SeMaskMaskFormer(nn.Module):
+    """SeMask Swin + mask-classification head; ``forward(pixel_values, labels=None)``."""
+
+    config_class = MaskFormerConfig
+
+    def __init__(self, config: MaskFormerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = SwinTransformer(
+            embed_dim=config.embed_dim,
+            depths=config.depths,
+            num_heads=config.num_heads,  # type: ignore[arg-type]
+            window_size=config.window_size,
+            mlp_ratio=config.mlp_ratio,
+            drop_path_rate=config.drop_path_rate,
+            num_classes=config.num_classes,
+            num_semantic_blocks=config.num_semantic_blocks,  # type: ignore[arg-type]
+            semantic_window_size=config.semantic_window_size,  # type: ignore[arg-type]
+            semantic_global_stages=config.semantic_global_stages,  # type: ignore[arg-type]
+            semantic_dropout=config.semantic_dropout,
+        )
+        init_semantic_layers_d2(self.backbone)
+        self.sem_seg_head = SemSegHead(config, self.backbone.num_features)
+        self.criterion = SetCriterion(
+            config.num_classes,
+            config.class_weight,  # type: ignore[arg-type]
+            config.mask_weight,  # type: ignore[arg-type]
+            config.dice_weight,  # type: ignore[arg-type]
+            config.no_object_weight,
+            config.train_num_points if config.uses_points else 0,
+            config.oversample_ratio,
+            config.importance_sample_ratio,
+        )
+
+    def forward(self, pixel_values: Tensor, labels: Tensor | None = None) -> MaskClassificationOutput:
+        h, w = pixel_values.shape[-2:]
+        pad_h, pad_w = (-h) % SIZE_DIVISIBILITY, (-w) % SIZE_DIVISIBILITY
+        padded = F.pad(pixel_values, (0, pad_w, 0, pad_h)) if pad_h or pad_w else pixel_values
+        encoded = self.backbone(padded)
+        predictions = self.sem_seg_head(encoded.features)
+        masks = F.interpolate(predictions.masks[-1], size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        logits = semantic_inference(predictions.logits[-1].float(), masks[..., :h, :w].float())
+        semantic = semantic_head(encoded.semantic_priors)  # at the padded size
+        out = MaskClassificationOutput(
+            logits=logits,
+            semantic_logits=semantic[..., :h, :w],
+            pred_logits=predictions.logits[-1],
+            pred_masks=predictions.masks[-1],
+            aux_outputs=list(zip(predictions.logits[:-1], predictions.masks[:-1])),
+        )
+        if labels is not None:
+            self.add_loss(out, predictions, semantic, labels, pad_h, pad_w)
+        return out
+
+    def add_loss(
+        self,
+        out: MaskClassificationOutput,
+        predictions: Predictions,
+        semantic: Tensor,
+        labels: Tensor,
+        pad_h: int,
+        pad_w: int,
+    ) -> None:
+        """Mask-classification loss over all supervised layers + 0.4 x semantic-prior CE (spec 2.3-2.4)."""
+        cfg = self.config
+        if labels.shape[-2:] != out.logits.shape[-2:] or labels.shape[0] != out.logits.shape[0]:
+            raise ValueError(
+                f"labels of shape {tuple(labels.shape)} do not match pixel_values "
+                f"(B={out.logits.shape[0]}, H, W={tuple(out.logits.shape[-2:])})"
+            )
+        check_labels(labels, cfg.num_classes)
+        if pad_h or pad_w:  # padded pixels: negatives in every mask, ignored by the semantic CE
+            labels = F.pad(labels, (0, pad_w, 0, pad_h), value=255)
+        if not cfg.deep_supervision:
+            predictions = Predictions(predictions.logits[-1:], predictions.masks[-1:])
+        out.loss_main, out.loss_terms = self.criterion(predictions, labels)
+        out.loss_semantic = segmentation_cross_entropy(semantic, labels, reduction="valid")
+        out.loss = out.loss_main + cfg.semantic_loss_weight * out.loss_semantic
+
+    def load_backbone_weights(self, path: str) -> Any:
+        """Initialise the encoder from a public ImageNet Swin checkpoint (semantic layers stay D2-initialised)."""
+        from ..semask_fpn import load_swin_imagenet
+        from ...hub import read_checkpoint
+
+        state_dict, _ = read_checkpoint(path)
+        return load_swin_imagenet(self.backbone, state_dict, source=str(path))
+
+
+@torch.no_grad()
+def multi_scale_flip_inference(
+    model: SeMaskMaskFormer,
+    pixel_values: Tensor,
+    sizes: list[int] | None = None,
+    max_size: int | None = None,
+    flip: bool = True,
+) -> Tensor:
+    """The official ms+flip test (spec section 3): mean of the class x mask scores.
+
+    ``pixel_values`` (B, 3, H, W) are normalised images at their original size. Each one is
+    resized so its short edge is ``size`` (long edge at most ``max_size``), run plain and
+    mirrored, the scores are resized back to (H, W) and averaged (no softmax). Defaults come
+    from the model config. Returns (B, K, H, W) scores; argmax gives the prediction.
+    """
+    cfg = model.config
+    sizes = cfg.test_sizes if sizes is None else sizes
+    max_size = cfg.test_max_size if max_size is None else max_size
+    h, w = pixel_values.shape[-2:]
+    total = None
+    count = 0
+    for size in sizes:
+        scale = min(size / min(h, w), max_size / max(h, w))
+        new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+        resized = F.interpolate(pixel_values, size=(new_h, new_w), mode="bilinear", align_corners=False)
+        for flipped in (False, True) if flip else (False,):
+            x = resized.flip(-1) if flipped else resized
+            scores = model(x).logits
+            scores = scores.flip(-1) if flipped else scores
+            scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
+            total = scores if total is None else total + scores
+            count += 1
+    if total is None:
+        raise ValueError("multi_scale_flip_inference needs at least one test size")
+    return total / count
+
+
+# ----------------------------------------------------------------------------- presets
+_VARIANTS = {
+    "t": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7),
+    "s": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7),
+    "b": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12),
+    "l": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12),
+}
+_CITYSCAPES = dict(
+    num_classes=19, semantic_window_size=7, test_sizes=[512, 768, 1024, 1280, 1536, 1792], test_max_size=4096
+)
+for _v, _arch in _VARIANTS.items():
+    register_preset(f"semask_swin_{_v}_maskformer", "semask_maskformer", family="maskformer", **_arch)
+    register_preset(f"semask_swin_{_v}_mask2former", "semask_maskformer", family="mask2former", **_arch)
+    register_preset(f"semask_swin_{_v}_mask2former_fapn", "semask_maskformer", family="fapn", **_arch)
+    register_preset(f"semask_swin_{_v}_mask2former_msfapn", "semask_maskformer", family="msfapn", **_arch)
+    register_preset(
+        f"semask_swin_{_v}_mask2former_cityscapes", "semask_maskformer", family="mask2former", **{**_arch, **_CITYSCAPES}
+    )
+
+
+# ------------------------------------------------------------------ official checkpoints
+_PREFIX = "sem_seg_head."
+
+
+def _is_official_mask_classification(state_dict: dict[str, Any]) -> bool:
+    return "backbone.patch_embed.proj.weight" in state_dict and f"{_PREFIX}predictor.class_embed.weight" in state_dict
+
+
+def infer_maskformer_config(state_dict: dict[str, Tensor], heads: int = 8) -> dict[str, Any]:
+    """Read family and sizes off the tensor shapes of a detectron2 SeMask checkpoint.
+
+    The number of attention ``heads`` is not visible in the weights (official: 8); the
+    deformable encoder's points per head and level are derived from it.
+    """
+    def count(pattern: str) -> int:
+        rx = re.compile(pattern)
+        return len({m.group(1) for k in state_dict if (m := rx.match(k))})
+
+    pd, pr = f"{_PREFIX}pixel_decoder.", f"{_PREFIX}predictor."
+    deformable = f"{pd}transformer.level_embed" in state_dict
+    aligned = f"{pd}align_1.offset.weight" in state_dict
+    if f"{pr}transformer.decoder.layers.0.linear1.weight" in state_dict:
+        family, dec_layers = "maskformer", count(rf"{re.escape(pr)}transformer\.decoder\.layers\.(\d+)\.")
+        ffn = state_dict[f"{pr}transformer.decoder.layers.0.linear1.weight"].shape[0]
+    else:
+        family = {(True, False): "mask2former", (True, True): "msfapn", (False, True): "fapn"}.get((deformable, aligned))
+        if family is None:
+            raise CheckpointError("official checkpoint has a Mask2Former predictor but no known pixel decoder")
+        dec_layers = count(rf"{re.escape(pr)}transformer_ffn_layers\.(\d+)\.")
+        ffn = state_dict[f"{pr}transformer_ffn_layers.0.linear1.weight"].shape[0]
+    tables = [state_dict[f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in range(4)]
+    embed_dim = state_dict["backbone.patch_embed.proj.weight"].shape[0]
+    num_classes = state_dict[f"{pr}class_embed.weight"].shape[0] - 1
+    window = round((tables[0].shape[0] ** 0.5 + 1) / 2)
+    values: dict[str, Any] = dict(
+        family=family,
+        num_classes=num_classes,
+        embed_dim=embed_dim,
+        depths=tuple(count(rf"backbone\.layers\.{i}\.blocks\.(\d+)\.") for i in range(4)),
+        num_heads=tuple(t.shape[1] for t in tables),
+        window_size=window,
+        mlp_ratio=state_dict["backbone.layers.0.blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+        num_semantic_blocks=tuple(
+            count(rf"backbone\.layers\.{i}\.semantic_layer\.class_injection\.(\d+)\.") for i in range(4)
+        ),
+        # not stored in the weights: the ADE20K configs use the Swin window, Cityscapes the default 7
+        semantic_window_size=window if num_classes == 150 else 7,
+        hidden_dim=state_dict[f"{pr}class_embed.weight"].shape[1],
+        mask_dim=state_dict[f"{pr}mask_embed.layers.2.weight"].shape[0],
+        num_queries=state_dict[f"{pr}query_embed.weight"].shape[0],
+        decoder_ffn_dim=ffn,
+        dec_layers=dec_layers,
+    )
+    if deformable:
+        values["encoder_layers"] = count(rf"{re.escape(pd)}transformer\.encoder\.layers\.(\d+)\.")
+        values["encoder_ffn_dim"] = state_dict[f"{pd}transformer.encoder.layers.0.linear1.weight"].shape[0]
+        levels = state_dict[f"{pd}transformer.level_embed"].shape[0]
+        attention_rows = state_dict[f"{pd}transformer.encoder.layers.0.self_attn.attention_weights.weight"].shape[0]
+        values["encoder_points"] = attention_rows // (levels * heads)
+    if aligned:
+        values["deformable_groups"] = state_dict[f"{pd}align_1.dcpack_L2.conv_offset_mask.weight"].shape[0] // 27
+    if "criterion.empty_weight" in state_dict:
+        values["no_object_weight"] = float(state_dict["criterion.empty_weight"][-1])
+    return values
+
+
+_SHARED_NORM = re.compile(r"^(sem_seg_head\.pixel_decoder\.)align_(\d+)\.offset\.norm\.(weight|bias)$")
+
+
+def official_to_semask_keys(state_dict: dict[str, Tensor], source: str = "checkpoint") -> dict[str, Tensor]:
+    """detectron2 names -> ours: ``gamma`` is lambda; index buffers and the CE weight are rebuilt.
+
+    FaPN's ``align_k.offset.norm.*`` duplicate ``layer_k.norm.*`` (one shared module); they
+    are dropped after checking they really are the same values.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith("relative_position_index") or key == "criterion.empty_weight":
+            continue
+        shared = _SHARED_NORM.match(key)
+        if shared:
+            twin = f"{shared.group(1)}layer_{shared.group(2)}.norm.{shared.group(3)}"
+            if twin not in state_dict or not torch.equal(state_dict[twin], value):
+                raise CheckpointError(f"{source}: {key} should be the same tensor as {twin} (shared GroupNorm)")
+            continue
+        out[re.sub(r"\.gamma$", ".lambda_", key)] = value
+    return out
+
+
+def convert_official_maskformer(
+    state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any
+) -> SeMaskMaskFormer:
+    """Build the model a detectron2 SeMask checkpoint describes and load it strictly."""
+    from ..registry import build_model
+
+    values = {**infer_maskformer_config(state_dict, overrides.get("decoder_heads", 8)), **overrides}
+    model = build_model(MaskFormerConfig(**values))
+    load_state_dict_strict(model, official_to_semask_keys(state_dict, source), source)
+    return model  # type: ignore[return-value]
+
+
+register_converter("semask_maskformer", _is_official_mask_classification, convert_official_maskformer)
+
+__all__ = [
+    "MaskClassificationOutput",
+    "MaskFormerConfig",
+    "SeMaskMaskFormer",
+    "multi_scale_flip_inference",
+    "semantic_head",
+    "semantic_inference",
+]

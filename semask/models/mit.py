@@ -1,0 +1,720 @@
+"""Mix Transformer (MiT) + SegFormer head, with optional SeMask semantic layers (spec semask_mit.md).
+
+The paper plugs SeMask into SegFormer's MiT-B4 (Table 6) but never released that code;
+this is the design of spec section 4.3. In every stage the semantic layer sits after the
+MiT blocks and *before* the pretrained stage norm ``norm{i}``, whose output is both the
+stage feature for the decoder and the input of the next stage. With lambda = 0 the stage
+computes ``norm_i(LN_s(x))``, which equals ``norm_i(x)`` up to LayerNorm epsilons, so an
+ImageNet-pretrained MiT starts training unchanged.
+
+Encoder modules are named like the NVlabs checkpoints (``patch_embed{1..4}``,
+``block{1..4}.{j}.attn.q/kv/sr``, ``mlp.dwconv.dwconv``, ``norm{1..4}``), so the public
+``mit_b*.pth`` ImageNet files load without renaming. Two decode heads are available:
+``"mmseg"`` (default; 1x1 conv + BN + ReLU per stage, E = 256 for every size; the
+baseline the SeMask paper compares with) and ``"nvlabs"`` (the all-MLP head of the
+SegFormer paper, E = 256 for B0/B1 and 768 for B2-B5). Official SegFormer checkpoints in
+the NVlabs, mmseg and Hugging Face key schemes load through registered converters.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import CheckpointError, ModelConfig, format_key_report, load_state_dict_strict, tuple_field
+from .layers import DropPath, init_transformer_weights, to_tensor_tuple
+from .loss import add_semantic_prior_loss, check_labels
+from .outputs import SegmentationOutput
+from .registry import register_architecture, register_converter, register_preset
+from .semantic_layer import SemanticLayer
+from .semask_fpn import BackboneLoadReport, resize, semantic_decoder
+from .swin import EncoderOutput
+
+DECODE_HEADS = ("mmseg", "nvlabs")
+SEMANTIC_PLACEMENTS = ("before_stage_norm", "after_stage_norm")
+
+
+def default_global_stages(num_classes: int) -> tuple[int, ...]:
+    """Spec 4.3 "hybrid" rule: K > 19 -> stages 3-4 global, 1-2 in 7x7 windows; K <= 19 all windowed.
+
+    Global attention at stride 4 would need a 16384^2 map per 512^2 image, so the first two
+    stages are always windowed; this copies the released SeMask-FPN T/S/L and FaPN choice.
+    """
+    return (2, 3) if num_classes > 19 else ()
+
+
+def official_decoder_channels(decode_head: str, depths: tuple[int, ...]) -> int:
+    """Head width E of the released models: mmseg 256 for every size; NVlabs 256 for the
+    two-blocks-per-stage B0/B1 and 768 for B2-B5 (spec 1.1)."""
+    if decode_head == "mmseg" or depths == (2, 2, 2, 2):
+        return 256
+    return 768
+
+
+@dataclass
+class SeMaskMiTConfig(ModelConfig):
+    """Architecture of a (SeMask) MiT + SegFormer-head model.
+
+    Per-stage tuples: ``embed_dims`` (C_i), ``depths``, ``num_heads``, ``sr_ratios`` (spatial
+    reduction R_i of the efficient self-attention), ``patch_sizes``/``strides`` of the
+    overlapping patch embeddings. ``num_semantic_blocks=0`` gives the SegFormer baseline.
+
+    ``semantic_placement`` puts the semantic layer before the stage norm (default, spec 4.3)
+    or after it (spec 4.3 alternative B: no extra LayerNorm, the stage norm's output is the
+    residual stream). ``semantic_global_stages=None`` resolves to
+    :func:`default_global_stages`; the other stages use ``semantic_window_size`` windows.
+    ``decoder_channels=None`` resolves to :func:`official_decoder_channels`. Both are
+    resolved at construction so a saved config is explicit.
+    """
+
+    model_type: ClassVar[str] = "semask_mit"
+    embed_dims: tuple[int, ...] = tuple_field(32, 64, 160, 256)
+    depths: tuple[int, ...] = tuple_field(2, 2, 2, 2)
+    num_heads: tuple[int, ...] = tuple_field(1, 2, 5, 8)
+    sr_ratios: tuple[int, ...] = tuple_field(8, 4, 2, 1)
+    patch_sizes: tuple[int, ...] = tuple_field(7, 3, 3, 3)
+    strides: tuple[int, ...] = tuple_field(4, 2, 2, 2)
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.1
+    num_semantic_blocks: int | tuple[int, ...] = 1
+    semantic_placement: str = "before_stage_norm"
+    semantic_window_size: int = 7
+    semantic_global_stages: tuple[int, ...] | None = None
+    semantic_dropout: float = 0.1
+    learnable_lambda: bool = True
+    decode_head: str = "mmseg"
+    decoder_channels: int | None = None
+    decoder_dropout: float = 0.1
+    semantic_loss_weight: float = 0.4
+    loss_reduction: str = "all"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.depths = tuple(int(d) for d in self.depths)
+        n = len(self.depths)
+        for name in ("embed_dims", "num_heads", "sr_ratios", "patch_sizes", "strides", "num_semantic_blocks"):
+            setattr(self, name, to_tensor_tuple(getattr(self, name), n, name))
+        for dim, heads in zip(self.embed_dims, self.num_heads):
+            if dim % heads:
+                raise ValueError(f"embed_dims {self.embed_dims} not divisible by num_heads {self.num_heads}")
+        if self.semantic_placement not in SEMANTIC_PLACEMENTS:
+            raise ValueError(f"semantic_placement must be one of {SEMANTIC_PLACEMENTS}, got {self.semantic_placement!r}")
+        if self.decode_head not in DECODE_HEADS:
+            raise ValueError(f"decode_head must be one of {DECODE_HEADS}, got {self.decode_head!r}")
+        if self.decoder_channels is None:
+            self.decoder_channels = official_decoder_channels(self.decode_head, self.depths)
+        if self.semantic_global_stages is None:
+            self.semantic_global_stages = default_global_stages(self.num_classes)
+        self.semantic_global_stages = tuple(sorted(int(s) for s in self.semantic_global_stages))
+        if any(not 0 <= s < n for s in self.semantic_global_stages):
+            raise ValueError(f"semantic_global_stages {self.semantic_global_stages} outside stages 0..{n - 1}")
+        if self.loss_reduction not in ("all", "valid"):
+            raise ValueError(f"loss_reduction must be 'all' or 'valid', got {self.loss_reduction!r}")
+
+    @property
+    def is_semask(self) -> bool:
+        return any(self.num_semantic_blocks)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- encoder
+class OverlapPatchEmbed(nn.Module):
+    """Strided conv with overlapping k x k patches (padding k // 2), then LayerNorm over channels."""
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int, stride: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, patch_size, stride, patch_size // 2)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
+        x = self.proj(x)
+        h, w = x.shape[-2:]
+        return self.norm(x.flatten(2).transpose(1, 2)), h, w
+
+
+class EfficientSelfAttention(nn.Module):
+    """Multi-head attention whose keys/values come from an R x R strided-conv reduced map."""
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.sr_ratio = sr_ratio
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)  # rows 0:C are the keys, C:2C the values
+        self.proj = nn.Linear(dim, dim)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
+            self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        b, n, c = x.shape
+        d = c // self.num_heads
+        q = self.q(x).view(b, n, self.num_heads, d).transpose(1, 2)
+        if self.sr_ratio > 1:
+            if h < self.sr_ratio or w < self.sr_ratio:
+                raise ValueError(
+                    f"a {h}x{w} stage map is smaller than its spatial-reduction ratio {self.sr_ratio}; "
+                    "the input image is too small for this model"
+                )
+            x = self.norm(self.sr(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2))
+        k, v = self.kv(x).view(b, -1, 2, self.num_heads, d).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # scale d^-0.5, no dropout (MiT uses 0)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class DWConv(nn.Module):
+    """3x3 depthwise conv on the token map; the nesting reproduces the ``mlp.dwconv.dwconv`` key."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        b, n, c = x.shape
+        return self.dwconv(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
+
+
+class MixFFN(nn.Module):
+    """fc1 -> depthwise 3x3 conv -> GELU -> fc2: the conv gives MiT its positional information."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = DWConv(hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        return self.fc2(self.act(self.dwconv(self.fc1(x), h, w)))
+
+
+class MiTBlock(nn.Module):
+    """Pre-norm efficient self-attention + Mix-FFN, each with a residual and drop path."""
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: float, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MixFFN(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
+        return x + self.drop_path(self.mlp(self.norm2(x), h, w))
+
+
+def init_mit_weights(module: nn.Module) -> None:
+    """NVlabs MiT initialisation: Linear/LayerNorm as Swin, Conv2d normal(0, sqrt(2 / fan_out))."""
+    if isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    else:
+        init_transformer_weights(module)
+
+
+class MixTransformer(nn.Module):
+    """MiT encoder returning four normalised feature maps (strides 4..32); SeMask when a stage
+    has semantic blocks. ``semantic_layer[str(i)]`` is the semantic layer of stage i."""
+
+    def __init__(
+        self,
+        embed_dims: tuple[int, ...] = (32, 64, 160, 256),
+        depths: tuple[int, ...] = (2, 2, 2, 2),
+        num_heads: tuple[int, ...] = (1, 2, 5, 8),
+        sr_ratios: tuple[int, ...] = (8, 4, 2, 1),
+        patch_sizes: tuple[int, ...] = (7, 3, 3, 3),
+        strides: tuple[int, ...] = (4, 2, 2, 2),
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.1,
+        num_classes: int = 150,
+        num_semantic_blocks: tuple[int, ...] = (0, 0, 0, 0),
+        semantic_placement: str = "before_stage_norm",
+        semantic_window_size: int = 7,
+        semantic_global_stages: tuple[int, ...] = (),
+        semantic_dropout: float = 0.1,
+        learnable_lambda: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_features = list(embed_dims)
+        self.semantic_placement = semantic_placement
+        total = sum(depths)
+        rates = [drop_path_rate * j / max(total - 1, 1) for j in range(total)]  # linear, as torch.linspace
+        in_channels = 3
+        for i, dim in enumerate(embed_dims):
+            self.add_module(f"patch_embed{i + 1}", OverlapPatchEmbed(in_channels, dim, patch_sizes[i], strides[i]))
+            start = sum(depths[:i])
+            self.add_module(
+                f"block{i + 1}",
+                nn.ModuleList(
+                    MiTBlock(dim, num_heads[i], sr_ratios[i], mlp_ratio, rates[start + j]) for j in range(depths[i])
+                ),
+            )
+            self.add_module(f"norm{i + 1}", nn.LayerNorm(dim, eps=1e-6))
+            in_channels = dim
+        self.semantic_layer = nn.ModuleDict()
+        for i, dim in enumerate(embed_dims):
+            if num_semantic_blocks[i] > 0:
+                layer = SemanticLayer(
+                    dim,
+                    num_classes,
+                    num_semantic_blocks[i],
+                    semantic_window_size,
+                    global_attention=i in semantic_global_stages,
+                    dropout=semantic_dropout,
+                    learnable_lambda=learnable_lambda,
+                )
+                if semantic_placement == "after_stage_norm":
+                    layer.norm1 = nn.Identity()  # type: ignore[assignment]  # norm{i} already normalised x
+                self.semantic_layer[str(i)] = layer
+        self.apply(init_mit_weights)
+
+    def forward(self, pixel_values: Tensor) -> EncoderOutput:
+        x = pixel_values
+        b = x.shape[0]
+        features, priors = [], []
+        for i in range(len(self.num_features)):
+            x, h, w = getattr(self, f"patch_embed{i + 1}")(x)
+            for block in getattr(self, f"block{i + 1}"):
+                x = block(x, h, w)
+            semantic = self.semantic_layer[str(i)] if str(i) in self.semantic_layer else None
+            if semantic is not None and self.semantic_placement == "before_stage_norm":
+                x, prior = semantic(x, h, w)
+                priors.append(prior)
+            x = getattr(self, f"norm{i + 1}")(x)
+            if semantic is not None and self.semantic_placement == "after_stage_norm":
+                x, prior = semantic(x, h, w)
+                priors.append(prior)
+            x = x.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous()  # decoder input and next stage input
+            features.append(x)
+        return EncoderOutput(features, priors)
+
+
+# ------------------------------------------------------------------------ decode heads
+class ConvBNReLU(nn.Module):
+    """1x1 conv (no bias) -> BatchNorm -> ReLU, with mmseg's ``conv``/``bn`` key names."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU(inplace=True)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+def _classifier(channels: int, num_classes: int) -> nn.Conv2d:
+    conv = nn.Conv2d(channels, num_classes, 1)
+    nn.init.normal_(conv.weight, std=0.01)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class MMSegSegFormerHead(nn.Module):
+    """mmseg SegformerHead: per stage 1x1 conv-BN-ReLU to E, resize to stride 4, concat
+    [c1..c4], fuse 4E -> E (conv-BN-ReLU), dropout, 1x1 classifier ``conv_seg``."""
+
+    def __init__(self, in_channels: list[int], channels: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(ConvBNReLU(c, channels) for c in in_channels)
+        self.fusion_conv = ConvBNReLU(len(in_channels) * channels, channels)
+        self.dropout = nn.Dropout2d(dropout)
+        self.conv_seg = _classifier(channels, num_classes)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        size = features[0].shape[-2:]
+        maps = [resize(conv(f), size) for conv, f in zip(self.convs, features)]
+        return self.conv_seg(self.dropout(self.fusion_conv(torch.cat(maps, dim=1))))
+
+
+class LinearEmbed(nn.Module):
+    """Per-pixel Linear(C_i, E) on a feature map (key ``linear_c{i}.proj``)."""
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        return self.proj(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
+
+
+class AllMLPHead(nn.Module):
+    """NVlabs SegFormerHead: per stage Linear(C_i, E) (no norm, no activation), resize to
+    stride 4, concat [c4..c1], fuse 4E -> E (conv-BN-ReLU), dropout, 1x1 ``linear_pred``."""
+
+    def __init__(self, in_channels: list[int], channels: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.num_stages = len(in_channels)
+        for i, c in enumerate(in_channels):
+            self.add_module(f"linear_c{i + 1}", LinearEmbed(c, channels))
+        self.linear_fuse = ConvBNReLU(self.num_stages * channels, channels)
+        self.dropout = nn.Dropout2d(dropout)
+        self.linear_pred = _classifier(channels, num_classes)
+        self.apply(init_transformer_weights)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        size = features[0].shape[-2:]
+        maps = [resize(getattr(self, f"linear_c{i + 1}")(features[i]), size) for i in reversed(range(self.num_stages))]
+        return self.linear_pred(self.dropout(self.linear_fuse(torch.cat(maps, dim=1))))
+
+
+# ------------------------------------------------------------------------------- model
+@register_architecture
+class SeMaskMiT(nn.Module):
+    """(SeMask) MiT encoder + SegFormer head; ``forward(pixel_values, labels=None)``."""
+
+    config_class = SeMaskMiTConfig
+
+    def __init__(self, config: SeMaskMiTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = MixTransformer(
+            embed_dims=config.embed_dims,
+            depths=config.depths,
+            num_heads=config.num_heads,
+            sr_ratios=config.sr_ratios,
+            patch_sizes=config.patch_sizes,
+            strides=config.strides,
+            mlp_ratio=config.mlp_ratio,
+            drop_path_rate=config.drop_path_rate,
+            num_classes=config.num_classes,
+            num_semantic_blocks=config.num_semantic_blocks,  # type: ignore[arg-type]
+            semantic_placement=config.semantic_placement,
+            semantic_window_size=config.semantic_window_size,
+            semantic_global_stages=config.semantic_global_stages,  # type: ignore[arg-type]
+            semantic_dropout=config.semantic_dropout,
+            learnable_lambda=config.learnable_lambda,
+        )
+        head_cls = MMSegSegFormerHead if config.decode_head == "mmseg" else AllMLPHead
+        self.decode_head = head_cls(
+            self.backbone.num_features, config.decoder_channels, config.num_classes, config.decoder_dropout  # type: ignore[arg-type]
+        )
+
+    def forward(self, pixel_values: Tensor, labels: Tensor | None = None) -> SegmentationOutput:
+        if labels is not None:
+            check_labels(labels, self.config.num_classes)  # before any compute is spent
+        size = pixel_values.shape[-2:]
+        encoded = self.backbone(pixel_values)
+        logits = resize(self.decode_head(encoded.features), size)
+        semantic_logits = None
+        if encoded.semantic_priors:
+            semantic_logits = resize(semantic_decoder(encoded.semantic_priors), size)
+        out = SegmentationOutput(logits=logits, semantic_logits=semantic_logits)
+        if labels is not None:
+            add_semantic_prior_loss(out, labels, self.config.semantic_loss_weight, self.config.loss_reduction)
+        return out
+
+    def load_backbone_weights(self, path: str) -> BackboneLoadReport:
+        """Initialise the encoder from an ImageNet MiT checkpoint (see :func:`load_mit_imagenet`)."""
+        from ..hub import read_checkpoint
+
+        state_dict, _ = read_checkpoint(path)
+        return load_mit_imagenet(self.backbone, state_dict, source=str(path))
+
+
+# ----------------------------------------------------------------------------- presets
+_MIT_WIDE = (64, 128, 320, 512)
+_VARIANTS = {
+    "b0": dict(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2)),
+    "b1": dict(embed_dims=_MIT_WIDE, depths=(2, 2, 2, 2)),
+    "b2": dict(embed_dims=_MIT_WIDE, depths=(3, 4, 6, 3)),
+    "b3": dict(embed_dims=_MIT_WIDE, depths=(3, 4, 18, 3)),
+    "b4": dict(embed_dims=_MIT_WIDE, depths=(3, 8, 27, 3)),
+    "b5": dict(embed_dims=_MIT_WIDE, depths=(3, 6, 40, 3)),
+}
+for _v, _arch in _VARIANTS.items():
+    register_preset(f"mit_{_v}", "semask_mit", num_semantic_blocks=0, **_arch)
+    register_preset(f"semask_mit_{_v}", "semask_mit", num_semantic_blocks=1, **_arch)
+
+
+# --------------------------------------------------------------- key schemes -> ours
+# Our encoder keys are the NVlabs ones. Rules rename mmseg / Hugging Face encoder keys
+# (without the ``backbone.`` / ``segformer.encoder.`` prefix); {s} is the 1-based stage.
+_Rule = tuple[re.Pattern[str], str]
+
+
+def _rules(*pairs: tuple[str, str]) -> list[_Rule]:
+    return [(re.compile(p), t) for p, t in pairs]
+
+
+_MMSEG_ENCODER_RULES = _rules(
+    (r"^layers\.(?P<i>\d+)\.0\.projection\.(?P<r>.+)$", "patch_embed{s}.proj.{r}"),
+    (r"^layers\.(?P<i>\d+)\.0\.norm\.(?P<r>.+)$", "patch_embed{s}.norm.{r}"),
+    (r"^layers\.(?P<i>\d+)\.1\.(?P<j>\d+)\.(?P<n>norm[12])\.(?P<r>.+)$", "block{s}.{j}.{n}.{r}"),
+    (r"^layers\.(?P<i>\d+)\.1\.(?P<j>\d+)\.attn\.attn\.out_proj\.(?P<r>.+)$", "block{s}.{j}.attn.proj.{r}"),
+    (r"^layers\.(?P<i>\d+)\.1\.(?P<j>\d+)\.attn\.(?P<n>sr|norm)\.(?P<r>.+)$", "block{s}.{j}.attn.{n}.{r}"),
+    (r"^layers\.(?P<i>\d+)\.1\.(?P<j>\d+)\.ffn\.layers\.0\.(?P<r>.+)$", "block{s}.{j}.mlp.fc1.{r}"),
+    (r"^layers\.(?P<i>\d+)\.1\.(?P<j>\d+)\.ffn\.layers\.1\.(?P<r>.+)$", "block{s}.{j}.mlp.dwconv.dwconv.{r}"),
+    (r"^layers\.(?P<i>\d+)\.1\.(?P<j>\d+)\.ffn\.layers\.4\.(?P<r>.+)$", "block{s}.{j}.mlp.fc2.{r}"),
+    (r"^layers\.(?P<i>\d+)\.2\.(?P<r>.+)$", "norm{s}.{r}"),
+)
+_MMSEG_IN_PROJ = re.compile(r"^layers\.(?P<i>\d+)\.1\.(?P<j>\d+)\.attn\.attn\.in_proj_(?P<r>weight|bias)$")
+
+_HF_ENCODER_RULES = _rules(
+    (r"^patch_embeddings\.(?P<i>\d+)\.proj\.(?P<r>.+)$", "patch_embed{s}.proj.{r}"),
+    (r"^patch_embeddings\.(?P<i>\d+)\.layer_norm\.(?P<r>.+)$", "patch_embed{s}.norm.{r}"),
+    (r"^block\.(?P<i>\d+)\.(?P<j>\d+)\.layer_norm_1\.(?P<r>.+)$", "block{s}.{j}.norm1.{r}"),
+    (r"^block\.(?P<i>\d+)\.(?P<j>\d+)\.layer_norm_2\.(?P<r>.+)$", "block{s}.{j}.norm2.{r}"),
+    (r"^block\.(?P<i>\d+)\.(?P<j>\d+)\.attention\.self\.query\.(?P<r>.+)$", "block{s}.{j}.attn.q.{r}"),
+    (r"^block\.(?P<i>\d+)\.(?P<j>\d+)\.attention\.self\.sr\.(?P<r>.+)$", "block{s}.{j}.attn.sr.{r}"),
+    (r"^block\.(?P<i>\d+)\.(?P<j>\d+)\.attention\.self\.layer_norm\.(?P<r>.+)$", "block{s}.{j}.attn.norm.{r}"),
+    (r"^block\.(?P<i>\d+)\.(?P<j>\d+)\.attention\.output\.dense\.(?P<r>.+)$", "block{s}.{j}.attn.proj.{r}"),
+    (r"^block\.(?P<i>\d+)\.(?P<j>\d+)\.mlp\.dense1\.(?P<r>.+)$", "block{s}.{j}.mlp.fc1.{r}"),
+    (r"^block\.(?P<i>\d+)\.(?P<j>\d+)\.mlp\.dwconv\.dwconv\.(?P<r>.+)$", "block{s}.{j}.mlp.dwconv.dwconv.{r}"),
+    (r"^block\.(?P<i>\d+)\.(?P<j>\d+)\.mlp\.dense2\.(?P<r>.+)$", "block{s}.{j}.mlp.fc2.{r}"),
+    (r"^layer_norm\.(?P<i>\d+)\.(?P<r>.+)$", "norm{s}.{r}"),
+)
+_HF_KEY_VALUE = re.compile(r"^block\.(?P<i>\d+)\.(?P<j>\d+)\.attention\.self\.(?P<kv>key|value)\.(?P<r>weight|bias)$")
+
+_HF_HEAD_RULES = _rules(
+    (r"^linear_c\.(?P<i>\d+)\.proj\.(?P<r>.+)$", "linear_c{s}.proj.{r}"),
+    (r"^linear_fuse\.weight$", "linear_fuse.conv.weight"),
+    (r"^batch_norm\.(?P<r>.+)$", "linear_fuse.bn.{r}"),
+    (r"^classifier\.(?P<r>.+)$", "linear_pred.{r}"),
+)
+
+
+def _apply_rules(key: str, rules: list[_Rule]) -> str:
+    """The renamed key, or ``key`` itself when no rule matches (strict loading then names it)."""
+    for pattern, template in rules:
+        m = pattern.match(key)
+        if m:
+            groups = m.groupdict()
+            if "i" in groups:
+                groups["s"] = str(int(groups["i"]) + 1)
+            return template.format(**groups)
+    return key
+
+
+def _as_linear(value: Tensor) -> Tensor:
+    """mmseg stores the Mix-FFN Linears as 1x1 convs: (out, in, 1, 1) -> (out, in)."""
+    return value.flatten(1) if value.ndim == 4 and value.shape[-2:] == (1, 1) else value
+
+
+def mmseg_encoder_to_ours(state_dict: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+    """mmseg MiT keys (``layers.{i}.{0,1,2}``) -> NVlabs/ours: split in_proj [q; k; v] into q and kv."""
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        m = _MMSEG_IN_PROJ.match(key)
+        if m:
+            if value.shape[0] % 3:
+                raise CheckpointError(f"{source}: {key} has {value.shape[0]} rows, not 3 x width ([q; k; v])")
+            c = value.shape[0] // 3
+            prefix = f"block{int(m['i']) + 1}.{m['j']}.attn"
+            out[f"{prefix}.q.{m['r']}"] = value[:c]
+            out[f"{prefix}.kv.{m['r']}"] = value[c:]
+            continue
+        new = _apply_rules(key, _MMSEG_ENCODER_RULES)
+        out[new] = _as_linear(value) if new.endswith(("mlp.fc1.weight", "mlp.fc2.weight")) else value
+    return out
+
+
+def hf_encoder_to_ours(state_dict: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+    """Hugging Face Segformer encoder keys -> NVlabs/ours: concatenate key and value into kv."""
+    out: dict[str, Tensor] = {}
+    pairs: dict[tuple[str, str, str], dict[str, Tensor]] = {}
+    for key, value in state_dict.items():
+        m = _HF_KEY_VALUE.match(key)
+        if m:
+            pairs.setdefault((m["i"], m["j"], m["r"]), {})[m["kv"]] = value
+            continue
+        out[_apply_rules(key, _HF_ENCODER_RULES)] = value
+    for (i, j, r), parts in pairs.items():
+        for needed in ("key", "value"):
+            if needed not in parts:
+                raise CheckpointError(f"{source}: block.{i}.{j}.attention.self.{needed}.{r} is missing")
+        out[f"block{int(i) + 1}.{j}.attn.kv.{r}"] = torch.cat([parts["key"], parts["value"]], dim=0)
+    return out
+
+
+def _with_prefix(prefix: str, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {prefix + k: v for k, v in state_dict.items()}
+
+
+def _split_prefix(prefix: str, state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(keys under ``prefix`` with it removed, all other keys unchanged)."""
+    inside = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return inside, {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+
+
+# ------------------------------------------------------------ ImageNet backbone weights
+_HF_ENCODER_PREFIXES = ("segformer.encoder.", "encoder.")
+_IMAGENET_CLASSIFIER = re.compile(r"^(head|classifier)\.")
+
+
+def imagenet_encoder_to_ours(state_dict: dict[str, Tensor], source: str) -> tuple[dict[str, Tensor], list[str]]:
+    """(encoder keys in our naming, dropped ImageNet classifier keys) for any supported layout.
+
+    Accepts NVlabs ``mit_b*.pth`` (bare keys + ``head.*``), mmseg 1.x ``mit_b*_2022*.pth``
+    (``layers.*``), Hugging Face ``nvidia/mit-b*`` (``segformer.encoder.*`` + ``classifier.*``)
+    and any of them under a ``backbone.`` prefix.
+    """
+    sd = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in state_dict.items()}
+    dropped = sorted(k for k in sd if _IMAGENET_CLASSIFIER.match(k))
+    sd = {k: v for k, v in sd.items() if not _IMAGENET_CLASSIFIER.match(k)}
+    for prefix in _HF_ENCODER_PREFIXES:
+        if f"{prefix}patch_embeddings.0.proj.weight" in sd:
+            encoder, rest = _split_prefix(prefix, sd)
+            return {**hf_encoder_to_ours(encoder, source), **rest}, dropped
+    if "layers.0.0.projection.weight" in sd:
+        return mmseg_encoder_to_ours(sd, source), dropped
+    return sd, dropped
+
+
+def load_mit_imagenet(backbone: MixTransformer, state_dict: dict[str, Tensor], source: str) -> BackboneLoadReport:
+    """Load ImageNet MiT weights into ``backbone``, dropping the classifier.
+
+    Only the (new) semantic layers may stay uninitialised; any other missing, unexpected
+    or mis-shaped key is an error naming the key.
+    """
+    sd, dropped = imagenet_encoder_to_ours(state_dict, source)
+    own = backbone.state_dict()
+    missing = sorted(k for k in own if k not in sd)
+    unexpected = sorted(k for k in sd if k not in own)
+    mis_shaped = sorted(
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
+    )
+    bad_missing = [k for k in missing if not k.startswith("semantic_layer.")]
+    if bad_missing or unexpected or mis_shaped:
+        raise CheckpointError(format_key_report(f"ImageNet MiT checkpoint {source}", bad_missing, unexpected, mis_shaped))
+    backbone.load_state_dict(sd, strict=False)
+    return BackboneLoadReport(loaded=len(sd), missing=missing, unexpected=dropped)
+
+
+# ------------------------------------------------------------------ official checkpoints
+def _count(state_dict: dict[str, Tensor], pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in state_dict if (m := rx.match(k))})
+
+
+def infer_mit_config(state_dict: dict[str, Tensor], source: str) -> dict[str, Any]:
+    """Read the architecture off the tensor shapes of a state dict in our key naming.
+
+    Heads are not stored in the weights: MiT uses one head in stage 1 and a fixed head
+    width, so ``num_heads[i] = C_i / C_1`` (1, 2, 5, 8 for every released size).
+    Strides are the MiT ones (4, 2, 2, 2). The semantic window size and which stages attend
+    globally leave no trace in the weights: they follow the config defaults unless overridden.
+    """
+    try:
+        n = _count(state_dict, r"backbone\.patch_embed(\d+)\.proj\.weight$")
+        patch = [state_dict[f"backbone.patch_embed{i + 1}.proj.weight"] for i in range(n)]
+        dims = tuple(int(p.shape[0]) for p in patch)
+        fc1 = state_dict["backbone.block1.0.mlp.fc1.weight"]
+        values: dict[str, Any] = dict(
+            embed_dims=dims,
+            depths=tuple(_count(state_dict, rf"backbone\.block{i + 1}\.(\d+)\.") for i in range(n)),
+            num_heads=tuple(d // dims[0] for d in dims),
+            sr_ratios=tuple(
+                int(state_dict[f"backbone.block{i + 1}.0.attn.sr.weight"].shape[-1])
+                if f"backbone.block{i + 1}.0.attn.sr.weight" in state_dict
+                else 1
+                for i in range(n)
+            ),
+            patch_sizes=tuple(int(p.shape[-1]) for p in patch),
+            mlp_ratio=fc1.shape[0] / dims[0],
+            num_semantic_blocks=tuple(
+                _count(state_dict, rf"backbone\.semantic_layer\.{i}\.class_injection\.(\d+)\.") for i in range(n)
+            ),
+        )
+        if any(f"backbone.semantic_layer.{i}.class_injection.0.mlp_v.weight" in state_dict for i in range(n)) and not any(
+            k.startswith("backbone.semantic_layer.") and ".norm1." in k for k in state_dict
+        ):
+            values["semantic_placement"] = "after_stage_norm"
+        if "decode_head.linear_fuse.conv.weight" in state_dict:
+            values["decode_head"] = "nvlabs"
+            classifier = state_dict["decode_head.linear_pred.weight"]
+        else:
+            values["decode_head"] = "mmseg"
+            classifier = state_dict["decode_head.conv_seg.weight"]
+    except KeyError as err:
+        raise CheckpointError(f"{source}: cannot infer the MiT architecture, key {err} is missing") from None
+    values["num_classes"] = int(classifier.shape[0])
+    values["decoder_channels"] = int(classifier.shape[1])
+    return values
+
+
+def _class_metadata(meta: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    """Class names and palette from an mmseg 0.x (``CLASSES``) or 1.x (``dataset_meta``) meta."""
+    dataset_meta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
+    classes = meta.get("CLASSES") or dataset_meta.get("classes")
+    palette = meta.get("PALETTE") or dataset_meta.get("palette")
+    values: dict[str, Any] = {}
+    if classes is not None and len(classes) == num_classes:
+        values["class_names"] = [str(c) for c in classes]
+    if palette is not None and len(palette) >= num_classes:
+        values["palette"] = [[int(c) for c in colour] for colour in palette]
+    return values
+
+
+def _build_and_load(ours: dict[str, Tensor], meta: dict[str, Any], source: str, overrides: dict[str, Any]) -> SeMaskMiT:
+    from .registry import build_model
+
+    values = infer_mit_config(ours, source)
+    values.update(_class_metadata(meta, values["num_classes"]))
+    model = build_model(SeMaskMiTConfig(**{**values, **overrides}))
+    # BatchNorm's step counter is not a weight; some exports omit it.
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            ours.setdefault(key, torch.zeros_like(value))
+    load_state_dict_strict(model, ours, source)
+    return model  # type: ignore[return-value]
+
+
+def _is_nvlabs_mit(state_dict: dict[str, Any]) -> bool:
+    """NVlabs SegFormer checkpoints, and our own models saved as a plain state dict."""
+    return "backbone.patch_embed1.proj.weight" in state_dict and (
+        "decode_head.linear_fuse.conv.weight" in state_dict or "decode_head.fusion_conv.conv.weight" in state_dict
+    )
+
+
+def convert_nvlabs_mit(state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any) -> SeMaskMiT:
+    ours = dict(state_dict)
+    if "decode_head.linear_fuse.conv.weight" in ours:
+        # mmseg's base head builds a conv_seg the all-MLP head never uses; drop it.
+        ours = {k: v for k, v in ours.items() if not k.startswith("decode_head.conv_seg.")}
+    return _build_and_load(ours, meta, source, overrides)
+
+
+def _is_mmseg_segformer(state_dict: dict[str, Any]) -> bool:
+    return "backbone.layers.0.0.projection.weight" in state_dict and "decode_head.fusion_conv.conv.weight" in state_dict
+
+
+def convert_mmseg_segformer(
+    state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any
+) -> SeMaskMiT:
+    """mmseg 0.x/1.x SegFormer: encoder renamed, head names already ours (``convs``, ``fusion_conv``, ``conv_seg``)."""
+    encoder, rest = _split_prefix("backbone.", state_dict)
+    ours = {**_with_prefix("backbone.", mmseg_encoder_to_ours(encoder, source)), **rest}
+    return _build_and_load(ours, meta, source, overrides)
+
+
+def _is_hf_segformer(state_dict: dict[str, Any]) -> bool:
+    return "segformer.encoder.patch_embeddings.0.proj.weight" in state_dict and "decode_head.linear_fuse.weight" in state_dict
+
+
+def convert_hf_segformer(state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any) -> SeMaskMiT:
+    """Hugging Face ``SegformerForSemanticSegmentation`` weights (same maths as NVlabs)."""
+    encoder, rest = _split_prefix("segformer.encoder.", state_dict)
+    head, rest = _split_prefix("decode_head.", rest)
+    ours = {
+        **_with_prefix("backbone.", hf_encoder_to_ours(encoder, source)),
+        **_with_prefix("decode_head.", {_apply_rules(k, _HF_HEAD_RULES): v for k, v in head.items()}),
+        **rest,
+    }
+    return _build_and_load(ours, meta, source, overrides)
+
+
+register_converter("mit_nvlabs", _is_nvlabs_mit, convert_nvlabs_mit)
+register_converter("mit_mmseg", _is_mmseg_segformer, convert_mmseg_segformer)
+register_converter("mit_hf", _is_hf_segformer, convert_hf_segformer)

@@ -1,0 +1,162 @@
+"""Tests for semask.engine.inference: whole/slide, multi-scale, flip and the image helper."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import semask
+from semask.data.transforms import normalize
+from semask.engine.inference import predict_image, segment, slide_windows
+
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+
+
+class ConvModel(nn.Module):
+    """Stand-in segmenter: one conv, logits at input size. ``kernel=1`` is per-pixel."""
+
+    def __init__(self, num_classes: int = 4, kernel: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, num_classes, kernel, padding=kernel // 2)
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> SimpleNamespace:
+        self.sizes.append(tuple(x.shape[-2:]))
+        return SimpleNamespace(logits=self.conv(x))
+
+
+class WindowMeanModel(nn.Module):
+    """Every pixel of a window gets the window's mean input value: exposes the overlap averaging."""
+
+    def forward(self, x: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=x[:, :1].mean(dim=(2, 3), keepdim=True).expand(-1, 2, *x.shape[-2:]))
+
+
+def test_slide_window_grid():
+    # H = 100, crop 48, stride 32: grids = (100 - 48 + 31) // 32 + 1 = 3, last one moved to end at 100.
+    rows = sorted({(y1, y2) for y1, y2, _, _ in slide_windows((100, 40), 48, 32)})
+    assert rows == [(0, 48), (32, 80), (52, 100)]
+    assert slide_windows((30, 40), (48, 64), (32, 32)) == [(0, 30, 0, 40)]  # smaller than the crop
+    for h, w, crop, stride in [(512, 683, 512, 341), (1024, 2048, 769, 513), (97, 101, 33, 20), (64, 64, 64, 1)]:
+        windows = slide_windows((h, w), crop, stride)
+        per_axis = [max(math.ceil((n - crop) / stride), 0) + 1 for n in (h, w)]
+        assert len(windows) == per_axis[0] * per_axis[1]
+        covered = np.zeros((h, w), bool)
+        for y1, y2, x1, x2 in windows:
+            assert (y2 - y1, x2 - x1) == (min(crop, h), min(crop, w))
+            assert y1 % stride == 0 or y2 == h
+            assert x1 % stride == 0 or x2 == w
+            covered[y1:y2, x1:x2] = True
+        assert covered.all()
+
+
+def test_slide_runs_one_forward_per_window_and_averages_overlaps():
+    model = ConvModel().eval()
+    image = torch.randn(2, 3, 70, 90)
+    segment(model, image, mode="slide", crop_size=(40, 50), stride=(25, 30))
+    windows = slide_windows((70, 90), (40, 50), (25, 30))
+    assert len(model.sizes) == len(windows) == 3 * 3
+    assert set(model.sizes) == {(40, 50)}
+
+    out = segment(WindowMeanModel().eval(), image, mode="slide", crop_size=(40, 50), stride=(25, 30))
+    total = torch.zeros(2, 70, 90)
+    count = torch.zeros(70, 90)
+    for y1, y2, x1, x2 in windows:
+        total[:, y1:y2, x1:x2] += image[:, 0, y1:y2, x1:x2].mean(dim=(1, 2))[:, None, None]
+        count[y1:y2, x1:x2] += 1
+    torch.testing.assert_close(out[:, 0], total / count)
+
+    pointwise = ConvModel(kernel=1).eval()  # no context: overlapping windows agree exactly
+    torch.testing.assert_close(
+        segment(pointwise, image, mode="slide", crop_size=32, stride=20), segment(pointwise, image)
+    )
+
+
+def test_slide_equals_whole_when_the_crop_covers_the_image():
+    model = ConvModel().eval()
+    image = torch.randn(1, 3, 37, 53)
+    whole = segment(model, image, out_size=(75, 101))
+    slide = segment(model, image, mode="slide", crop_size=64, stride=32, out_size=(75, 101))
+    assert torch.equal(whole, slide)
+
+
+def test_flip_averages_softmax_of_both_orientations():
+    image = torch.randn(1, 3, 21, 34)
+    pointwise = ConvModel(kernel=1).eval()  # flip-equivariant: flipping changes nothing
+    torch.testing.assert_close(segment(pointwise, image, flip=True), segment(pointwise, image).softmax(1))
+    model = ConvModel().eval()  # a 3x3 kernel is not mirror-symmetric
+    with torch.no_grad():
+        plain = model(image).logits.softmax(1)
+        mirrored = model(image.flip(-1)).logits.softmax(1).flip(-1)
+    assert not torch.allclose(plain, mirrored, atol=1e-3)
+    torch.testing.assert_close(segment(model, image, flip=True), (plain + mirrored) / 2)
+
+
+def test_multiscale_sizes_on_odd_shapes():
+    model = ConvModel(num_classes=5).eval()
+    image = torch.randn(2, 3, 37, 53)
+    out = segment(model, image, scales=(0.5, 1.25), out_size=(75, 101))
+    # 37 * 0.5 = 18.5 -> 19, 53 * 0.5 = 26.5 -> 27, 37 * 1.25 = 46.25 -> 46, 53 * 1.25 = 66.25 -> 66
+    assert model.sizes == [(19, 27), (46, 66)]
+    assert out.shape == (2, 5, 75, 101)
+    torch.testing.assert_close(out.sum(1), torch.ones(2, 75, 101))
+    model.sizes.clear()
+    logits = segment(model, image, out_size=(75, 101))
+    with torch.no_grad():
+        expected = F.interpolate(model(image).logits, size=(75, 101), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(logits, expected)
+
+
+def test_predict_image_resizes_the_original_per_ratio():
+    model = ConvModel().eval()
+    image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    label = predict_image(model, image, MEAN, STD, (2048, 512), scales=(0.5, 1.0), flip=True)
+    # ratio 0.5 fits (1024, 256): factor 256/300, 400 -> 341.33 -> 341; ratio 1 fits (2048, 512): 683.
+    assert model.sizes == [(256, 341), (256, 341), (512, 683), (512, 683)]
+    assert label.shape == (300, 400) and label.dtype == np.int64 and set(np.unique(label)) <= {0, 1, 2, 3}
+    plain = predict_image(model, image, MEAN, STD, scale=None)
+    logits = segment(model, torch.from_numpy(normalize(image, MEAN, STD))[None])
+    np.testing.assert_array_equal(plain, logits.argmax(1)[0].numpy())
+
+
+def test_bad_calls_raise_clear_errors():
+    model = ConvModel()
+    image = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="training mode"):
+        segment(model, image)
+    model.eval()
+    with pytest.raises(ValueError, match="slide mode needs crop_size and stride"):
+        segment(model, image, mode="slide", crop_size=4)
+    with pytest.raises(ValueError, match="mode must be"):
+        segment(model, image, mode="tiles")
+    with pytest.raises(ValueError, match="expected num_classes=3"):
+        segment(model, image, num_classes=3)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        segment(model, image[0])
+    with pytest.raises(ValueError, match="scales"):
+        segment(model, image, scales=())
+    with pytest.raises(TypeError, match="returned Tensor; expected an object with a .logits"):
+        segment(lambda x: x, image)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        predict_image(model, np.zeros((4, 4, 3), np.float32), MEAN, STD)
+
+
+def test_real_semask_model_whole_slide_and_predict():
+    model = semask.create_model(
+        "semask_swin_t_fpn", num_classes=5, embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8),
+        window_size=7, decoder_channels=32,
+    ).eval()
+    image = torch.randn(1, 3, 45, 61)
+    whole = segment(model, image, out_size=(90, 122))
+    slide = segment(model, image, mode="slide", crop_size=64, stride=48, out_size=(90, 122))
+    torch.testing.assert_close(slide, whole)
+    rgb = np.random.default_rng(1).integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    label = predict_image(model, rgb, model.config.mean, model.config.std, scale=(64, 48))
+    assert label.shape == (45, 61) and label.max() < 5
