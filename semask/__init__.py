@@ -1,4 +1,7 @@
 """semask: SeMask (Semantically Masked Transformers) semantic segmentation in plain PyTorch."""
+from .engine.evaluate import evaluate
+from .engine.predict import predict, predict_folder
+from .engine.trainer import train
 from .hub import load_model, load_official_checkpoint, save_model
 from .models import CheckpointError, SegmentationOutput, build_model, create_model, get_config, list_models
 
@@ -9,9 +12,13 @@ __all__ = [
     "SegmentationOutput",
     "build_model",
     "create_model",
+    "evaluate",
     "get_config",
     "list_models",
     "load_model",
     "load_official_checkpoint",
+    "predict",
+    "predict_folder",
     "save_model",
+    "train",
 ]

@@ -106,13 +106,19 @@ def _average_probabilities(
     stride: Any,
     num_classes: int | None,
 ) -> Tensor:
-    """Mean softmax at ``out_size`` over every input, each also mirrored when ``flip``."""
+    """Mean softmax at ``out_size`` over every input, each also mirrored when ``flip``.
+
+    Models whose ``aug_test_average`` is ``"scores"`` (mask classification: the class x mask
+    scores are already probabilities) are averaged as they are, as their official test does.
+    """
+    softmax = getattr(model, "aug_test_average", "softmax") == "softmax"
     total: Tensor | None = None
     n = 0
     for x in inputs:
         for mirrored in (False, True) if flip else (False,):
             logits = _forward(model, x.flip(-1) if mirrored else x, mode, crop_size, stride, num_classes)
-            probs = _resize(logits, out_size).softmax(dim=1)
+            probs = _resize(logits, out_size)
+            probs = probs.softmax(dim=1) if softmax else probs
             probs = probs.flip(-1) if mirrored else probs
             total = probs if total is None else total + probs
             n += 1

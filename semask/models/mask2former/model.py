@@ -238,6 +238,8 @@ class SeMaskMaskFormer(nn.Module):
     """SeMask Swin + mask-classification head; ``forward(pixel_values, labels=None)``."""
 
     config_class = MaskFormerConfig
+    # ms+flip test averages the class x mask scores themselves (spec section 3), no softmax
+    aug_test_average = "scores"
 
     def __init__(self, config: MaskFormerConfig) -> None:
         super().__init__()

@@ -1,0 +1,193 @@
+"""Multi-process training helpers for ``torchrun`` (env:// rendezvous).
+
+One process per device; ``torchrun`` sets RANK, WORLD_SIZE and LOCAL_RANK. Without them
+everything here degrades to a single process, so the trainer has one code path.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group described by the torchrun environment (if any) and pick the device.
+
+    ``device``: "auto" (CUDA when available), "cpu" or "cuda". The backend is NCCL on CUDA and
+    Gloo on CPU, so multi-process training also runs (slowly) without GPUs.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but CUDA is not available; use device=cpu or auto")
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+        torch.cuda.set_device(local_rank)
+        torch_device = torch.device("cuda", local_rank)
+    elif device == "cpu":
+        torch_device = torch.device("cpu")
+    else:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo", init_method="env://")
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def prepare_model(model: nn.Module, info: DistInfo, sync_bn: bool) -> nn.Module:
+    """Move to the device; with several CUDA processes convert BN to SyncBN and wrap in DDP."""
+    model = model.to(info.device)
+    if not info.distributed:
+        return model
+    if sync_bn and info.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [info.local_rank] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def broadcast_buffers(model: nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BN running stats) to every rank.
+
+    Without SyncBN each rank updates its statistics from its own batches; DDP re-broadcasts them
+    only at the next forward. Evaluating right after training, every rank must use rank 0's
+    model, the one that is checkpointed.
+    """
+    if not info.distributed:
+        return
+    for buffer in unwrap(model).buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
+def all_reduce_sum(values: dict[str, np.ndarray], info: DistInfo) -> dict[str, np.ndarray]:
+    """Sum arrays (e.g. per-class intersection/union counts) over ranks, in float64 so counts stay exact."""
+    if not info.distributed:
+        return values
+    out = {}
+    for key, value in values.items():
+        tensor = torch.as_tensor(np.asarray(value, dtype=np.float64), device=_comm_device(info))
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        out[key] = tensor.cpu().numpy()
+    return out
+
+
+def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Average a tensor over ranks (a NaN on any rank makes the result NaN everywhere)."""
+    if not info.distributed:
+        return tensor
+    tensor = tensor.detach().clone().to(_comm_device(info))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor / info.world_size
+
+
+def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    if not info.distributed:
+        return [obj]
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _comm_device(info: DistInfo) -> torch.device:
+    return info.device if info.device.type == "cuda" else torch.device("cpu")
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Deterministic per-rank batches: shuffle with (seed, epoch), shard, batch, drop the remainder.
+
+    Every rank draws the same permutation and takes every ``world_size``-th index, like
+    ``DistributedSampler``. ``set_epoch(epoch, offset)`` starts an epoch after ``offset``
+    batches, which is how a resumed run skips what it already trained on without loading it.
+    """
+
+    def __init__(self, dataset_len: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+        per_rank = dataset_len // world_size
+        if per_rank < batch_size:
+            raise ValueError(
+                f"the training set has {dataset_len} samples, fewer than one batch per process "
+                f"(batch_size={batch_size} x {world_size} processes)"
+            )
+        self.dataset_len = dataset_len
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.epoch = 0
+        self.offset = 0
+
+    def set_epoch(self, epoch: int, offset: int = 0) -> None:
+        if not 0 <= offset <= len(self):
+            raise ValueError(f"batch offset {offset} outside an epoch of {len(self)} batches")
+        self.epoch = epoch
+        self.offset = offset
+
+    def __len__(self) -> int:
+        return (self.dataset_len // self.world_size) // self.batch_size
+
+    def epoch_indices(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.dataset_len, generator=generator).tolist()
+        usable = (self.dataset_len // self.world_size) * self.world_size
+        return order[:usable][self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        indices = self.epoch_indices()
+        for b in range(self.offset, len(self)):
+            yield indices[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+def shard_range(n: int, info: DistInfo) -> list[int]:
+    """Indices of an evaluation set for this rank: contiguous, disjoint, covering all ``n``."""
+    per = math.ceil(n / info.world_size)
+    return list(range(info.rank * per, min(n, (info.rank + 1) * per)))

@@ -1,0 +1,120 @@
+"""Evaluation on a labelled split with the mmseg protocol (spec sections 6-7).
+
+Every image is resized to fit ``eval.scale`` (times each ratio for multi-scale), segmented
+whole or with a sliding window, and its prediction compared with the label at the ORIGINAL
+resolution; per-class counts are summed over the split (and over processes under DDP).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import EvalConfig
+from .distributed import DistInfo, all_reduce_sum, shard_range
+
+
+class _RawSamples(Dataset):
+    """(index, raw RGB uint8 image, checked label) of chosen dataset items, so workers decode in parallel."""
+
+    def __init__(self, dataset: Any, indices: list[int]) -> None:
+        self.dataset = dataset
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
+        index = self.indices[i]
+        image, label = self.dataset.load_sample(index)
+        return index, image, label
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Any,
+    eval_cfg: EvalConfig | None = None,
+    *,
+    info: DistInfo | None = None,
+    num_workers: int = 0,
+    pred_dir: str | Path | None = None,
+    out_json: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """mIoU / mAcc / aAcc (percent) and per-class IoU / Acc of ``model`` on ``dataset``.
+
+    ``eval_cfg`` is the test protocol (default: :class:`EvalConfig`, the ADE20K single-scale one).
+
+    ``dataset`` is a :class:`semask.data.SegmentationDataset` (raw samples come from its
+    ``load_sample``, so its own transform is not used). The model runs on the device of its
+    parameters, in eval mode. ``pred_dir`` also saves the predicted class ids as PNGs named
+    like the images (for ``semask score``); ``out_json`` writes the returned dict.
+    Under DDP (``info``) every process takes a contiguous share and the counts are summed.
+    """
+    from ..data.visualize import save_label_png
+    from .inference import predict_image
+    from .metrics import IoUAccumulator, format_table
+
+    eval_cfg = EvalConfig() if eval_cfg is None else eval_cfg
+    config = model.config  # type: ignore[union-attr]
+    if config.num_classes != dataset.num_classes:
+        raise ValueError(f"the model predicts {config.num_classes} classes but the dataset has {dataset.num_classes}")
+    is_main = info is None or info.is_main
+    indices = list(range(len(dataset))) if info is None else shard_range(len(dataset), info)
+    loader = DataLoader(
+        _RawSamples(dataset, indices), batch_size=None, num_workers=num_workers,
+        generator=torch.Generator(),  # never touch the global RNG (its state is checkpointed)
+    )
+    accumulator = IoUAccumulator(config.num_classes)
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    from tqdm import tqdm
+
+    for index, image, label in tqdm(loader, total=len(indices), desc="eval", unit="img",
+                                    disable=not (progress and is_main)):
+        pred = predict_image(
+            model, image.numpy(), config.mean, config.std, eval_cfg.scale,
+            mode=eval_cfg.mode, crop_size=eval_cfg.crop_size, stride=eval_cfg.stride,
+            scales=eval_cfg.scales, flip=eval_cfg.flip, num_classes=config.num_classes,
+        )
+        accumulator.update(pred, label.numpy())
+        if pred_dir is not None:
+            save_label_png(Path(pred_dir) / f"{dataset.name(int(index))}.png", pred)
+    model.train(was_training)
+    if info is not None:
+        accumulator.counts = all_reduce_sum({"counts": accumulator.counts}, info)["counts"].astype(np.int64)
+    result = accumulator.compute()
+    result.update(
+        num_images=len(dataset),
+        class_names=list(dataset.class_names),
+        protocol={"mode": eval_cfg.mode, "scale": eval_cfg.scale, "scales": list(eval_cfg.scales),
+                  "flip": eval_cfg.flip, **({"crop_size": eval_cfg.crop_size, "stride": eval_cfg.stride}
+                                           if eval_cfg.mode == "slide" else {})},
+        seconds=time.perf_counter() - start,
+        table=format_table(result, dataset.class_names),
+    )
+    if out_json is not None and is_main:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
+    return result
+
+
+def to_jsonable(obj: Any) -> Any:
+    """NaN/inf -> None and tuples -> lists, so the output is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return to_jsonable(obj.item())
+    return obj

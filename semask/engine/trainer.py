@@ -1,0 +1,579 @@
+"""Iteration-based training with the official SeMask-FPN recipe (spec section 6).
+
+``train(cfg, work_dir)`` runs in one process or under ``torchrun`` (one process per device,
+DDP). Everything that decides the numbers is restored on ``resume``: weights, AdamW moments,
+scheduler, AMP scaler, RNG states of every rank and the data position (epoch + batches
+consumed), so an interrupted run ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..config import ExperimentConfig, ModelConfig, OptimConfig, ScheduleConfig, dump_config, load_config
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT
+from .checkpoint import VERSION as CHECKPOINT_VERSION
+from .checkpoint import (
+    CheckpointManager,
+    TrainingCheckpointError,
+    capture_rng_state,
+    load_training_checkpoint,
+    model_from_state,
+    restore_rng_state,
+)
+from .evaluate import evaluate, to_jsonable
+from .distributed import (
+    DistInfo,
+    ShardedBatchSampler,
+    all_gather_objects,
+    all_reduce_mean,
+    barrier,
+    broadcast_buffers,
+    cleanup_distributed,
+    init_distributed,
+    prepare_model,
+    unwrap,
+)
+
+logger = logging.getLogger("semask.train")
+
+METRICS_LOG = "metrics.jsonl"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; raised before the optimiser step, so no weights were touched."""
+
+
+# ----------------------------------------------------------------------------- optimiser
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay for names containing a ``no_decay_keys`` entry (mmseg's
+    substring rule: ``norm`` catches every LayerNorm), and ``backbone_lr_mult`` x lr for the encoder."""
+    groups: dict[tuple[bool, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = not any(key in name for key in cfg.no_decay_keys)
+        backbone = name.startswith("backbone.")
+        if (decay, backbone) not in groups:
+            lr = cfg.lr * (cfg.backbone_lr_mult if backbone else 1.0)
+            groups[(decay, backbone)] = {
+                "params": [],
+                "param_names": [],
+                "lr": lr,
+                "base_lr": lr,
+                "weight_decay": cfg.weight_decay if decay else 0.0,
+            }
+        groups[(decay, backbone)]["params"].append(param)
+        groups[(decay, backbone)]["param_names"].append(name)
+    return [groups[key] for key in sorted(groups)]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def lr_at(iteration: int, base_lr: float, schedule: ScheduleConfig) -> float:
+    """Learning rate used for the update of 0-based ``iteration`` (mmcv 0.x poly + linear warmup).
+
+    poly: ``(base - min) * (1 - it / iters) ** power + min``; during warmup that value is scaled
+    by ``1 - (1 - it / warmup_iters) * (1 - warmup_ratio)``, so iteration 0 uses
+    ``warmup_ratio * base`` and the ramp meets the poly curve at ``warmup_iters``.
+    """
+    regular = (base_lr - schedule.min_lr) * (1.0 - iteration / schedule.iters) ** schedule.power + schedule.min_lr
+    if iteration < schedule.warmup_iters:
+        k = (1.0 - iteration / schedule.warmup_iters) * (1.0 - schedule.warmup_ratio)
+        return regular * (1.0 - k)
+    return regular
+
+
+class WarmupPolyLR:
+    """Sets every param group's lr from its ``base_lr`` with :func:`lr_at` before each update."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: ScheduleConfig) -> None:
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.iteration = 0
+
+    def step(self, iteration: int) -> float:
+        """Apply the lr for ``iteration``; returns the lr of the first group (for logging)."""
+        self.iteration = iteration
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(iteration, group["base_lr"], self.schedule)
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"iteration": self.iteration}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration = int(state["iteration"])
+
+
+# ----------------------------------------------------------------------------- model + data
+
+
+def build_model(
+    cfg: ModelConfig,
+    num_classes: int,
+    class_names: list[str] | None = None,
+    palette: list[list[int]] | None = None,
+) -> nn.Module:
+    """The model ``cfg`` names, for ``num_classes`` classes, initialised as ``cfg`` asks."""
+    import semask  # lazy: keeps ``semask.config`` importable without the model zoo
+
+    overrides = dict(cfg.overrides)
+    if overrides.setdefault("num_classes", num_classes) != num_classes:
+        raise ValueError(f"model.overrides.num_classes={overrides['num_classes']} but the dataset has {num_classes}")
+    if cfg.pretrained is not None:
+        if cfg.backbone_weights is not None:
+            raise ValueError("set model.pretrained or model.backbone_weights, not both")
+        path = Path(cfg.pretrained)
+        extra = {k: v for k, v in overrides.items() if k != "num_classes"}
+        if path.is_dir() or path.suffix == ".safetensors":
+            if extra:
+                raise ValueError(f"model.overrides {sorted(extra)} cannot change the saved model {path}")
+            model = semask.load_model(path)
+        else:  # an official checkpoint; overrides settle what the weights cannot tell (e.g. global stages)
+            model = semask.load_official_checkpoint(path, **extra)
+        if model.config.num_classes != num_classes:
+            raise ValueError(
+                f"model.pretrained={path} has {model.config.num_classes} classes, the dataset {num_classes}"
+            )
+        return model.train()
+    if class_names is not None:
+        overrides.setdefault("class_names", list(class_names))
+    if palette is not None:
+        overrides.setdefault("palette", [list(c) for c in palette])
+    model = semask.create_model(cfg.name, **overrides)
+    if cfg.backbone_weights is not None:
+        # Say what was (not) loaded: a silently random backbone costs 30 mIoU (SeMask issue 15).
+        report = model.load_backbone_weights(cfg.backbone_weights)
+        logger.info("backbone initialised from %s: %s", cfg.backbone_weights, report)
+    return model
+
+
+def build_datasets(cfg: ExperimentConfig) -> tuple[Any, Any]:
+    """(train, val) datasets of ``cfg.data``; val is None without ``val_split``.
+
+    The training transform is attached by :func:`attach_train_transform` once the model (and
+    so its normalisation) is known.
+    """
+    from ..data.datasets import build_dataset
+
+    d = cfg.data
+    kwargs = {**d.kwargs, "num_classes": d.num_classes, "reduce_zero_label": d.reduce_zero_label}
+    train_set = build_dataset(d.type, d.root, d.train_split, seed=cfg.train.seed, **kwargs)
+    val_set = build_dataset(d.type, d.root, d.val_split, **kwargs) if d.val_split is not None else None
+    return train_set, val_set
+
+
+def attach_train_transform(cfg: ExperimentConfig, train_set: Any, mean: Any, std: Any) -> None:
+    """The training augmentation of spec section 6, normalising with the model's mean/std.
+
+    (Evaluation reads raw samples and applies the test resize itself, see :mod:`.evaluate`.)
+    """
+    from ..data.transforms import TrainTransform
+
+    d = cfg.data
+    train_set.transform = TrainTransform(
+        crop_size=d.crop_size, scale=d.scale, ratio_range=d.ratio_range, ratios=d.ratios,
+        cat_max_ratio=d.cat_max_ratio, flip_prob=d.flip_prob, photometric=d.photometric, mean=mean, std=std,
+    )
+
+
+# ----------------------------------------------------------------------------- training loop
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(
+    cfg: ExperimentConfig | str | Path,
+    work_dir: str | Path,
+    resume: bool | str | Path = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``cfg`` (a config or a YAML path) into ``work_dir``; returns a summary (metrics, paths, timing).
+
+    ``resume=True`` continues from ``work_dir/checkpoints/latest.pth`` (a fresh start if there
+    is none yet); a path continues from that checkpoint. Launch with
+    ``torchrun --nproc_per_node N -m semask.cli train ...`` for DDP.
+
+    Writes into ``work_dir``: ``config.yaml`` (resolved), ``train.log``, ``metrics.jsonl``,
+    ``checkpoints/`` (``iter_*.pth``, ``latest.pth``, ``best.pth``), ``model/`` (final weights
+    for :func:`semask.load_model`), ``loss.png``/``miou.png`` and ``summary.json``.
+    """
+    if not isinstance(cfg, ExperimentConfig):
+        cfg = load_config(cfg)
+    info = init_distributed(cfg.train.device)
+    work_dir = Path(work_dir)
+    handler = None
+    if info.is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(work_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        return _Trainer(cfg, work_dir, info, progress).run(resume)
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+            handler.close()
+        if info.distributed:
+            cleanup_distributed()
+
+
+class _Trainer:
+    """State of one training run; every rank holds one."""
+
+    def __init__(self, cfg: ExperimentConfig, work_dir: Path, info: DistInfo, progress: bool) -> None:
+        self.cfg = cfg
+        self.work_dir = work_dir
+        self.info = info
+        self.progress = progress
+        self.ckpt = CheckpointManager(work_dir / "checkpoints", cfg.train.keep_last)
+        self.log_path = work_dir / METRICS_LOG
+        self.best: dict[str, Any] = {"metric": "mIoU", "value": None, "iteration": None}
+        self.last_checkpoint: Path | None = None
+        self.last_metrics: dict[str, Any] | None = None
+        self.position = (0, 0)  # (epoch, batches of that epoch consumed)
+
+    # -- setup --------------------------------------------------------------------------
+
+    def _setup(self, resume: bool | str | Path) -> int:
+        """Build data, model, optimiser; restore a checkpoint if resuming. Returns the start iteration."""
+        cfg, info = self.cfg, self.info
+        if info.is_main:
+            dump_config(cfg, self.work_dir / "config.yaml")
+        resume_path = self.ckpt.resolve_resume(resume)
+        state = load_training_checkpoint(resume_path) if resume_path is not None else None
+
+        seed_everything(cfg.train.seed)  # identical initial weights on every rank
+        self.train_set, self.val_set = build_datasets(cfg)
+        meta = self.train_set
+        if state is not None:
+            model = model_from_state(state, str(resume_path))  # type: ignore[arg-type]
+        else:
+            model = build_model(cfg.model, meta.num_classes, meta.class_names, meta.palette)
+        if model.config.num_classes != meta.num_classes:
+            raise ValueError(
+                f"the model has {model.config.num_classes} classes but the {cfg.data.type} dataset at "
+                f"{cfg.data.root} has {meta.num_classes}"
+            )
+        attach_train_transform(cfg, self.train_set, model.config.mean, model.config.std)
+        self.model: nn.Module = model.to(info.device).train()
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = WarmupPolyLR(self.optimizer, cfg.schedule)
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.sampler = ShardedBatchSampler(
+            len(self.train_set), cfg.train.batch_size, info.rank, info.world_size, cfg.train.seed
+        )
+        if state is None:
+            seed_everything(cfg.train.seed + info.rank)  # different dropout / drop-path per rank
+            return 0
+        if info.is_main:
+            logger.info("resuming from %s (iteration %d)", resume_path, state["iteration"])
+        return self._restore(state, resume_path)  # type: ignore[arg-type]
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        tc = self.cfg.train
+        if not tc.amp:
+            return None
+        if self.info.device.type != "cuda":
+            if self.info.is_main:
+                logger.warning("train.amp needs CUDA; training in float32 on %s", self.info.device)
+            return None
+        if tc.amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
+            if self.info.is_main:
+                logger.warning("bf16 is not supported on this GPU; using fp16 with a GradScaler")
+            return torch.float16
+        return torch.bfloat16 if tc.amp_dtype == "bf16" else torch.float16
+
+    def _restore(self, state: dict[str, Any], path: Path) -> int:
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise TrainingCheckpointError(f"{path}: optimiser/scheduler state does not fit this run: {exc}") from exc
+        if len(state["rng"]) == self.info.world_size:
+            restore_rng_state(state["rng"][self.info.rank])
+        else:
+            seed_everything(self.cfg.train.seed + self.info.rank + state["iteration"])
+            if self.info.is_main:
+                logger.warning(
+                    "%s was written by %d process(es), this run has %d: RNG streams are re-seeded, "
+                    "so the continuation is not bit-identical", path, len(state["rng"]), self.info.world_size,
+                )
+        self.best = dict(state.get("best", self.best))
+        self.position = (int(state["epoch"]), int(state["offset"]))
+        self.last_checkpoint = path
+        if self.info.is_main:
+            _truncate_log(self.log_path, state["iteration"])
+        return int(state["iteration"])
+
+    # -- loop ---------------------------------------------------------------------------
+
+    def run(self, resume: bool | str | Path) -> dict[str, Any]:
+        cfg, info = self.cfg, self.info
+        start = self._setup(resume)
+        self.model = prepare_model(self.model, info, cfg.train.sync_bn)
+        writer = self._tensorboard()
+        total = cfg.schedule.iters
+        batches = self._batches(*self.position)
+        bar = self._progress_bar(start, total)
+        if info.is_main:
+            logger.info(
+                "training %s from iteration %d to %d (%d process(es) x batch %d x accum %d) in %s",
+                cfg.model.name, start, total, info.world_size, cfg.train.batch_size, cfg.train.grad_accum,
+                self.work_dir,
+            )
+        window: list[torch.Tensor] = []
+        t_start = t_window = time.perf_counter()
+        self.model.train()
+        it = start
+        while it < total:
+            lr = self.scheduler.step(it)
+            losses = self._step(batches, it)
+            it += 1
+            window.append(losses)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[0].item():.4f}", lr=f"{lr:.2e}", refresh=False)
+            if it % cfg.train.log_interval == 0 or it == total:
+                now = time.perf_counter()
+                mean = torch.stack(window).mean(0).tolist()
+                self._log({
+                    "type": "train", "iter": it, "epoch": self.position[0], "loss": mean[0],
+                    "loss_main": mean[1], "loss_semantic": None if math.isnan(mean[2]) else mean[2],
+                    "lr": lr, "time": (now - t_window) / len(window), "elapsed": now - t_start,
+                }, writer)
+                window, t_window = [], now
+            if self.val_set is not None and (it % cfg.train.eval_interval == 0 or it == total):
+                self._evaluate(it, writer)
+            if it % cfg.train.ckpt_interval == 0 or it == total:
+                self._save(it)
+        if bar is not None:
+            bar.close()
+        return self._finish(time.perf_counter() - t_start, writer)
+
+    def _batches(self, epoch: int, offset: int) -> Iterator[dict[str, Any]]:
+        """Endless batches over epochs, starting ``offset`` batches into ``epoch``.
+
+        ``self.position`` is updated after every batch, so a checkpoint records exactly where
+        the next one starts; a resumed sampler skips indices without loading their samples.
+        """
+        loader = DataLoader(
+            self.train_set,
+            batch_sampler=self.sampler,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=self.info.device.type == "cuda",
+            # A private generator: worker seeding must not draw from the global torch RNG,
+            # whose state is part of the checkpoint (augmentation is seeded per sample anyway).
+            generator=torch.Generator().manual_seed(self.cfg.train.seed),
+        )
+        while True:
+            self.train_set.set_epoch(epoch)
+            self.sampler.set_epoch(epoch, offset)
+            for batch in loader:
+                offset += 1
+                self.position = (epoch, offset)
+                yield batch
+            epoch, offset = epoch + 1, 0
+            self.position = (epoch, offset)
+
+    def _step(self, batches: Iterator[dict[str, Any]], it: int) -> torch.Tensor:
+        """One optimiser update over ``grad_accum`` micro-batches.
+
+        Returns the (loss, loss_main, loss_semantic) means over micro-batches and ranks;
+        loss_semantic is NaN for models without a semantic branch.
+        """
+        cfg, info = self.cfg.train, self.info
+        ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = torch.zeros(3, dtype=torch.float64)
+        for micro in range(cfg.grad_accum):
+            batch = next(batches)
+            images = batch["image"].to(info.device, non_blocking=True)
+            labels = batch["label"].to(info.device, non_blocking=True)
+            last = micro == cfg.grad_accum - 1
+            with contextlib.nullcontext() if last or not ddp else self.model.no_sync():
+                with torch.autocast(info.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    out = self.model(images, labels)
+                self.scaler.scale(out.loss / cfg.grad_accum).backward()
+            semantic = out.loss_semantic if out.loss_semantic is not None else torch.tensor(float("nan"))
+            sums += torch.stack([out.loss.detach(), out.loss_main.detach(), semantic.detach()]).double().cpu()
+        losses = all_reduce_mean(sums / cfg.grad_accum, info).cpu()
+        if not bool(torch.isfinite(losses[:2]).all()) or bool(torch.isinf(losses[2])):
+            self._non_finite(it, losses)
+        if cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return losses.float()
+
+    def _non_finite(self, it: int, losses: torch.Tensor) -> None:
+        if self.last_checkpoint is not None:
+            kept = f"the last good checkpoint {self.last_checkpoint} is untouched"
+        else:
+            kept = "no checkpoint had been written yet"
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {it + 1}: loss={losses[0].item()}, loss_main={losses[1].item()}, "
+            f"loss_semantic={losses[2].item()}; stopped before the optimiser step, {kept}. "
+            "Lower optim.lr, set train.clip_grad, or check the labels of the training data."
+        )
+
+    def _evaluate(self, it: int, writer: Any) -> None:
+        broadcast_buffers(self.model, self.info)
+        model = unwrap(self.model)
+        metrics = evaluate(model, self.val_set, self.cfg.eval, info=self.info, progress=False,
+                           num_workers=min(self.cfg.data.num_workers, 2))
+        model.train()
+        self.last_metrics = metrics
+        self._log({"type": "val", "iter": it, **{k: metrics[k] for k in ("mIoU", "mAcc", "aAcc")}}, writer)
+        score = metrics["mIoU"]
+        if math.isfinite(score) and (self.best["value"] is None or score > self.best["value"]):
+            self.best = {"metric": "mIoU", "value": score, "iteration": it}
+            state = self._state(it)
+            if self.info.is_main:
+                self.ckpt.save_best(state)
+            barrier(self.info)
+
+    def _state(self, it: int) -> dict[str, Any]:
+        """Checkpoint contents; collective (gathers every rank's RNG state), so all ranks call it."""
+        rng = all_gather_objects(capture_rng_state(), self.info)
+        model = unwrap(self.model)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "iteration": it,
+            "epoch": self.position[0],
+            "offset": self.position[1],
+            "model": model.state_dict(),
+            "model_config": model.config.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "best": dict(self.best),
+            "config": self.cfg.to_dict(),
+            "world_size": self.info.world_size,
+        }
+
+    def _save(self, it: int) -> None:
+        state = self._state(it)
+        if self.info.is_main:
+            self.last_checkpoint = self.ckpt.save(state)
+        barrier(self.info)
+
+    def _log(self, record: dict[str, Any], writer: Any) -> None:
+        if not self.info.is_main:
+            return
+        with self.log_path.open("a") as handle:
+            handle.write(json.dumps(to_jsonable(record)) + "\n")
+        if writer is not None:
+            for key, value in record.items():
+                if key not in ("type", "iter", "epoch") and isinstance(value, float) and math.isfinite(value):
+                    writer.add_scalar(f"{record['type']}/{key}", value, record["iter"])
+        if record["type"] == "val":
+            logger.info("iter %d: mIoU %.2f  mAcc %.2f  aAcc %.2f", record["iter"], record["mIoU"],
+                        record["mAcc"], record["aAcc"])
+        else:
+            logger.info("iter %d: loss %.4f  lr %.3e  %.3f s/it", record["iter"], record["loss"], record["lr"],
+                        record["time"])
+
+    def _tensorboard(self) -> Any:
+        if not (self.cfg.train.tensorboard and self.info.is_main):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.info("tensorboard is not installed; metrics go to %s only", self.log_path)
+            return None
+        return SummaryWriter(str(self.work_dir / "tensorboard"))
+
+    def _progress_bar(self, start: int, total: int) -> Any:
+        if not (self.progress and self.info.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=start, desc="train", unit="it", dynamic_ncols=True)
+
+    def _replica_digests(self) -> list[str]:
+        """SHA-256 of every rank's parameters; DDP replicas must be bit-identical, else fail loudly.
+
+        (BatchNorm running statistics are rank-local without SyncBN, so buffers are not compared;
+        the checkpoint holds rank 0's.)
+        """
+        digest = hashlib.sha256()
+        for param in unwrap(self.model).parameters():
+            digest.update(param.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digests = all_gather_objects(digest.hexdigest(), self.info)
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"DDP replicas hold different weights after training: digests per rank {digests}")
+        return digests
+
+    def _finish(self, seconds: float, writer: Any) -> dict[str, Any]:
+        if writer is not None:
+            writer.close()
+        summary: dict[str, Any] = {
+            "work_dir": str(self.work_dir),
+            "world_size": self.info.world_size,
+            "parameter_digests": self._replica_digests(),
+            "iterations": self.cfg.schedule.iters,
+            "train_seconds": seconds,
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "best": dict(self.best),
+            "metrics": self.last_metrics,
+        }
+        if self.info.is_main:
+            import semask
+
+            from .report import plot_curves
+
+            summary["model_dir"] = str(semask.save_model(unwrap(self.model), self.work_dir / "model"))
+            summary["plots"] = [str(p) for p in plot_curves(self.log_path, self.work_dir)]
+            (self.work_dir / "summary.json").write_text(json.dumps(to_jsonable(summary), indent=2))
+        barrier(self.info)
+        return summary
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _truncate_log(path: Path, iteration: int) -> None:
+    """Drop log records written after ``iteration`` by an interrupted run, so a resume does not duplicate them."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut off by the interruption
+            continue
+        if record["iter"] <= iteration:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
+
+

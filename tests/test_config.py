@@ -1,0 +1,148 @@
+"""Experiment configs: YAML + _base_ + overrides, type errors, and the shipped recipes vs the spec."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import semask
+from semask.cli import demo_config
+from semask.config import ConfigError, ExperimentConfig, dump_config, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# Official recipes, written from spec section 6 (not from the YAML files).
+RECIPES = {
+    "ade20k": dict(lr=1e-4, wd=1e-4, warmup_ratio=1e-6, crop=(512, 512), scale=(2048, 512), batch=8,
+                   ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], ratio_range=None, type="ade20k"),
+    "cityscapes": dict(lr=1e-3, wd=0.05, warmup_ratio=1e-5, crop=(768, 768), scale=(2048, 1024), batch=4,
+                       ratios=None, ratio_range=(0.5, 2.0), type="cityscapes"),
+    "coco_stuff10k": dict(lr=1e-4, wd=1e-4, warmup_ratio=1e-6, crop=(512, 512), scale=(2048, 512), batch=8,
+                          ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], ratio_range=None, type="coco_stuff10k"),
+}
+VARIANT_WEIGHTS = {"t": "swin_tiny_patch4_window7_224", "s": "swin_small_patch4_window7_224",
+                   "b": "swin_base_patch4_window12_384_22k", "l": "swin_large_patch4_window12_384_22k"}
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_every_table2_model_has_a_config_per_dataset() -> None:
+    names = {p.stem for p in CONFIGS.glob("*.yaml")}
+    for variant in "tsbl":
+        for prefix in ("swin", "semask_swin"):
+            for dataset in RECIPES:
+                assert f"{prefix}_{variant}_fpn_{dataset}" in names
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*_fpn_*.yaml")), ids=lambda p: p.stem)
+def test_shipped_config_matches_the_official_recipe(path: Path) -> None:
+    cfg = load_config(path)
+    model, dataset = path.stem.split("_fpn_")
+    model += "_fpn"
+    variant = model[-5]
+    recipe = RECIPES[dataset]
+    assert cfg.model.name == model and model in semask.list_models()
+    assert cfg.model.backbone_weights.endswith(VARIANT_WEIGHTS[variant] + ".pth")
+    assert cfg.data.type == recipe["type"]
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas) == (recipe["lr"], recipe["wd"], (0.9, 0.999))
+    assert cfg.optim.no_decay_keys == ("absolute_pos_embed", "relative_position_bias_table", "norm")
+    warmup_ratio = 1e-6 if (dataset, variant) == ("cityscapes", "b") else recipe["warmup_ratio"]
+    assert (cfg.schedule.iters, cfg.schedule.warmup_iters, cfg.schedule.power, cfg.schedule.min_lr) == (80000, 1500, 1.0, 0.0)
+    assert cfg.schedule.warmup_ratio == warmup_ratio
+    large_ade = (dataset, variant) == ("ade20k", "l")
+    assert cfg.data.crop_size == ((640, 640) if large_ade else recipe["crop"])
+    assert cfg.data.scale == ((2560, 640) if large_ade else recipe["scale"])
+    assert cfg.eval.scale == cfg.data.scale and cfg.eval.mode == "whole" and cfg.eval.scales == [1.0]
+    assert cfg.data.ratios == recipe["ratios"] and cfg.data.ratio_range == recipe["ratio_range"]
+    assert cfg.data.cat_max_ratio == 0.75
+    # total batch 16: 8 x 2 GPUs, or 4 x 4 for L on ADE20K and for Cityscapes
+    assert cfg.train.batch_size == (4 if large_ade else recipe["batch"])
+    assert cfg.train.eval_interval == cfg.train.ckpt_interval == 8000
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_yaml_under_configs_resolves(path: Path) -> None:
+    cfg = load_config(path)
+    if path.parent.name != "_base_":  # complete experiments name a registered model
+        assert cfg.model.name in semask.list_models()
+
+
+def test_demo_yaml_equals_the_builtin_demo(tmp_path: Path) -> None:
+    cfg = load_config(CONFIGS / "demo_tiny.yaml", [f"data.root={tmp_path}"])
+    assert cfg == demo_config(str(tmp_path))
+
+
+def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
+    _write(tmp_path / "bases" / "data.yaml", "data:\n  type: folder\n  crop_size: [64, 64]\noptim: {lr: 0.5}\n")
+    _write(tmp_path / "bases" / "sched.yaml", "_base_: data.yaml\nschedule: {iters: 100, warmup_iters: 10}\n")
+    cfg_path = _write(tmp_path / "exp.yaml", "_base_: [bases/sched.yaml]\noptim: {weight_decay: 0.25}\n")
+    cfg = load_config(cfg_path, ["optim.lr=1e-4", "model.overrides.depths=[1,1,1,1]", "train.clip_grad=null",
+                                 "eval.scales=[0.5, 1]", "data.val_split=null"])
+    assert cfg.data.type == "folder" and cfg.data.crop_size == (64, 64)
+    assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)  # YAML reads 1e-4 as a string
+    assert cfg.optim.weight_decay == 0.25
+    assert cfg.schedule.iters == 100 and cfg.schedule.warmup_iters == 10
+    assert cfg.model.overrides == {"depths": [1, 1, 1, 1]}
+    assert cfg.eval.scales == [0.5, 1.0] and cfg.data.val_split is None
+    # untouched fields keep the defaults
+    assert cfg.optim.betas == ExperimentConfig().optim.betas
+
+
+def test_dump_round_trip(tmp_path: Path) -> None:
+    cfg = load_config(CONFIGS / "semask_swin_l_fpn_ade20k.yaml", ["train.amp=true"])
+    dumped = dump_config(cfg, tmp_path / "run" / "config.yaml")
+    assert "_base_" not in dumped.read_text()
+    assert load_config(dumped) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batch_size=2.5", "train.batch_size must be an integer"),
+        ("train.batch_sise=2", "train.batch_sise"),
+        ("optim.betas=[0.9]", "optim.betas must be a list of 2 numbers"),
+        ("eval.mode=sliding", "eval.mode must be one of 'whole', 'slide'"),
+        ("train.amp=yes please", "train.amp must be true or false"),
+        ("data.crop_size=[512, x]", "data.crop_size[1] must be an integer"),
+        ("data.ratio_range=[0.5, 2.0]", "set exactly one of ratios"),
+        ("schedule.warmup_iters=90000", "warmup_iters"),
+        ("train.batch_size.x=1", "train.batch_size is a value"),
+        ("nonsense", "not of the form key.path=value"),
+        ("model=3", "model must be a mapping"),
+        ("train.seed=[1", "cannot parse value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS / "semask_swin_t_fpn_ade20k.yaml", [override])
+    assert message in str(info.value)
+    assert override.partition("=")[0].split(".")[0] in str(info.value)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    _write(tmp_path / "a.yaml", "_base_: b.yaml\n")
+    _write(tmp_path / "b.yaml", "_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    _write(tmp_path / "c.yaml", "_base_: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml does not exist \(a _base_ of .*c\.yaml\)"):
+        load_config(tmp_path / "c.yaml")
+    _write(tmp_path / "list.yaml", "- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(tmp_path / "list.yaml")
+    _write(tmp_path / "typo.yaml", "optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"\['optim.learning_rate'\].*valid keys under optim"):
+        load_config(tmp_path / "typo.yaml")
+
+
+def test_from_dict_applies_overrides_to_an_embedded_config() -> None:
+    stored = ExperimentConfig().to_dict()
+    cfg = ExperimentConfig.from_dict(stored, "ckpt", ["data.root=/elsewhere"])
+    assert cfg.data.root == "/elsewhere"
+    assert stored["data"]["root"] != "/elsewhere"  # the input dict is not modified
