@@ -221,32 +221,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def demo_config(data_root: str, quick: bool = False) -> ExperimentConfig:
-    """The built-in demo experiment (also in ``configs/demo_tiny.yaml``, kept equal by a test).
+    """The built-in demo experiment, ``semask/configs/demo.yaml`` with its data at ``data_root``.
 
-    A small SeMask Swin-FPN (C=32, depths 1-1-2-1, 1.8 M parameters) on 128x128 synthetic
-    scenes, upscaled x2 for training and testing (like the benchmark protocols, which test at a
-    fixed scale) so that the small objects span a few stride-4 tokens. Sized to train on a
-    laptop CPU in a few minutes; ``quick`` shrinks it to a smoke test.
+    ``quick`` shrinks it to a smoke test.
     """
-    raw: dict[str, Any] = {
-        "model": {
-            "name": "semask_swin_t_fpn",
-            "overrides": {"embed_dim": 32, "depths": [1, 1, 2, 1], "num_heads": [1, 2, 4, 8], "window_size": 8,
-                          "decoder_channels": 32, "drop_path_rate": 0.1},
-        },
-        "data": {"type": "folder", "root": data_root, "train_split": "train", "val_split": "val",
-                 "crop_size": [128, 128], "scale": [256, 256], "ratios": [0.75, 1.0, 1.25], "ratio_range": None,
-                 "cat_max_ratio": 0.75, "num_workers": 1},
-        "optim": {"lr": 3.0e-3, "weight_decay": 0.01},
-        "schedule": {"iters": 1000, "warmup_iters": 100, "warmup_ratio": 1.0e-3},
-        "train": {"batch_size": 4, "clip_grad": 1.0, "seed": 0, "device": "cpu", "log_interval": 20,
-                  "eval_interval": 200, "ckpt_interval": 200, "keep_last": 2},
-        "eval": {"mode": "whole", "scale": [256, 256]},
-    }
-    cfg = ExperimentConfig.from_dict(raw, "demo")
-    if quick:
-        cfg = ExperimentConfig.from_dict(cfg.to_dict(), "demo --quick", list(QUICK_OVERRIDES))
-    return cfg
+    path = Path(__file__).parent / "configs" / "demo.yaml"
+    overrides = [f"data.root={data_root}", *(QUICK_OVERRIDES if quick else ())]
+    return load_config(path, overrides)
 
 
 QUICK_OVERRIDES = (
