@@ -119,15 +119,22 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, list[dict[str, float]]] = {}
     start = time.time()
-    for preset in args.variants:
-        for seed in range(seeds):
-            cfg = variant_config(base, preset, seed, iters)
+    # Seed-major order and finished runs reused: an interrupted study restarts where it stopped,
+    # and stopping early still leaves every variant with the same number of seeds.
+    for seed in range(seeds):
+        for preset in args.variants:
+            work_dir = args.work_dir / f"{preset}_seed{seed}"
             t0 = time.time()
-            summary = train(cfg, args.work_dir / f"{preset}_seed{seed}", progress=False)
+            if (work_dir / "summary.json").is_file():
+                summary = json.loads((work_dir / "summary.json").read_text())
+            else:
+                summary = train(variant_config(base, preset, seed, iters), work_dir, progress=False)
+                summary["study_seconds"] = time.time() - t0
+                (work_dir / "summary.json").write_text(json.dumps(summary, default=str, indent=2))
             metrics = summary["metrics"]
             params = sum(p.numel() for p in semask.load_model(summary["model_dir"]).parameters())
             result = {"mIoU": metrics["mIoU"], "boat_car_IoU": (metrics["IoU"][BOAT] + metrics["IoU"][CAR]) / 2,
-                      "params": params, "seconds": time.time() - t0}
+                      "params": params, "seconds": summary.get("study_seconds", summary["train_seconds"])}
             runs.setdefault(preset, []).append(result)
             print(f"{preset:34s} seed {seed}: mIoU {result['mIoU']:.2f}  boat+car {result['boat_car_IoU']:.2f}  "
                   f"({result['seconds'] / 60:.1f} min)", flush=True)
