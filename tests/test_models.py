@@ -223,6 +223,8 @@ def test_backbone_weights_resample_window_and_reject_wrong_depth(tmp_path) -> No
     torch.save({"model": _imagenet_swin_state_dict(window=7)}, tmp_path / "w7.pth")
     model = semask.create_model("semask_swin_b_fpn", num_classes=3, backbone_weights=str(tmp_path / "w7.pth"), **{**TINY, "window_size": 12})
     assert model.backbone.layers[0].blocks[0].attn.relative_position_bias_table.shape == (23 * 23, 1)
+    query = semask.create_model("query_swin_t_fpn", num_classes=3, backbone_weights=str(tmp_path / "w7.pth"), **TINY)
+    assert query.backbone.layers[0].aux_classifier.weight.shape == (3, 16)  # the ablation's new head starts fresh
     deeper = semask.create_model("semask_swin_t_fpn", num_classes=3, **{**TINY, "depths": (2, 2, 4, 2)})
     with pytest.raises(CheckpointError, match="missing keys"):
         deeper.load_backbone_weights(str(tmp_path / "w7.pth"))

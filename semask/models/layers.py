@@ -1,6 +1,10 @@
 """Small building blocks shared by the encoders."""
 from __future__ import annotations
 
+import functools
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -46,27 +50,60 @@ def init_transformer_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Zero-pad a (B, H, W, C) map on the right/bottom so H and W are multiples of ``multiple``."""
-    _, h, w, _ = x.shape
-    pad_h, pad_w = (-h) % multiple, (-w) % multiple
-    if pad_h or pad_w:
-        x = nn.functional.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    return x
+def round_up(n: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` >= ``n`` (non-negative arithmetic only: ONNX export
+    of symbolic sizes mistranslates floor division of negative numbers)."""
+    return (n + multiple - 1) // multiple * multiple
 
 
-def window_partition(x: Tensor, window: int) -> Tensor:
-    """(B, H, W, C) with H, W multiples of ``window`` -> (B * nW, window*window, C), row-major windows."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
+def window_token_index(h: int, w: int, window: int, shift: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Gather indices between raster tokens and (shifted) windows, so that padding, cyclic
+    shift and window partition (and their inverses) are each a single row copy.
+
+    The gather table is one zero row (the padding, index 0) followed by the h*w tokens.
+    ``to_windows`` (nW * window^2,) gives the table row of every slot of the right/bottom
+    zero-padded map rolled by (-shift, -shift) and split into row-major windows;
+    ``to_tokens`` (h*w,) is the inverse: the window slot of each raster token.
+    Cached per size (they depend on nothing else); built fresh while compiling/exporting.
+    """
+    if torch.compiler.is_compiling():
+        return _window_token_index(h, w, window, shift, device)
+    return _cached_window_token_index(h, w, window, shift, device)
 
 
-def window_merge(windows: Tensor, window: int, b: int, h: int, w: int) -> Tensor:
-    """Inverse of :func:`window_partition`: (B * nW, window*window, C) -> (B, H, W, C)."""
-    c = windows.shape[-1]
-    x = windows.view(b, h // window, w // window, window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+def _window_token_index(h: int, w: int, window: int, shift: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    hp, wp = round_up(h, window), round_up(w, window)
+    rows = torch.arange(1, h * w + 1, device=device).view(h, w)
+    rows = _roll(F.pad(rows, (0, wp - w, 0, hp - h)), shift)
+    to_windows = rows.view(hp // window, window, wp // window, window).transpose(1, 2).reshape(-1)
+    slots = torch.arange(hp * wp, device=device).view(hp // window, wp // window, window, window)
+    slots = _roll(slots.transpose(1, 2).reshape(hp, wp), -shift)
+    return to_windows, slots[:h, :w].reshape(-1)
+
+
+def _roll(grid: Tensor, shift: int) -> Tensor:
+    """torch.roll(grid, (-shift, -shift)) by slicing, which exports to ONNX for symbolic sizes."""
+    if shift == 0:
+        return grid
+    grid = torch.cat([grid[shift:], grid[:shift]], dim=0)
+    return torch.cat([grid[:, shift:], grid[:, :shift]], dim=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_window_token_index(h: int, w: int, window: int, shift: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    with torch.inference_mode(False), torch.no_grad():  # usable later with autograd on
+        return _window_token_index(h, w, window, shift, device)
+
+
+def tokens_to_windows(x: Tensor, to_windows: Tensor, window: int) -> Tensor:
+    """(B, L, C) tokens -> (B * nW, window^2, C) windows, zero-padded (see :func:`window_token_index`)."""
+    table = F.pad(x, (0, 0, 1, 0))  # row 0: the padding token
+    return table.index_select(1, to_windows).view(-1, window * window, x.shape[-1])
+
+
+def windows_to_tokens(windows: Tensor, to_tokens: Tensor, batch: int) -> Tensor:
+    """(B * nW, window^2, C) windows -> (B, L, C) raster tokens, padding dropped."""
+    return windows.reshape(batch, -1, windows.shape[-1]).index_select(1, to_tokens)
 
 
 def to_tensor_tuple(value: int | tuple[int, ...] | list[int], n: int, name: str) -> tuple[int, ...]:

@@ -10,10 +10,12 @@ loss through the parameter-free semantic decoder.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor, nn
 
-from .layers import pad_to_multiple, window_merge, window_partition
+from .layers import tokens_to_windows, window_token_index, windows_to_tokens
 
 # Global attention over every pixel of a large image would hold an N x N score matrix
 # (16384^2 floats = 1 GiB at stride 16 of a 2048^2 input). Rows of a softmax are
@@ -23,13 +25,27 @@ GLOBAL_ATTENTION_CHUNK = 4096
 
 
 def semantic_attention(s_q: Tensor, s_k: Tensor, v: Tensor, chunk: int = GLOBAL_ATTENTION_CHUNK) -> Tensor:
-    """softmax(S_Q S_K^T) V with no 1/sqrt(d) scaling (as the official code), row-chunked."""
-    if s_q.shape[-2] <= chunk:
-        return torch.softmax(s_q @ s_k.transpose(-2, -1), dim=-1) @ v
-    s_k_t = s_k.transpose(-2, -1)
-    return torch.cat(
-        [torch.softmax(q @ s_k_t, dim=-1) @ v for q in s_q.split(chunk, dim=-2)], dim=-2
-    )
+    """softmax(S_Q S_K^T) V with no 1/sqrt(d) scaling (as the official code), row-chunked.
+
+    Computed in at least float32, also under autocast: the unscaled products of class
+    scores are large, and bf16/fp16 would round them too coarsely for the softmax.
+    """
+    dtype = torch.promote_types(v.dtype, torch.float32)
+    device = v.device.type
+    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
+        s_q, s_k, v_ = s_q.to(dtype), s_k.to(dtype), v.to(dtype)
+        s_k_t = s_k.transpose(-2, -1)
+        if s_q.shape[-2] <= chunk:
+            out = torch.softmax(s_q @ s_k_t, dim=-1) @ v_
+        else:
+            out = torch.cat([torch.softmax(q @ s_k_t, dim=-1) @ v_ for q in s_q.split(chunk, dim=-2)], dim=-2)
+    return out.to(v.dtype)
+
+
+def prior_map(s_q: Tensor, h: int, w: int) -> Tensor:
+    """(B, H*W, K) semantic queries -> (B, K, H, W) prior map, a channels-last view (no copy)."""
+    b, _, k = s_q.shape
+    return s_q.contiguous().view(b, h, w, k).permute(0, 3, 1, 2)
 
 
 class SemanticAttentionBlock(nn.Module):
@@ -121,17 +137,16 @@ class SemanticLayer(nn.Module):
         if self.global_attention:
             for block in self.class_injection:
                 s_q, y = block(y)
-            return y, None if s_q is None else s_q.transpose(1, 2).reshape(b, -1, h, w)
+            return y, None if s_q is None else prior_map(s_q, h, w)
         m = self.window_size
-        y = pad_to_multiple(y.view(b, h, w, c), m)
-        hp, wp = y.shape[1:3]
-        y = window_partition(y, m)
+        to_windows, to_tokens = window_token_index(h, w, m, 0, x.device)
+        y = tokens_to_windows(y, to_windows, m)  # zero padding after the norm, taking part
         for block in self.class_injection:
             s_q, y = block(y)
-        y = window_merge(y, m, b, hp, wp)[:, :h, :w].reshape(b, h * w, c)
+        y = windows_to_tokens(y, to_tokens, b)
         if s_q is None:
             return y, None
-        return y, window_merge(s_q, m, b, hp, wp)[:, :h, :w].permute(0, 3, 1, 2).contiguous()
+        return y, prior_map(windows_to_tokens(s_q, to_tokens, b), h, w)
 
     def extra_repr(self) -> str:
         mode = "global" if self.global_attention else f"window={self.window_size}"

@@ -6,13 +6,15 @@ Module and parameter names follow the official checkpoints (``patch_embed``,
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import DropPath, Mlp, init_transformer_weights, pad_to_multiple, window_merge, window_partition
+from .layers import (DropPath, Mlp, init_transformer_weights, round_up, tokens_to_windows, window_token_index,
+                     windows_to_tokens)
 from .semantic_layer import SemanticLayer
 
 # Additive mask value between tokens of different regions in shifted windows (official value).
@@ -27,7 +29,16 @@ def relative_position_index(window: int) -> Tensor:
 
 
 def shift_window_mask(hp: int, wp: int, window: int, shift: int, device: torch.device) -> Tensor:
-    """(nW, M^2, M^2) additive mask keeping attention inside the regions a cyclic shift joined."""
+    """(nW, M^2, M^2) additive mask keeping attention inside the regions a cyclic shift joined.
+
+    Cached per size (it depends on nothing else); built fresh while compiling/exporting.
+    """
+    if torch.compiler.is_compiling():
+        return _shift_window_mask(hp, wp, window, shift, device)
+    return _cached_shift_window_mask(hp, wp, window, shift, device)
+
+
+def _shift_window_mask(hp: int, wp: int, window: int, shift: int, device: torch.device) -> Tensor:
     region = torch.zeros(hp, wp, device=device)
     bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     label = 0
@@ -35,9 +46,15 @@ def shift_window_mask(hp: int, wp: int, window: int, shift: int, device: torch.d
         for ws in bounds:
             region[hs, ws] = label
             label += 1
-    windows = window_partition(region.view(1, hp, wp, 1), window).squeeze(-1)  # (nW, M^2)
+    windows = region.view(hp // window, window, wp // window, window).transpose(1, 2).reshape(-1, window * window)
     different = windows.unsqueeze(1) != windows.unsqueeze(2)
     return torch.zeros_like(different, dtype=torch.float32).masked_fill(different, SHIFT_MASK_VALUE)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_shift_window_mask(hp: int, wp: int, window: int, shift: int, device: torch.device) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():  # usable later with autograd on
+        return _shift_window_mask(hp, wp, window, shift, device)
 
 
 class WindowAttention(nn.Module):
@@ -61,26 +78,47 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
+    def attention_mask(self, shift_mask: Tensor | None, windows: int, dtype: torch.dtype) -> Tensor:
+        """Relative position bias plus shift mask as one additive mask, 4-D and contiguous so
+        that scaled_dot_product_attention takes its fused kernel without copying it:
+        (1 or windows, heads, N, N). The sum is formed per call (it is as large as the
+        attention scores); the bias alone is cached while gradients are off.
+        """
+        bias = self.cached_bias(dtype)
+        if shift_mask is None:
+            return bias
+        nw = shift_mask.shape[0]
+        if windows != nw:  # several images: the windows of each use the same mask
+            shift_mask = shift_mask.repeat(windows // nw, 1, 1)
+        return bias + shift_mask.to(dtype).unsqueeze(1)
+
+    def cached_bias(self, dtype: torch.dtype) -> Tensor:
+        """(1, heads, N, N) contiguous bias; cached with gradients off, keyed by the table's
+        storage and version so that any parameter update, load or dtype/device change rebuilds it."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self.relative_position_bias().to(dtype).unsqueeze(0).contiguous()
+        table = self.relative_position_bias_table
+        key = (dtype, table.device, table.data_ptr(), table._version)
+        cached = self.__dict__.get("_bias_cache")
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # usable later in any mode
+                cached = (key, self.relative_position_bias().to(dtype).unsqueeze(0).contiguous())
+            self.__dict__["_bias_cache"] = cached
+        return cached[1]
+
     def forward(self, x: Tensor, shift_mask: Tensor | None = None, return_queries: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B*nW, N, C); shift_mask: (nW, N, N) additive, windows of one image in order.
 
         ``return_queries`` also returns the (unscaled) queries, heads merged, (B*nW, N, C).
         """
         bw, n, c = x.shape
-        q, k, v = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        bias = self.relative_position_bias().to(q.dtype)
-        if shift_mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), scale=self.scale)
-        else:
-            nw = shift_mask.shape[0]
-            mask = bias.unsqueeze(0) + shift_mask.to(q.dtype).unsqueeze(1)  # (nW, heads, N, N)
-            shape = (bw // nw, nw, self.num_heads, n, -1)
-            out = F.scaled_dot_product_attention(
-                q.view(shape), k.view(shape), v.view(shape), attn_mask=mask, scale=self.scale
-            ).flatten(0, 1)
+        qkv = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        mask = self.attention_mask(shift_mask, bw, q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         out = self.proj(out.transpose(1, 2).reshape(bw, n, c))
         if return_queries:
-            return out, q.transpose(1, 2).reshape(bw, n, c)
+            return out, qkv[:, :, 0].reshape(bw, n, c)
         return out
 
 
@@ -100,28 +138,22 @@ class SwinBlock(nn.Module):
     def forward(
         self, x: Tensor, h: int, w: int, shift_mask: Tensor | None, return_queries: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """x: (B, H*W, C). ``return_queries`` also returns the attention queries as (B, H*W, C)."""
-        b, _, c = x.shape
-        m = self.window_size
-        y = pad_to_multiple(self.norm1(x).view(b, h, w, c), m)  # padded tokens are not masked
-        hp, wp = y.shape[1:3]
-        if self.shift:
-            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        y = self.attn(window_partition(y, m), shift_mask if self.shift else None, return_queries)
+        """x: (B, H*W, C). ``return_queries`` also returns the attention queries as (B, H*W, C).
+
+        Padding (after the norm, padded tokens not masked), the cyclic shift and the window
+        partition are one gather; merging, un-shifting and cropping are another.
+        """
+        b = x.shape[0]
+        to_windows, to_tokens = window_token_index(h, w, self.window_size, self.shift, x.device)
+        windows = tokens_to_windows(self.norm1(x), to_windows, self.window_size)
+        y = self.attn(windows, shift_mask if self.shift else None, return_queries)
         if return_queries:
             y, queries = y
-        x = x + self.drop_path(self._unwindow(y, b, h, w, hp, wp))
+        x = x + self.drop_path(windows_to_tokens(y, to_tokens, b))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         if return_queries:
-            return x, self._unwindow(queries, b, h, w, hp, wp)
+            return x, windows_to_tokens(queries, to_tokens, b)
         return x
-
-    def _unwindow(self, windows: Tensor, b: int, h: int, w: int, hp: int, wp: int) -> Tensor:
-        """Windows -> tokens: merge, undo the cyclic shift, crop the padding."""
-        y = window_merge(windows, self.window_size, b, hp, wp)
-        if self.shift:
-            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
-        return y[:, :h, :w].reshape(b, h * w, -1)
 
 
 class PatchMerging(nn.Module):
@@ -155,7 +187,7 @@ class PatchEmbed(nn.Module):
         p = self.patch_size
         h, w = x.shape[-2:]
         if h % p or w % p:
-            x = F.pad(x, (0, (-w) % p, 0, (-h) % p))
+            x = F.pad(x, (0, round_up(w, p) - w, 0, round_up(h, p) - h))
         x = self.proj(x)
         h, w = x.shape[-2:]
         return self.norm(x.flatten(2).transpose(1, 2)), h, w
@@ -202,7 +234,7 @@ class SwinStage(nn.Module):
         m = self.window_size
         shift_mask = None
         if len(self.blocks) > 1:
-            shift_mask = shift_window_mask(-(-h // m) * m, -(-w // m) * m, m, m // 2, x.device)
+            shift_mask = shift_window_mask(round_up(h, m), round_up(w, m), m, m // 2, x.device)
         for block in self.blocks[:-1]:
             x = block(x, h, w, shift_mask)
         prior = None

@@ -1,0 +1,180 @@
+"""Measurement primitives for the benchmark suite: timers, peak memory, GEMM peak, FLOP counts.
+
+Kept free of model knowledge so each number in the report has exactly one definition.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of repeated runs after warm-up; the median is the reported figure."""
+
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+    def as_dict(self) -> dict[str, float | list[float]]:
+        return {"median_s": self.median, "best_s": self.best, "runs_s": self.times}
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` timed runs (device synchronised)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return Timing(times)
+
+
+# ----------------------------------------------------------------------------- memory
+def _read_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class PeakMemory:
+    """Peak memory during a block: RSS (CPU) or max allocated (CUDA), in MiB.
+
+    ``baseline_mib`` is the level when the block started (model and inputs already
+    resident), so ``peak_mib - baseline_mib`` is what the computation itself needed.
+    """
+
+    kind: str
+    baseline_mib: float = 0.0
+    peak_mib: float = 0.0
+
+    @property
+    def increase_mib(self) -> float:
+        return self.peak_mib - self.baseline_mib
+
+    def as_dict(self) -> dict[str, float | str]:
+        return {"kind": self.kind, "peak_mib": self.peak_mib, "baseline_mib": self.baseline_mib,
+                "increase_mib": self.increase_mib}
+
+
+def release_free_memory() -> None:
+    """Return the allocator's cached free pages to the OS (glibc), so that RSS counts live data only."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[PeakMemory]:
+    """Peak memory of the block; on CPU free cached memory is released first, so the first
+    run inside the block pays the page faults: use it as a warm-up, not as a timed run."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = PeakMemory("cuda max_memory_allocated", torch.cuda.memory_allocated(device) / 2**20)
+        yield result
+        torch.cuda.synchronize(device)
+        result.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
+        return
+    release_free_memory()
+    if not _reset_peak_rss():
+        raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs); Linux is required for CPU memory numbers")
+    result = PeakMemory("cpu peak RSS (VmHWM)", _read_status_kib("VmRSS") / 1024)
+    yield result
+    result.peak_mib = _read_status_kib("VmHWM") / 1024
+
+
+# ----------------------------------------------------------------------------- GEMM peak
+def gemm_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None,
+                    repeats: int = 5) -> dict[str, float]:
+    """Best achieved FLOP/s of an n x n x n matmul: the machine's practical dense peak.
+
+    The best (not the median) run is used because it is the closest to what the
+    hardware can do; other processes on a shared machine only ever slow a run down.
+    """
+    n = n or (4096 if device.type == "cpu" else 8192)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    timing = time_fn(lambda: torch.mm(a, b), device, warmup=1, repeats=repeats)
+    flops = 2.0 * n**3
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "peak_flops": flops / timing.best,
+            "median_flops": flops / timing.median}
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def count_forward_flops(build: Callable[[], torch.nn.Module], shape: tuple[int, ...]) -> int:
+    """Full FLOPs (2 per multiply-accumulate of every matmul/conv/attention) of one forward.
+
+    Counted on the meta device, so it costs no compute even at 2048x2048.
+    """
+    with torch.device("meta"):
+        model = build().eval()
+        x = torch.empty(shape)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def machine_info(device: torch.device, threads: int) -> dict[str, object]:
+    info: dict[str, object] = {
+        "torch": torch.__version__,
+        "device": device.type,
+        "threads": threads,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"

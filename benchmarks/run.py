@@ -1,0 +1,109 @@
+"""SeMask benchmark suite (not part of the tests).
+
+    python benchmarks/run.py [--device cpu|cuda] [--quick]
+
+Measures, for SeMask-T FPN and Swin-T FPN (K=150): inference latency at 512x512 (median
+after warm-up), images/s at batch 8, peak memory, a training step at the paper's crop
+(batch 2 on CPU, 8 on GPU), latency/memory over input sizes 256..2048, the machine's own
+fp32 GEMM peak and each model's achieved FLOP/s as a fraction of it, onnxruntime CPU
+latency beside PyTorch, and a torch.profiler breakdown of where the time goes. Writes
+``benchmarks/results/<device>[_quick].{json,md,png}``.
+
+Allocator: by default glibc is told to keep freed memory in the process (no mmap for
+large blocks, no trimming), the effect jemalloc/tcmalloc have in PyTorch's CPU tuning
+guides. Otherwise every tensor above the mmap threshold (e.g. the 150-channel
+full-resolution outputs) is page-faulted in again on every call, which on a small VM
+costs a sizeable share of the model's time. ``--default-allocator`` measures without
+it; the report always gives the 512x512 latency both ways (the other one in a child
+process, since the setting is per process).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+MODELS = ("semask_swin_t_fpn", "swin_t_fpn")
+SIZES = (256, 512, 768, 1024, 2048)
+QUICK_SIZES = (256, 512)
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--quick", action="store_true", help=f"fewer repeats, sizes {QUICK_SIZES} only (about 2 minutes on 2 cores)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and onnxruntime (default 2)")
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--num-classes", type=int, default=150)
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help=f"scaling sizes (default {SIZES})")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None,
+                   help="autocast dtype (default: bf16 on cuda, none on cpu)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd inference at 512x512")
+    p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--default-allocator", action="store_true", help="leave glibc malloc at its defaults")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--latency-probe", action="store_true", help=argparse.SUPPRESS)  # child process mode
+    return p.parse_args(argv)
+
+
+def configure_allocator(default: bool) -> str:
+    """Keep freed memory for reuse (glibc only); must run before torch allocates anything big."""
+    if default:
+        return "default"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    except (OSError, AttributeError):
+        ok = False
+    return "glibc: mmap off, trim off (freed memory reused)" if ok else "default (mallopt unavailable)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    allocator = configure_allocator(args.default_allocator or args.device == "cuda")
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    import suite
+
+    torch.set_num_threads(args.threads)
+    if args.latency_probe:
+        print(json.dumps(suite.latency_probe(args)))
+        return
+    started = time.time()
+    results = suite.run_suite(args)
+    results["machine"]["allocator"] = allocator
+    if args.device == "cpu":
+        results["other_allocator"] = other_allocator_latency(args)
+    results["wall_s"] = time.time() - started
+    import report
+
+    paths = report.write(results, args.out, f"{args.device}{'_quick' if args.quick else ''}")
+    print(report.markdown(results))
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def other_allocator_latency(args: argparse.Namespace) -> dict[str, Any]:
+    """512x512 latency in a child process with the other allocator setting."""
+    cmd = [sys.executable, str(Path(__file__)), "--latency-probe", "--threads", str(args.threads),
+           "--num-classes", str(args.num_classes), "--models", *args.models]
+    cmd += ["--quick"] if args.quick else []
+    cmd += [] if args.default_allocator else ["--default-allocator"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out["allocator"] = "glibc: mmap off, trim off (freed memory reused)" if args.default_allocator else "default"
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""ONNX export of a segmentation model's logits (optional extra: ``pip install semask[onnx]``).
+
+The exported graph maps ``pixel_values`` (B, 3, H, W), normalised as ``model.config``
+says, to ``logits`` (B, K, H, W). Losses and the semantic-prior branch are training
+aids and are left out. The model is traced with ``torch.export`` (the dynamo ONNX
+exporter); when onnxruntime is installed the file is run once and compared with PyTorch.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+DEFAULT_OPSET = 18
+# Largest |onnxruntime - torch| accepted by the built-in check, relative to max |logits|.
+VERIFY_RTOL = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The exported graph could not be produced or does not reproduce the PyTorch model."""
+
+
+class LogitsOnly(nn.Module):
+    """``pixel_values -> model(pixel_values).logits``: the single-output graph ONNX needs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.model(pixel_values).logits
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    size: tuple[int, int] = (512, 512),
+    dynamic: bool = False,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+) -> Path:
+    """Write ``model``'s logits graph to ``path`` (a single .onnx file) and return the path.
+
+    ``size`` (H, W) is the input size of the traced example; with ``dynamic=True`` batch,
+    height and width are symbolic and the file accepts any size (the example size is
+    moved to a "generic" one so that every padding and resizing branch is traced).
+    ``verify`` runs the file with onnxruntime, if installed, and raises
+    :class:`ExportError` when it disagrees with PyTorch.
+    """
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise ImportError("ONNX export needs the optional dependencies: pip install 'semask[onnx]'") from None
+    h, w = (int(v) for v in size)
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be two positive ints (H, W), got {size}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if dynamic:
+        h, w = generic_size(h), generic_size(w)
+    device = next(model.parameters()).device
+    # torch.export treats a size-1 dimension as static, so a dynamic batch is traced with 2 images.
+    example = torch.randn(2 if dynamic else 1, 3, h, w, device=device, generator=torch.Generator(device).manual_seed(0))
+    was_training = model.training
+    wrapper = LogitsOnly(model).eval()
+    try:
+        dynamic_shapes = None
+        if dynamic:
+            dim = torch.export.Dim.DYNAMIC
+            dynamic_shapes = {"pixel_values": {0: dim, 2: dim, 3: dim}}
+        with torch.no_grad(), _quiet_exporter():
+            program = torch.onnx.export(
+                wrapper,
+                (example,),
+                input_names=["pixel_values"],
+                output_names=["logits"],
+                opset_version=opset,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                external_data=False,
+                verbose=False,
+            )
+        if program is None:
+            raise ExportError("torch.onnx.export returned no program")
+        program.save(str(path))
+        if verify:
+            check_onnx(path, wrapper, example)
+    finally:
+        model.train(was_training)
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's warnings about optional torchvision ops for the duration."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def generic_size(n: int) -> int:
+    """The smallest size >= ``n`` that is not a multiple of 4 and stays odd at strides 4-32
+    and off multiples of 7 and 12, so that no "pad only if needed" branch is skipped."""
+    def generic(m: int) -> bool:
+        if m % 4 == 0:
+            return False
+        s = -(-m // 4)
+        for _ in range(4):
+            if s % 2 == 0 or s % 7 == 0 or s % 12 == 0:
+                return False
+            s = -(-s // 2)
+        return True
+
+    n = max(n, 33)
+    while not generic(n):
+        n += 1
+    return n
+
+
+def check_onnx(path: Path, model: nn.Module, example: Tensor) -> float | None:
+    """Run ``path`` with onnxruntime on ``example`` and compare with ``model``; None if no onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"pixel_values": example.cpu().numpy()})[0])
+    with torch.no_grad():
+        want = model(example).float().cpu()
+    if got.shape != want.shape:
+        raise ExportError(f"{path}: onnxruntime logits have shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}")
+    err = float((got - want).abs().max())
+    scale = float(want.abs().max()) or 1.0
+    if err > VERIFY_RTOL * scale:
+        raise ExportError(f"{path}: onnxruntime differs from PyTorch by {err:.3g} (max |logits| {scale:.3g})")
+    return err
