@@ -40,13 +40,17 @@ class Timing:
         return {"median_s": self.median, "best_s": self.best, "runs_s": self.times}
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` timed runs (device synchronised)."""
+def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
+            between: Callable[[], None] | None = None) -> Timing:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` timed runs (device synchronised);
+    ``between`` (untimed) runs before each timed run."""
     for _ in range(warmup):
         fn()
     synchronize(device)
     times = []
     for _ in range(repeats):
+        if between is not None:
+            between()
         start = time.perf_counter()
         fn()
         synchronize(device)
@@ -138,6 +142,29 @@ def gemm_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n:
     flops = 2.0 * n**3
     return {"n": n, "dtype": str(dtype).replace("torch.", ""), "peak_flops": flops / timing.best,
             "median_flops": flops / timing.median}
+
+
+class GemmProbe:
+    """One large matmul timed between the runs of a measurement.
+
+    On a shared or throttled machine the achievable rate drifts; the ratio of a model's
+    FLOP/s to the GEMM FLOP/s measured in the same seconds is robust to that drift,
+    while the fraction of the best GEMM run (the headline figure) is the conservative one.
+    """
+
+    def __init__(self, device: torch.device, n: int | None = None) -> None:
+        self.device = device
+        self.n = n or (4096 if device.type == "cpu" else 8192)
+        self.a = torch.randn(self.n, self.n, device=device)
+        self.b = torch.randn(self.n, self.n, device=device)
+        self.rates: list[float] = []
+
+    def __call__(self) -> None:
+        synchronize(self.device)
+        start = time.perf_counter()
+        torch.mm(self.a, self.b)
+        synchronize(self.device)
+        self.rates.append(2.0 * self.n**3 / (time.perf_counter() - start))
 
 
 # ----------------------------------------------------------------------------- FLOPs

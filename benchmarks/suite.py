@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import tempfile
 import time
 from contextlib import nullcontext
@@ -12,20 +14,22 @@ import torch
 from torch import nn
 
 import semask
-from measure import PeakMemory, Timing, count_forward_flops, gemm_peak_flops, machine_info, peak_memory, synchronize, time_fn
+from measure import (GemmProbe, PeakMemory, Timing, count_forward_flops, gemm_peak_flops, machine_info, peak_memory,
+                     synchronize, time_fn)
 from profile_ops import profile_inference
 
 # (warm-up runs, timed runs) per measurement; the first warm-up run also measures peak memory.
+# With 0 warm-up runs the memory run is also the (first) timed run.
 REPEATS = {
     "latency": {False: (2, 10), True: (1, 3)},
-    "batch": {False: (1, 3), True: (1, 1)},
-    "train": {False: (2, 5), True: (1, 2)},
+    "batch": {False: (1, 3), True: (0, 1)},
+    "train": {False: (2, 5), True: (1, 1)},
 }
 
 
 def scaling_repeats(size: int, quick: bool) -> tuple[int, int]:
     if size >= 2048:
-        return 0, 1  # the single run is also the memory run
+        return 1, 1
     if size >= 1024:
         return 1, 2
     return (1, 2) if quick else (1, 5)
@@ -55,16 +59,17 @@ class Runner:
     def images(self, batch: int, size: int) -> torch.Tensor:
         return torch.randn(batch, 3, size, size, device=self.device)
 
-    def measure(self, step: Callable[[], None], warmup: int, repeats: int) -> tuple[Timing, PeakMemory]:
+    def measure(self, step: Callable[[], None], warmup: int, repeats: int,
+                between: Callable[[], None] | None = None) -> tuple[Timing, PeakMemory]:
         """Peak memory of a first run (which is also the first warm-up), then the timed runs."""
         with peak_memory(self.device) as mem:
             start = time.perf_counter()
             step()
             synchronize(self.device)
             first = time.perf_counter() - start
-        if warmup == 0:  # large inputs: the memory run is the one timed run
-            return Timing([first] + time_fn(step, self.device, 0, repeats - 1).times), mem
-        return time_fn(step, self.device, warmup - 1, repeats), mem
+        if warmup == 0:
+            return Timing([first] + time_fn(step, self.device, 0, repeats - 1, between).times), mem
+        return time_fn(step, self.device, warmup - 1, repeats, between), mem
 
     def inference_step(self, model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
         def step() -> None:
@@ -92,7 +97,9 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     # A second GEMM measurement: the peak is the best of both, so a busy moment at the
     # start of a run cannot inflate the achieved fractions.
     results["gemm"]["end"] = gemm_peak_flops(device)
-    peak = max(results["gemm"]["start"]["peak_flops"], results["gemm"]["end"]["peak_flops"])
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    peak = max([results["gemm"]["start"]["peak_flops"], results["gemm"]["end"]["peak_flops"]]
+               + [e["inference_512"]["concurrent_gemm_best_flops"] for e in results["models"].values()])
     results["gemm"]["peak_flops"] = peak
     bf16_peak = results["gemm"].get("bf16", {}).get("peak_flops")
     for entry in results["models"].values():
@@ -106,6 +113,8 @@ def add_fractions(entry: dict[str, Any], peak: float, bf16_peak: float | None) -
         row = entry[key]
         row["achieved_flops"] = images * entry["flops_512"] / row["median_s"]
         row["fraction_of_peak"] = row["achieved_flops"] / peak
+    inf = entry["inference_512"]
+    inf["fraction_of_concurrent_gemm"] = inf["achieved_flops"] / inf["concurrent_gemm_flops"]
     train = entry["train"]
     train["achieved_flops"] = train["flops"] / train["median_s"]
     train_peak = bf16_peak if bf16_peak and train["amp"] != "fp32" else peak
@@ -127,8 +136,12 @@ def benchmark_model(runner: Runner, name: str, sizes: list[int], args: argparse.
     }
 
     x = runner.images(1, 512)
-    timing, mem = runner.measure(runner.inference_step(model, x), *REPEATS["latency"][quick])
-    entry["inference_512"] = {**timing.as_dict(), "memory": mem.as_dict()}
+    probe = GemmProbe(device)
+    timing, mem = runner.measure(runner.inference_step(model, x), *REPEATS["latency"][quick], between=probe)
+    entry["inference_512"] = {**timing.as_dict(), "memory": mem.as_dict(),
+                              "concurrent_gemm_flops": statistics.median(probe.rates),
+                              "concurrent_gemm_best_flops": max(probe.rates)}
+    del probe
     print(f"  latency 512: {timing.median * 1e3:.0f} ms (best {timing.best * 1e3:.0f}), "
           f"{entry['flops_512'] / timing.median / 1e9:.1f} GFLOP/s, peak {mem.peak_mib:.0f} MiB", flush=True)
     entry["profile_512"] = profile_inference(runner.inference_step(model, x), device)

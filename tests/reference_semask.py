@@ -90,7 +90,7 @@ def semantic_layer(x: Tensor, h: int, w: int, sd: dict[str, Tensor], key: str, n
         groups = [(bi, (wy, wx)) for bi in range(b) for wy in range(0, hp, m) for wx in range(0, wp, m)]
     k_classes = sd[f"{key}.class_injection.0.mlp_cls_q.weight"].shape[0]
     out = torch.zeros_like(grid)
-    prior = torch.zeros(b, hp, wp, k_classes)
+    prior = grid.new_zeros(b, hp, wp, k_classes)
     for bi, origin in groups:
         if origin is None:
             t = grid[bi].reshape(h * w, c)

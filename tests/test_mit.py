@@ -154,7 +154,7 @@ def test_shapes_for_odd_input_sizes(head: str) -> None:
     model.backbone.block1[0].attn.sr.register_forward_hook(lambda m, i, o: sr_shapes.append(tuple(o.shape[-2:])))
     x = torch.randn(2, 3, 67, 45)
     with torch.no_grad():
-        out = model(x)
+        out = model(x, output_semantic_logits=True)
         encoded = model.backbone(x)
     assert out.logits.shape == (2, K, 67, 45) and out.semantic_logits.shape == (2, K, 67, 45)
     sizes = [(17, 12), (9, 6), (5, 3), (3, 2)]  # ceil(H / 4), then ceil(. / 2) three times
@@ -218,7 +218,7 @@ def test_lambda_zero_semask_equals_plain_mit(placement: str, tmp_path) -> None:
     x = torch.randn(2, 3, 71, 53)
     with torch.no_grad():
         ref, got = plain.backbone(x).features, model.backbone(x).features
-        ref_logits, out = plain(x).logits, model(x)
+        ref_logits, out = plain(x).logits, model(x, output_semantic_logits=True)
     tol = dict(rtol=0, atol=0) if placement == "after_stage_norm" else dict(rtol=1e-4, atol=1e-4)
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, **tol)

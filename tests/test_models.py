@@ -69,12 +69,17 @@ def test_overrides_and_unknown_settings() -> None:
 def test_output_shapes(size: tuple[int, int]) -> None:
     model = semask.create_model("semask_swin_t_fpn", num_classes=6, **TINY).eval()
     with torch.inference_mode():
-        out = model(torch.randn(2, 3, *size))
+        x = torch.randn(2, 3, *size)
+        out = model(x, output_semantic_logits=True)
+        plain = model(x)
     assert out.logits.shape == out.semantic_logits.shape == (2, 6, *size)
     assert out.loss is None
+    # Inference skips the semantic decoder unless asked; the logits do not depend on it.
+    assert plain.semantic_logits is None
+    torch.testing.assert_close(plain.logits, out.logits, rtol=0, atol=0)
     base = semask.create_model("swin_t_fpn", num_classes=6, **TINY).eval()
     with torch.inference_mode():
-        assert base(torch.randn(1, 3, *size)).semantic_logits is None
+        assert base(torch.randn(1, 3, *size), output_semantic_logits=True).semantic_logits is None
 
 
 def test_cross_entropy_matches_hand_computation() -> None:

@@ -1,4 +1,4 @@
-"""The models equal a naive spec-literal implementation (tests/reference_semask.py) to float32 rounding."""
+"""The models equal a naive spec-literal implementation (tests/reference_semask.py) up to rounding."""
 from __future__ import annotations
 
 import pytest
@@ -19,23 +19,35 @@ CASES = {
 }
 
 
+def assert_matches_reference(model: torch.nn.Module, sd: dict[str, torch.Tensor], x: torch.Tensor, *reference_args) -> None:
+    """The model equals the reference to rtol = atol = 1e-4 in float64, where both are free of
+    rounding noise so any difference of the math shows; the float32 model stays within 1e-4
+    of the float64 truth relative to the logit scale (an fp32 reference alone is off by
+    ~1e-5 of the scale on these randomised weights)."""
+    with torch.inference_mode():
+        out32 = model(x, output_semantic_logits=True)
+        out = model.double()(x.double(), output_semantic_logits=True)
+        model.float()
+        ref_logits, ref_sem = reference_forward({k: v.double() for k, v in sd.items()}, x.double(), *reference_args)
+    assert out.logits.shape == ref_logits.shape == (x.shape[0], 5, *x.shape[-2:])
+    torch.testing.assert_close(out.logits, ref_logits, rtol=1e-4, atol=1e-4)
+    scale = ref_logits.abs().max().item()
+    torch.testing.assert_close(out32.logits, ref_logits.float(), rtol=1e-4, atol=1e-4 * scale)
+    if ref_sem is None:
+        assert out.semantic_logits is None
+    else:
+        torch.testing.assert_close(out.semantic_logits, ref_sem, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_model_matches_reference(case: str) -> None:
     spec = CASES[case]
     model = randomize(semask.create_model(spec["name"], num_classes=5, **{**TINY, **spec["overrides"]}), seed=1)
     cfg = model.config
     x = torch.randn(2, 3, *spec["size"], generator=torch.Generator().manual_seed(2))
-    with torch.inference_mode():
-        out = model(x)
-        ref_logits, ref_sem = reference_forward(
-            to_official(model), x, list(cfg.num_heads), cfg.window_size, cfg.semantic_window_size, cfg.semantic_global_stages
-        )
-    assert out.logits.shape == (2, 5, *spec["size"])
-    torch.testing.assert_close(out.logits, ref_logits, rtol=1e-4, atol=1e-4)
-    if ref_sem is None:
-        assert out.semantic_logits is None
-    else:
-        torch.testing.assert_close(out.semantic_logits, ref_sem, rtol=1e-4, atol=1e-4)
+    assert_matches_reference(
+        model, to_official(model), x, list(cfg.num_heads), cfg.window_size, cfg.semantic_window_size, cfg.semantic_global_stages
+    )
 
 
 def test_official_checkpoint_file_round_trip(tmp_path) -> None:
@@ -50,9 +62,4 @@ def test_official_checkpoint_file_round_trip(tmp_path) -> None:
     assert loaded.config.class_names == names and loaded.config.palette == palette
     assert loaded.config.embed_dim == 16 and loaded.config.depths == (2, 2, 2, 2)
     assert loaded.config.num_heads == (1, 2, 2, 4) and loaded.config.num_semantic_blocks == (1, 1, 1, 1)
-    x = torch.randn(1, 3, 57, 83)
-    with torch.inference_mode():
-        out = loaded(x)
-        ref_logits, ref_sem = reference_forward(sd, x, [1, 2, 2, 4], 7, 7, (2, 3))
-    torch.testing.assert_close(out.logits, ref_logits, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(out.semantic_logits, ref_sem, rtol=1e-4, atol=1e-4)
+    assert_matches_reference(loaded, sd, torch.randn(1, 3, 57, 83), [1, 2, 2, 4], 7, 7, (2, 3))

@@ -275,7 +275,8 @@ class MixTransformer(nn.Module):
                 self.semantic_layer[str(i)] = layer
         self.apply(init_mit_weights)
 
-    def forward(self, pixel_values: Tensor) -> EncoderOutput:
+    def forward(self, pixel_values: Tensor, output_priors: bool = True) -> EncoderOutput:
+        """``output_priors=False`` leaves ``semantic_priors`` empty (inference has no use for them)."""
         x = pixel_values
         b = x.shape[0]
         features, priors = [], []
@@ -285,12 +286,14 @@ class MixTransformer(nn.Module):
                 x = block(x, h, w)
             semantic = self.semantic_layer[str(i)] if str(i) in self.semantic_layer else None
             if semantic is not None and self.semantic_placement == "before_stage_norm":
-                x, prior = semantic(x, h, w)
-                priors.append(prior)
+                x, prior = semantic(x, h, w, output_priors)
+                if prior is not None:
+                    priors.append(prior)
             x = getattr(self, f"norm{i + 1}")(x)
             if semantic is not None and self.semantic_placement == "after_stage_norm":
-                x, prior = semantic(x, h, w)
-                priors.append(prior)
+                x, prior = semantic(x, h, w, output_priors)
+                if prior is not None:
+                    priors.append(prior)
             x = x.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous()  # decoder input and next stage input
             features.append(x)
         return EncoderOutput(features, priors)
@@ -399,11 +402,14 @@ class SeMaskMiT(nn.Module):
             self.backbone.num_features, config.decoder_channels, config.num_classes, config.decoder_dropout  # type: ignore[arg-type]
         )
 
-    def forward(self, pixel_values: Tensor, labels: Tensor | None = None) -> SegmentationOutput:
+    def forward(
+        self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
+    ) -> SegmentationOutput:
+        """As :meth:`SeMaskFPN.forward`: ``semantic_logits`` only with labels or on request."""
         if labels is not None:
             check_labels(labels, self.config.num_classes)  # before any compute is spent
         size = pixel_values.shape[-2:]
-        encoded = self.backbone(pixel_values)
+        encoded = self.backbone(pixel_values, output_priors=labels is not None or output_semantic_logits)
         logits = resize(self.decode_head(encoded.features), size)
         semantic_logits = None
         if encoded.semantic_priors:

@@ -10,7 +10,9 @@ from torch import Tensor
 class SegmentationOutput:
     """What every semask segmentation model returns.
 
-    ``logits`` and ``semantic_logits`` are at the input resolution. The losses are
+    ``logits`` and ``semantic_logits`` are at the input resolution; ``semantic_logits``
+    (the semantic decoder's prediction) only when labels were given or
+    ``output_semantic_logits=True`` was passed, as inference has no use for it. The losses are
     set only when ``labels`` were passed to ``forward``: ``loss`` is the training
     objective (paper eq. 5), ``loss_main`` the decoder CE (L1) and
     ``loss_semantic`` the semantic-prior CE (L2) before weighting.

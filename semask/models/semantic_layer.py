@@ -73,7 +73,7 @@ class SemanticAttentionBlock(nn.Module):
         """y: (windows, N, C) -> (semantic prior S_Q (windows, N, K), updated y)."""
         s_q = self.mlp_cls_q(y)
         f = self.mlp_res(semantic_attention(s_q, self.mlp_cls_k(y), self.mlp_v(y)))
-        return s_q, self.lambda_ * self.dropout(f) + y
+        return s_q, torch.addcmul(y, self.lambda_, self.dropout(f))  # y + lambda * f in one pass
 
 
 class SelfAttentionBlock(nn.Module):
@@ -95,7 +95,7 @@ class SelfAttentionBlock(nn.Module):
 
     def forward(self, y: Tensor) -> tuple[None, Tensor]:
         f = self.proj(semantic_attention(self.q(y) * self.scale, self.k(y), self.v(y)))
-        return None, self.lambda_ * self.dropout(f) + y
+        return None, torch.addcmul(y, self.lambda_, self.dropout(f))
 
 
 class SemanticLayer(nn.Module):
@@ -130,21 +130,24 @@ class SemanticLayer(nn.Module):
             for _ in range(num_blocks)
         )
 
-    def forward(self, x: Tensor, h: int, w: int) -> tuple[Tensor, Tensor | None]:
-        """x: (B, H*W, C) -> (semantically masked features (B, H*W, C), prior map (B, K, H, W) or None)."""
+    def forward(self, x: Tensor, h: int, w: int, output_prior: bool = True) -> tuple[Tensor, Tensor | None]:
+        """x: (B, H*W, C) -> (semantically masked features (B, H*W, C), prior map (B, K, H, W) or None).
+
+        ``output_prior=False`` (inference) skips assembling the prior map from the windows.
+        """
         b, _, c = x.shape
         y = self.norm1(x)  # the normalised features are the residual stream from here on
         if self.global_attention:
             for block in self.class_injection:
                 s_q, y = block(y)
-            return y, None if s_q is None else prior_map(s_q, h, w)
+            return y, None if s_q is None or not output_prior else prior_map(s_q, h, w)
         m = self.window_size
         to_windows, to_tokens = window_token_index(h, w, m, 0, x.device)
         y = tokens_to_windows(y, to_windows, m)  # zero padding after the norm, taking part
         for block in self.class_injection:
             s_q, y = block(y)
         y = windows_to_tokens(y, to_tokens, b)
-        if s_q is None:
+        if s_q is None or not output_prior:
             return y, None
         return y, prior_map(windows_to_tokens(s_q, to_tokens, b), h, w)
 

@@ -229,7 +229,9 @@ class SwinStage(nn.Module):
         self.aux_classifier = nn.Linear(dim, num_classes) if auxiliary_source else None
         self.downsample = PatchMerging(dim) if downsample else None
 
-    def forward(self, x: Tensor, h: int, w: int) -> tuple[Tensor, Tensor | None, Tensor, int, int]:
+    def forward(
+        self, x: Tensor, h: int, w: int, output_prior: bool = True
+    ) -> tuple[Tensor, Tensor | None, Tensor, int, int]:
         """Returns (stage output, semantic prior or None, input of the next stage, its H, W)."""
         m = self.window_size
         shift_mask = None
@@ -238,15 +240,16 @@ class SwinStage(nn.Module):
         for block in self.blocks[:-1]:
             x = block(x, h, w, shift_mask)
         prior = None
-        if self.auxiliary_source == "queries":
+        aux = self.auxiliary_source if output_prior else None
+        if aux == "queries":
             x, queries = self.blocks[-1](x, h, w, shift_mask, return_queries=True)
             prior = self._aux_map(queries, h, w)
         else:
             x = self.blocks[-1](x, h, w, shift_mask)
-        if self.auxiliary_source == "stage_output":
+        if aux == "stage_output":
             prior = self._aux_map(x, h, w)
         if self.semantic_layer is not None:
-            x, prior = self.semantic_layer(x, h, w)
+            x, prior = self.semantic_layer(x, h, w, output_prior)
         if self.downsample is None:
             return x, prior, x, h, w
         x_next, hn, wn = self.downsample(x, h, w)
@@ -258,7 +261,12 @@ class SwinStage(nn.Module):
 
 @dataclass
 class EncoderOutput:
-    """Normalised stage features (strides 4..32) and semantic prior maps (empty for Swin)."""
+    """Normalised stage features (strides 4..32) and semantic prior maps (empty for Swin).
+
+    Swin returns them as (B, C, H, W) views of its token-major (B, H*W, C) tensors, i.e.
+    channels-last in memory: the convolutional decoders run channels-last, so no layout
+    copy is made.
+    """
 
     features: list[Tensor]
     semantic_priors: list[Tensor]
@@ -327,14 +335,15 @@ class SwinTransformer(nn.Module):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))
         self.apply(init_transformer_weights)
 
-    def forward(self, pixel_values: Tensor) -> EncoderOutput:
+    def forward(self, pixel_values: Tensor, output_priors: bool = True) -> EncoderOutput:
+        """``output_priors=False`` leaves ``semantic_priors`` empty (inference has no use for them)."""
         x, h, w = self.patch_embed(pixel_values)
         b = x.shape[0]
         features, priors = [], []
         for i, stage in enumerate(self.layers):
-            out, prior, x, h_next, w_next = stage(x, h, w)
+            out, prior, x, h_next, w_next = stage(x, h, w, output_priors)
             out = getattr(self, f"norm{i}")(out)
-            features.append(out.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous())
+            features.append(out.view(b, h, w, -1).permute(0, 3, 1, 2))  # channels-last view, no copy
             if prior is not None:
                 priors.append(prior)
             h, w = h_next, w_next

@@ -270,18 +270,22 @@ class SeMaskMaskFormer(nn.Module):
             config.importance_sample_ratio,
         )
 
-    def forward(self, pixel_values: Tensor, labels: Tensor | None = None) -> MaskClassificationOutput:
+    def forward(
+        self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
+    ) -> MaskClassificationOutput:
+        """``semantic_logits`` only with ``labels`` or ``output_semantic_logits=True`` (as SeMaskFPN)."""
         h, w = pixel_values.shape[-2:]
         pad_h, pad_w = (-h) % SIZE_DIVISIBILITY, (-w) % SIZE_DIVISIBILITY
         padded = F.pad(pixel_values, (0, pad_w, 0, pad_h)) if pad_h or pad_w else pixel_values
-        encoded = self.backbone(padded)
+        want_semantic = labels is not None or output_semantic_logits
+        encoded = self.backbone(padded, output_priors=want_semantic)
         predictions = self.sem_seg_head(encoded.features)
         masks = F.interpolate(predictions.masks[-1], size=padded.shape[-2:], mode="bilinear", align_corners=False)
         logits = semantic_inference(predictions.logits[-1].float(), masks[..., :h, :w].float())
-        semantic = semantic_head(encoded.semantic_priors)  # at the padded size
+        semantic = semantic_head(encoded.semantic_priors) if want_semantic else None  # at the padded size
         out = MaskClassificationOutput(
             logits=logits,
-            semantic_logits=semantic[..., :h, :w],
+            semantic_logits=None if semantic is None else semantic[..., :h, :w],
             pred_logits=predictions.logits[-1],
             pred_masks=predictions.masks[-1],
             aux_outputs=list(zip(predictions.logits[:-1], predictions.masks[:-1])),
