@@ -20,7 +20,7 @@ from .layers import to_tensor_tuple
 from .loss import add_semantic_prior_loss, check_labels
 from .outputs import SegmentationOutput
 from .registry import register_architecture, register_converter, register_preset
-from .swin import SwinTransformer, resample_relative_position_bias
+from .swin import SwinTransformer, resample_relative_position_bias, swin_from_config
 
 
 def official_global_stages(embed_dim: int, num_classes: int) -> tuple[int, ...]:
@@ -210,18 +210,8 @@ class SeMaskFPN(nn.Module):
     def __init__(self, config: SeMaskFPNConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = SwinTransformer(
-            embed_dim=config.embed_dim,
-            depths=config.depths,
-            num_heads=config.num_heads,  # type: ignore[arg-type]
-            window_size=config.window_size,
-            mlp_ratio=config.mlp_ratio,
-            drop_path_rate=config.drop_path_rate,
-            num_classes=config.num_classes,
-            num_semantic_blocks=config.num_semantic_blocks,  # type: ignore[arg-type]
-            semantic_window_size=config.semantic_window_size,  # type: ignore[arg-type]
-            semantic_global_stages=config.semantic_global_stages,  # type: ignore[arg-type]
-            semantic_dropout=config.semantic_dropout,
+        self.backbone = swin_from_config(
+            config,
             learnable_lambda=config.learnable_lambda,
             semantic_attention=config.semantic_attention,
             auxiliary_source=config.auxiliary_source,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -348,6 +349,25 @@ class SwinTransformer(nn.Module):
                 priors.append(prior)
             h, w = h_next, w_next
         return EncoderOutput(features, priors)
+
+
+def swin_from_config(config: Any, **extra: Any) -> SwinTransformer:
+    """The (SeMask) Swin encoder described by a model config's backbone fields (the FPN and
+    mask-classification configs share them); ``extra`` passes the ablation switches."""
+    return SwinTransformer(
+        embed_dim=config.embed_dim,
+        depths=config.depths,
+        num_heads=config.num_heads,
+        window_size=config.window_size,
+        mlp_ratio=config.mlp_ratio,
+        drop_path_rate=config.drop_path_rate,
+        num_classes=config.num_classes,
+        num_semantic_blocks=config.num_semantic_blocks,
+        semantic_window_size=config.semantic_window_size,
+        semantic_global_stages=config.semantic_global_stages,
+        semantic_dropout=config.semantic_dropout,
+        **extra,
+    )
 
 
 def resample_relative_position_bias(table: Tensor, window_size: int) -> Tensor:

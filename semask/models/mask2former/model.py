@@ -22,7 +22,7 @@ from ..loss import check_labels, segmentation_cross_entropy
 from ..outputs import SegmentationOutput
 from ..registry import register_architecture, register_converter, register_preset
 from ..semantic_layer import SemanticLayer
-from ..swin import SwinTransformer
+from ..swin import swin_from_config
 from .criterion import SetCriterion
 from .pixel_decoders import FPNPixelDecoder, MSDeformAttnPixelDecoder
 from .transformer_decoders import MaskedAttentionDecoder, MaskFormerPredictor, Predictions
@@ -244,19 +244,7 @@ class SeMaskMaskFormer(nn.Module):
     def __init__(self, config: MaskFormerConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = SwinTransformer(
-            embed_dim=config.embed_dim,
-            depths=config.depths,
-            num_heads=config.num_heads,  # type: ignore[arg-type]
-            window_size=config.window_size,
-            mlp_ratio=config.mlp_ratio,
-            drop_path_rate=config.drop_path_rate,
-            num_classes=config.num_classes,
-            num_semantic_blocks=config.num_semantic_blocks,  # type: ignore[arg-type]
-            semantic_window_size=config.semantic_window_size,  # type: ignore[arg-type]
-            semantic_global_stages=config.semantic_global_stages,  # type: ignore[arg-type]
-            semantic_dropout=config.semantic_dropout,
-        )
+        self.backbone = swin_from_config(config)
         init_semantic_layers_d2(self.backbone)
         self.sem_seg_head = SemSegHead(config, self.backbone.num_features)
         self.criterion = SetCriterion(
