@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -63,6 +63,20 @@ class ModelConfig:
                 f"{type(self).__name__} has no fields {unknown}; valid fields: {sorted(known)}"
             )
         return dataclasses.replace(self, **overrides)
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Config validation shared by the families: ``value`` must be one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def stage_indices(stages: Iterable[int], num_stages: int, name: str) -> tuple[int, ...]:
+    """Sorted stage indices, each checked to lie in 0..num_stages - 1."""
+    result = tuple(sorted(int(s) for s in stages))
+    if any(not 0 <= s < num_stages for s in result):
+        raise ValueError(f"{name} {result} outside stages 0..{num_stages - 1}")
+    return result
 
 
 def tuple_field(*values: Any) -> Any:

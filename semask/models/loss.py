@@ -8,6 +8,8 @@ from torch import Tensor
 from .outputs import SegmentationOutput
 
 IGNORE_INDEX = 255
+# How the cross-entropy is averaged (see segmentation_cross_entropy).
+LOSS_REDUCTIONS = ("all", "valid")
 
 
 def check_labels(labels: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:

@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import CheckpointError, ModelConfig, format_key_report, load_state_dict_strict, tuple_field
+from .base import (CheckpointError, ModelConfig, check_choice, format_key_report, load_state_dict_strict, stage_indices,
+                   tuple_field)
 from .layers import DropPath, init_transformer_weights, to_tensor_tuple
-from .loss import add_semantic_prior_loss, check_labels
+from .loss import LOSS_REDUCTIONS, add_semantic_prior_loss, check_labels
 from .outputs import SegmentationOutput
 from .registry import register_architecture, register_converter, register_preset
 from .semantic_layer import SemanticLayer
@@ -102,19 +103,14 @@ class SeMaskMiTConfig(ModelConfig):
         for dim, heads in zip(self.embed_dims, self.num_heads):
             if dim % heads:
                 raise ValueError(f"embed_dims {self.embed_dims} not divisible by num_heads {self.num_heads}")
-        if self.semantic_placement not in SEMANTIC_PLACEMENTS:
-            raise ValueError(f"semantic_placement must be one of {SEMANTIC_PLACEMENTS}, got {self.semantic_placement!r}")
-        if self.decode_head not in DECODE_HEADS:
-            raise ValueError(f"decode_head must be one of {DECODE_HEADS}, got {self.decode_head!r}")
+        check_choice("semantic_placement", self.semantic_placement, SEMANTIC_PLACEMENTS)
+        check_choice("decode_head", self.decode_head, DECODE_HEADS)
         if self.decoder_channels is None:
             self.decoder_channels = official_decoder_channels(self.decode_head, self.depths)
         if self.semantic_global_stages is None:
             self.semantic_global_stages = default_global_stages(self.num_classes)
-        self.semantic_global_stages = tuple(sorted(int(s) for s in self.semantic_global_stages))
-        if any(not 0 <= s < n for s in self.semantic_global_stages):
-            raise ValueError(f"semantic_global_stages {self.semantic_global_stages} outside stages 0..{n - 1}")
-        if self.loss_reduction not in ("all", "valid"):
-            raise ValueError(f"loss_reduction must be 'all' or 'valid', got {self.loss_reduction!r}")
+        self.semantic_global_stages = stage_indices(self.semantic_global_stages, n, "semantic_global_stages")
+        check_choice("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
 
     @property
     def is_semask(self) -> bool:

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import CheckpointError, ModelConfig, format_key_report, load_state_dict_strict, tuple_field
+from .base import (CheckpointError, ModelConfig, check_choice, format_key_report, load_state_dict_strict, stage_indices,
+                   tuple_field)
 from .layers import to_tensor_tuple
-from .loss import add_semantic_prior_loss, check_labels
+from .loss import LOSS_REDUCTIONS, add_semantic_prior_loss, check_labels
 from .outputs import SegmentationOutput
 from .registry import register_architecture, register_converter, register_preset
 from .swin import SwinTransformer, resample_relative_position_bias, swin_from_config
@@ -71,11 +72,8 @@ class SeMaskFPNConfig(ModelConfig):
             self.semantic_window_size = self.window_size
         if self.semantic_global_stages is None:
             self.semantic_global_stages = official_global_stages(self.embed_dim, self.num_classes)
-        self.semantic_global_stages = tuple(sorted(int(s) for s in self.semantic_global_stages))
-        if any(not 0 <= s < n for s in self.semantic_global_stages):
-            raise ValueError(f"semantic_global_stages {self.semantic_global_stages} outside stages 0..{n - 1}")
-        if self.loss_reduction not in ("all", "valid"):
-            raise ValueError(f"loss_reduction must be 'all' or 'valid', got {self.loss_reduction!r}")
+        self.semantic_global_stages = stage_indices(self.semantic_global_stages, n, "semantic_global_stages")
+        check_choice("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
 
     @property
     def is_semask(self) -> bool:
@@ -96,11 +94,16 @@ class ConvModule(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
+def upsample2x(x: Tensor) -> Tensor:
+    """Bilinear x2 upsampling, align_corners False (mmseg's ``Upsample`` in the FPN head)."""
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
 class Upsample2x(nn.Module):
-    """Bilinear x2 upsampling (align_corners False); parameter-free, occupies odd indices."""
+    """:func:`upsample2x` as a tower layer; parameter-free, occupies odd indices."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return upsample2x(x)
 
 
 def resize(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
@@ -145,17 +148,21 @@ class PointwiseConvToNCHW(nn.Conv2d):
 
 
 class SemanticFPNHead(nn.Module):
-    """mmseg FPNHead: per-stride conv towers upsampled to stride 4 and summed, then 1x1 to K."""
+    """mmseg FPNHead: per-stride conv towers upsampled to stride 4 and summed, then 1x1 to K.
+
+    Towers 1.. stop before their last x2 upsampling (a parameter-free layer, so the
+    official key indices are unchanged): :meth:`forward` applies it once to their sum.
+    """
 
     def __init__(self, in_channels: list[int], channels: int, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.scale_heads = nn.ModuleList()
         for i, c in enumerate(in_channels):
             layers: list[nn.Module] = []
-            for k in range(max(1, i)):  # log2(stride_i / 4) towers, at least one
-                layers.append(ConvModule(c if k == 0 else channels, channels))
-                if i > 0:
+            for k in range(max(1, i)):  # log2(stride_i / 4) convs, at least one
+                if k > 0:
                     layers.append(Upsample2x())
+                layers.append(ConvModule(c if k == 0 else channels, channels))
             self.scale_heads.append(nn.Sequential(*layers))
         self.dropout = nn.Dropout2d(dropout)
         self.conv_seg = PointwiseConvToNCHW(channels, num_classes)
@@ -172,17 +179,18 @@ class SemanticFPNHead(nn.Module):
         """
         features = [f.contiguous(memory_format=torch.channels_last) for f in features]
         out = self.scale_heads[0](features[0])
-        # Towers 1.. all end in the same x2 upsampling, a linear map: towers whose maps
-        # have equal size are summed first and upsampled once (2 fewer stride-4 passes).
-        pending: Tensor | None = None
+        # Towers 1.. share their final x2 upsampling, a linear map: maps of equal size are
+        # summed first and upsampled once (2 fewer stride-4 passes). Odd input sizes can
+        # give towers unequal sizes; each group of equal ones is then upsampled on its own.
+        groups: list[Tensor] = []
         for head, feature in zip(self.scale_heads[1:], features[1:]):
-            y = head[:-1](feature)
-            if pending is not None and pending.shape != y.shape:  # odd input sizes
-                out = out + resize(head[-1](pending), out.shape[-2:])
-                pending = None
-            pending = y if pending is None else pending + y
-        if pending is not None:
-            out = out + resize(self.scale_heads[-1][-1](pending), out.shape[-2:])
+            y = head(feature)
+            if groups and groups[-1].shape == y.shape:
+                groups[-1] = groups[-1] + y
+            else:
+                groups.append(y)
+        for y in groups:
+            out = out + resize(upsample2x(y), out.shape[-2:])
         return self.conv_seg(self.dropout(out))
 
 
@@ -196,7 +204,7 @@ def semantic_decoder(priors: list[Tensor]) -> Tensor:
     out = priors[0]
     for i, prior in enumerate(priors[1:], start=1):
         for _ in range(i):
-            prior = F.interpolate(prior, scale_factor=2.0, mode="bilinear", align_corners=False)
+            prior = upsample2x(prior)
         out = out + resize(prior, out.shape[-2:])
     return out.contiguous()
 

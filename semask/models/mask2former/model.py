@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import CheckpointError, ModelConfig, load_state_dict_strict, tuple_field
+from ..base import CheckpointError, ModelConfig, check_choice, load_state_dict_strict, stage_indices, tuple_field
 from ..layers import to_tensor_tuple
 from ..loss import check_labels, segmentation_cross_entropy
 from ..outputs import SegmentationOutput
@@ -96,8 +96,7 @@ class MaskFormerConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        check_choice("family", self.family, FAMILIES)
         self.depths = tuple(int(d) for d in self.depths)
         n = len(self.depths)
         if n != 4:
@@ -110,9 +109,7 @@ class MaskFormerConfig(ModelConfig):
             self.semantic_window_size = self.window_size
         if self.semantic_global_stages is None:
             self.semantic_global_stages = official_global_stages(self.family, self.num_classes)
-        self.semantic_global_stages = tuple(sorted(int(s) for s in self.semantic_global_stages))
-        if any(not 0 <= s < n for s in self.semantic_global_stages):
-            raise ValueError(f"semantic_global_stages {self.semantic_global_stages} outside stages 0..{n - 1}")
+        self.semantic_global_stages = stage_indices(self.semantic_global_stages, n, "semantic_global_stages")
         defaults = _MASKFORMER_DEFAULTS if self.family == "maskformer" else _MASK2FORMER_DEFAULTS
         for name, value in defaults.items():
             if getattr(self, name) is None:
