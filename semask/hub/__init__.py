@@ -17,8 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .models.base import CheckpointError, load_state_dict_strict
-from .models.registry import build_model, config_class, converters
+from ..models.base import CheckpointError, load_state_dict_strict
+from ..models.registry import build_model, config_class, converters
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
