@@ -8,15 +8,28 @@ stride-4 grid (sigmoid focal).
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from .ops import point_sample
 
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
+
+
+def _linear_sum_assignment() -> Callable[..., tuple[Any, Any]]:
+    """scipy's solver, imported on first use: only training mask-classification models needs scipy."""
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError:
+        raise ImportError(
+            "training a MaskFormer / Mask2Former model needs scipy for Hungarian matching: "
+            "pip install 'semask[maskformer]'"
+        ) from None
+    return linear_sum_assignment
 
 
 def pairwise_sigmoid_ce(logits: Tensor, targets: Tensor) -> Tensor:
@@ -85,6 +98,6 @@ class HungarianMatcher:
                 indices.append((empty, empty))
                 continue
             cost = self.cost_matrix(logits[b], masks[b], classes, target_masks).cpu()
-            rows, cols = linear_sum_assignment(cost.numpy())
+            rows, cols = _linear_sum_assignment()(cost.numpy())
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices
