@@ -34,6 +34,17 @@ class ModelConfig:
     pretrained: str | None = None
     backbone_weights: str | None = None
 
+    def __post_init__(self) -> None:
+        """Check the name and every override against the preset now, not when training starts."""
+        from .models import get_config
+
+        try:
+            get_config(self.name, **self.overrides)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(str(exc).strip("'\"")) from None
+        except ValueError as exc:
+            raise ValueError(f"model.overrides {self.overrides} do not fit {self.name}: {exc}") from None
+
 
 @dataclass
 class DataConfig:

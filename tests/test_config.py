@@ -114,6 +114,9 @@ def test_dump_round_trip(tmp_path: Path) -> None:
         ("nonsense", "not of the form key.path=value"),
         ("model=3", "model must be a mapping"),
         ("train.seed=[1", "cannot parse value"),
+        ("model.name=semask_swin_q_fpn", "unknown model 'semask_swin_q_fpn'"),
+        ("model.overrides.window_sise=7", "has no settings ['window_sise']"),
+        ("model.overrides.depths=[2,2]", "do not fit semask_swin_t_fpn"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:

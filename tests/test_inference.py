@@ -153,10 +153,18 @@ def test_real_semask_model_whole_slide_and_predict():
         "semask_swin_t_fpn", num_classes=5, embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8),
         window_size=7, decoder_channels=32,
     ).eval()
-    image = torch.randn(1, 3, 45, 61)
-    whole = segment(model, image, out_size=(90, 122))
-    slide = segment(model, image, mode="slide", crop_size=64, stride=48, out_size=(90, 122))
-    torch.testing.assert_close(slide, whole)
+    image = torch.randn(1, 3, 90, 122)  # larger than the crop: 2 x 3 overlapping windows
+    windows = slide_windows((90, 122), 64, 48)
+    assert len(windows) == 6
+    slide = segment(model, image, mode="slide", crop_size=64, stride=48)
+    total, count = torch.zeros(1, 5, 90, 122), torch.zeros(1, 1, 90, 122)
+    with torch.inference_mode():
+        for y1, y2, x1, x2 in windows:
+            total[..., y1:y2, x1:x2] += model(image[..., y1:y2, x1:x2]).logits
+            count[..., y1:y2, x1:x2] += 1
+    torch.testing.assert_close(slide, total / count, rtol=1e-3, atol=1e-3)
+    whole = segment(model, image)
+    assert (slide - whole).abs().max() > 1e-3  # windows see less context than the whole image
     rgb = np.random.default_rng(1).integers(0, 256, (45, 61, 3), dtype=np.uint8)
     label = predict_image(model, rgb, model.config.mean, model.config.std, scale=(64, 48))
     assert label.shape == (45, 61) and label.max() < 5
