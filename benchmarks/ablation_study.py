@@ -8,6 +8,7 @@ best-checkpoint selection). Writes ``ablation_study.{json,md,png}`` into ``--out
     python benchmarks/ablation_study.py                 # full study: 7 models x 3 seeds x 500 iterations (~40 min)
     python benchmarks/ablation_study.py --quick         # smoke run (~2 min)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,15 +50,25 @@ def variant_config(base: ExperimentConfig, preset: str, seed: int, iters: int) -
 def summarise(runs: dict[str, list[dict[str, float]]]) -> list[dict[str, object]]:
     rows = []
     for preset, results in runs.items():
-        def stat(key: str) -> tuple[float, float]:
+
+        def stat(key: str, results: list[dict] = results) -> tuple[float, float]:
             values = [r[key] for r in results]
             return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
         miou, boat_car = stat("mIoU"), stat("boat_car_IoU")
-        rows.append({"preset": preset, "ablates": VARIANTS[preset], "seeds": len(results),
-                     "mIoU_mean": miou[0], "mIoU_std": miou[1],
-                     "boat_car_IoU_mean": boat_car[0], "boat_car_IoU_std": boat_car[1],
-                     "params": results[0]["params"], "minutes_per_run": statistics.fmean(r["seconds"] for r in results) / 60})
+        rows.append(
+            {
+                "preset": preset,
+                "ablates": VARIANTS[preset],
+                "seeds": len(results),
+                "mIoU_mean": miou[0],
+                "mIoU_std": miou[1],
+                "boat_car_IoU_mean": boat_car[0],
+                "boat_car_IoU_std": boat_car[1],
+                "params": results[0]["params"],
+                "minutes_per_run": statistics.fmean(r["seconds"] for r in results) / 60,
+            }
+        )
     return rows
 
 
@@ -75,8 +86,10 @@ def write_outputs(rows: list[dict[str, object]], meta: dict[str, object], out: P
         "|---|---|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['preset']} | {r['ablates']} | {r['params']:,} | {r['mIoU_mean']:.2f} +- {r['mIoU_std']:.2f} "
-                     f"| {r['boat_car_IoU_mean']:.2f} +- {r['boat_car_IoU_std']:.2f} |")
+        lines.append(
+            f"| {r['preset']} | {r['ablates']} | {r['params']:,} | {r['mIoU_mean']:.2f} +- {r['mIoU_std']:.2f} "
+            f"| {r['boat_car_IoU_mean']:.2f} +- {r['boat_car_IoU_std']:.2f} |"
+        )
     (out / "ablation_study.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -87,9 +100,22 @@ def write_outputs(rows: list[dict[str, object]], meta: dict[str, object], out: P
     fig, ax = plt.subplots(figsize=(9, 4.5))
     names = [str(r["preset"]) for r in rows]
     x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [r["mIoU_mean"] for r in rows], 0.4, yerr=[r["mIoU_std"] for r in rows], capsize=3, label="mIoU")
-    ax.bar([i + 0.2 for i in x], [r["boat_car_IoU_mean"] for r in rows], 0.4, yerr=[r["boat_car_IoU_std"] for r in rows],
-           capsize=3, label="boat+car IoU")
+    ax.bar(
+        [i - 0.2 for i in x],
+        [r["mIoU_mean"] for r in rows],
+        0.4,
+        yerr=[r["mIoU_std"] for r in rows],
+        capsize=3,
+        label="mIoU",
+    )
+    ax.bar(
+        [i + 0.2 for i in x],
+        [r["boat_car_IoU_mean"] for r in rows],
+        0.4,
+        yerr=[r["boat_car_IoU_std"] for r in rows],
+        capsize=3,
+        label="boat+car IoU",
+    )
     ax.set_xticks(list(x), names, rotation=25, ha="right")
     ax.set_ylabel("%")
     ax.set_title(f"Ablations on synthetic context scenes ({meta['seeds']} seeds, mean +- std)")
@@ -104,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/ablation_study"))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=500, help="training iterations per run (the demo recipe, shortened)")
+    parser.add_argument(
+        "--iters", type=int, default=500, help="training iterations per run (the demo recipe, shortened)"
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 2 seeds, few iterations, small data")
     args = parser.parse_args(argv)
@@ -133,14 +161,26 @@ def main(argv: list[str] | None = None) -> int:
                 (work_dir / "summary.json").write_text(json.dumps(summary, default=str, indent=2))
             metrics = summary["metrics"]
             params = sum(p.numel() for p in semask.load_model(summary["model_dir"]).parameters())
-            result = {"mIoU": metrics["mIoU"], "boat_car_IoU": (metrics["IoU"][BOAT] + metrics["IoU"][CAR]) / 2,
-                      "params": params, "seconds": summary.get("study_seconds", summary["train_seconds"])}
+            result = {
+                "mIoU": metrics["mIoU"],
+                "boat_car_IoU": (metrics["IoU"][BOAT] + metrics["IoU"][CAR]) / 2,
+                "params": params,
+                "seconds": summary.get("study_seconds", summary["train_seconds"]),
+            }
             runs.setdefault(preset, []).append(result)
-            print(f"{preset:34s} seed {seed}: mIoU {result['mIoU']:.2f}  boat+car {result['boat_car_IoU']:.2f}  "
-                  f"({result['seconds'] / 60:.1f} min)", flush=True)
-    meta = {"seeds": seeds, "iters": iters, "threads": torch.get_num_threads(), "total_minutes": (time.time() - start) / 60,
-            "command": " ".join(["python benchmarks/ablation_study.py", *(argv if argv is not None else sys.argv[1:])]),
-            "data": data}
+            print(
+                f"{preset:34s} seed {seed}: mIoU {result['mIoU']:.2f}  boat+car {result['boat_car_IoU']:.2f}  "
+                f"({result['seconds'] / 60:.1f} min)",
+                flush=True,
+            )
+    meta = {
+        "seeds": seeds,
+        "iters": iters,
+        "threads": torch.get_num_threads(),
+        "total_minutes": (time.time() - start) / 60,
+        "command": " ".join(["python benchmarks/ablation_study.py", *(argv if argv is not None else sys.argv[1:])]),
+        "data": data,
+    }
     rows = summarise(runs)
     write_outputs(rows, meta, args.out)
     print((args.out / "ablation_study.md").read_text())

@@ -2,16 +2,18 @@
 
 Kept free of model knowledge so each number in the report has exactly one definition.
 """
+
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -40,8 +42,9 @@ class Timing:
         return {"median_s": self.median, "best_s": self.best, "runs_s": self.times}
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
-            between: Callable[[], None] | None = None) -> Timing:
+def time_fn(
+    fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, between: Callable[[], None] | None = None
+) -> Timing:
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` timed runs (device synchronised);
     ``between`` (untimed) runs before each timed run."""
     for _ in range(warmup):
@@ -94,16 +97,18 @@ class PeakMemory:
         return self.peak_mib - self.baseline_mib
 
     def as_dict(self) -> dict[str, float | str]:
-        return {"kind": self.kind, "peak_mib": self.peak_mib, "baseline_mib": self.baseline_mib,
-                "increase_mib": self.increase_mib}
+        return {
+            "kind": self.kind,
+            "peak_mib": self.peak_mib,
+            "baseline_mib": self.baseline_mib,
+            "increase_mib": self.increase_mib,
+        }
 
 
 def release_free_memory() -> None:
     """Return the allocator's cached free pages to the OS (glibc), so that RSS counts live data only."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 @contextmanager
@@ -121,15 +126,18 @@ def peak_memory(device: torch.device) -> Iterator[PeakMemory]:
         return
     release_free_memory()
     if not _reset_peak_rss():
-        raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs); Linux is required for CPU memory numbers")
+        raise RuntimeError(
+            "cannot reset the peak RSS (/proc/self/clear_refs); Linux is required for CPU memory numbers"
+        )
     result = PeakMemory("cpu peak RSS (VmHWM)", _read_status_kib("VmRSS") / 1024)
     yield result
     result.peak_mib = _read_status_kib("VmHWM") / 1024
 
 
 # ----------------------------------------------------------------------------- GEMM peak
-def gemm_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None,
-                    repeats: int = 5) -> dict[str, float]:
+def gemm_peak_flops(
+    device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None, repeats: int = 5
+) -> dict[str, float]:
     """Best achieved FLOP/s of an n x n x n matmul: the machine's practical dense peak.
 
     The best (not the median) run is used because it is the closest to what the
@@ -140,8 +148,12 @@ def gemm_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n:
     b = torch.randn(n, n, device=device, dtype=dtype)
     timing = time_fn(lambda: torch.mm(a, b), device, warmup=1, repeats=repeats)
     flops = 2.0 * n**3
-    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "peak_flops": flops / timing.best,
-            "median_flops": flops / timing.median}
+    return {
+        "n": n,
+        "dtype": str(dtype).replace("torch.", ""),
+        "peak_flops": flops / timing.best,
+        "median_flops": flops / timing.median,
+    }
 
 
 class GemmProbe:

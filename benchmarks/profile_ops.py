@@ -1,7 +1,9 @@
 """Where the time goes: a torch.profiler run grouped into a few readable categories."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -12,12 +14,34 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("convolution", ("mkldnn_convolution", "convolution", "_convolution", "conv", "_slow_conv", "thnn_conv")),
     ("window/semantic attention kernels", ("_scaled_dot_product", "scaled_dot_product", "_softmax", "softmax")),
     ("bilinear resize", ("upsample", "_upsample")),
-    ("normalisation", ("native_layer_norm", "layer_norm", "native_batch_norm", "batch_norm", "_native_batch_norm",
-                       "_batch_norm")),
-    ("copies / layout / gathers", ("copy_", "cat", "index", "clone", "contiguous", "roll", "constant_pad_nd",
-                                   "_to_copy", "gather", "pad", "fill_", "zero_", "zeros", "empty", "repeat")),
-    ("elementwise", ("add", "mul", "gelu", "relu", "clamp_min", "where", "div", "sub", "masked_fill", "threshold",
-                     "neg", "exp")),
+    (
+        "normalisation",
+        ("native_layer_norm", "layer_norm", "native_batch_norm", "batch_norm", "_native_batch_norm", "_batch_norm"),
+    ),
+    (
+        "copies / layout / gathers",
+        (
+            "copy_",
+            "cat",
+            "index",
+            "clone",
+            "contiguous",
+            "roll",
+            "constant_pad_nd",
+            "_to_copy",
+            "gather",
+            "pad",
+            "fill_",
+            "zero_",
+            "zeros",
+            "empty",
+            "repeat",
+        ),
+    ),
+    (
+        "elementwise",
+        ("add", "mul", "gelu", "relu", "clamp_min", "where", "div", "sub", "masked_fill", "threshold", "neg", "exp"),
+    ),
 ]
 
 

@@ -1,4 +1,5 @@
 """Benchmark results -> JSON, a Markdown report and a PNG scaling plot."""
+
 from __future__ import annotations
 
 import json
@@ -47,40 +48,86 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     busy = max(m["load_average_at_start"][0], m.get("load_average_at_end", [0])[0]) > m["threads"] + 0.5
     if busy or g["end"]["peak_flops"] < 0.85 * g["start"]["peak_flops"]:
-        lines.append("- **Warning: other processes competed for the CPU during this run (load average or a slower"
-                     " GEMM at the end); the absolute numbers are pessimistic.**")
+        lines.append(
+            "- **Warning: other processes competed for the CPU during this run (load average or a slower"
+            " GEMM at the end); the absolute numbers are pessimistic.**"
+        )
     if device == "cpu":
         lines.append("- GPU numbers are not measured in this run (`--device cuda` on a GPU machine).")
     lines += ["", "## Summary (512x512)", ""]
     rows = []
     for name, e in results["models"].items():
         inf, bat, tr = e["inference_512"], e["batch8_512"], e["train"]
-        rows.append([
-            name, f"{e['params'] / 1e6:.2f} M", f"{e['flops_512'] / 1e9:.1f}",
-            f"{_ms(inf['median_s'])} (best {_ms(inf['best_s'])})", f"{inf['achieved_flops'] / 1e9:.1f}",
-            _pct(inf["fraction_of_peak"]), _pct(inf["fraction_of_concurrent_gemm"]), f"{inf['memory']['peak_mib']:,.0f}",
-            f"{bat['images_per_s']:.2f}", f"{tr['median_s']:.2f} s (b{tr['batch']})", f"{tr['images_per_s']:.2f}",
-            _pct(tr["fraction_of_peak"]), f"{tr['memory']['peak_mib']:,.0f}",
-        ])
-    lines += _table(["model", "params", "GFLOP", "latency ms", "GFLOP/s", "% peak", "% conc.", "peak mem MiB",
-                     "img/s b8", "train step", "train img/s", "train % peak", "train mem MiB"], rows)
+        rows.append(
+            [
+                name,
+                f"{e['params'] / 1e6:.2f} M",
+                f"{e['flops_512'] / 1e9:.1f}",
+                f"{_ms(inf['median_s'])} (best {_ms(inf['best_s'])})",
+                f"{inf['achieved_flops'] / 1e9:.1f}",
+                _pct(inf["fraction_of_peak"]),
+                _pct(inf["fraction_of_concurrent_gemm"]),
+                f"{inf['memory']['peak_mib']:,.0f}",
+                f"{bat['images_per_s']:.2f}",
+                f"{tr['median_s']:.2f} s (b{tr['batch']})",
+                f"{tr['images_per_s']:.2f}",
+                _pct(tr["fraction_of_peak"]),
+                f"{tr['memory']['peak_mib']:,.0f}",
+            ]
+        )
+    lines += _table(
+        [
+            "model",
+            "params",
+            "GFLOP",
+            "latency ms",
+            "GFLOP/s",
+            "% peak",
+            "% conc.",
+            "peak mem MiB",
+            "img/s b8",
+            "train step",
+            "train img/s",
+            "train % peak",
+            "train mem MiB",
+        ],
+        rows,
+    )
 
     alt = []
     for name, e in results["models"].items():
         if "onnx_512" in e:
             o = e["onnx_512"]
-            alt.append([name, "onnxruntime CPU", *(["skipped", o["skipped"]] if "skipped" in o else
-                        [_ms(o["median_s"]), f"max abs diff vs torch {o['max_abs_diff_vs_torch']:.1e} "
-                                             f"(max abs logit {o['max_abs_logit']:.1f})"])])
+            alt.append(
+                [
+                    name,
+                    "onnxruntime CPU",
+                    *(
+                        ["skipped", o["skipped"]]
+                        if "skipped" in o
+                        else [
+                            _ms(o["median_s"]),
+                            f"max abs diff vs torch {o['max_abs_diff_vs_torch']:.1e} "
+                            f"(max abs logit {o['max_abs_logit']:.1f})",
+                        ]
+                    ),
+                ]
+            )
         if "compiled_512" in e:
             c = e["compiled_512"]
             alt.append([name, "torch.compile", _ms(c["median_s"]), f"compile {c['compile_s']:.0f} s"])
         other = results.get("other_allocator", {})
         if name in other:
             d = other[name]
-            alt.append([name, f"PyTorch, allocator: {other['allocator']}", _ms(d["median_s"]),
-                        f"{e['flops_512'] / d['median_s'] / 1e9:.1f} GFLOP/s = "
-                        f"{_pct(e['flops_512'] / d['median_s'] / g['peak_flops'])} of peak"])
+            alt.append(
+                [
+                    name,
+                    f"PyTorch, allocator: {other['allocator']}",
+                    _ms(d["median_s"]),
+                    f"{e['flops_512'] / d['median_s'] / 1e9:.1f} GFLOP/s = "
+                    f"{_pct(e['flops_512'] / d['median_s'] / g['peak_flops'])} of peak",
+                ]
+            )
     if alt:
         lines += ["", "## Other runtimes and settings (512x512, batch 1)", ""]
         lines += _table(["model", "runtime", "latency ms", "note"], alt)
@@ -89,20 +136,43 @@ def markdown(results: dict[str, Any]) -> str:
     rows = []
     for name, e in results["models"].items():
         for r in e["scaling"]:
-            rows.append([name, f"{r['size']}", f"{r['flops'] / 1e9:,.0f}", _ms(r["median_s"]),
-                         f"{r['achieved_flops'] / 1e9:.1f}", _pct(r["fraction_of_peak"]),
-                         f"{r['memory']['peak_mib']:,.0f}", f"{r['memory']['increase_mib']:,.0f}"])
-    lines += _table(["model", "size", "GFLOP", "latency ms", "GFLOP/s", "% peak", "peak mem MiB",
-                     "mem increase MiB"], rows)
+            rows.append(
+                [
+                    name,
+                    f"{r['size']}",
+                    f"{r['flops'] / 1e9:,.0f}",
+                    _ms(r["median_s"]),
+                    f"{r['achieved_flops'] / 1e9:.1f}",
+                    _pct(r["fraction_of_peak"]),
+                    f"{r['memory']['peak_mib']:,.0f}",
+                    f"{r['memory']['increase_mib']:,.0f}",
+                ]
+            )
+    lines += _table(
+        ["model", "size", "GFLOP", "latency ms", "GFLOP/s", "% peak", "peak mem MiB", "mem increase MiB"], rows
+    )
 
     for name, e in results["models"].items():
         p = e["profile_512"]
         lines += ["", f"## Profile: {name}, 512x512 inference (self time, one run)", ""]
-        lines += _table(["category", "ms", "share"],
-                        [[c, f"{ms:.0f}", _pct(ms / p["total_self_ms"])] for c, ms in p["categories_ms"].items()])
+        lines += _table(
+            ["category", "ms", "share"],
+            [[c, f"{ms:.0f}", _pct(ms / p["total_self_ms"])] for c, ms in p["categories_ms"].items()],
+        )
         lines += [""]
-        lines += _table(["op", "self ms", "calls"], [[o["op"], f"{o['self_ms']:.1f}", str(o["calls"])]
-                                                    for o in p["top_ops"][:10]])
+        lines += _table(
+            ["op", "self ms", "calls"], [[o["op"], f"{o['self_ms']:.1f}", str(o["calls"])] for o in p["top_ops"][:10]]
+        )
+    if results.get("train_memory"):
+        from train_memory import to_markdown
+
+        lines += [
+            "",
+            "## Peak training memory, gradient checkpointing off / on (fresh process per row, "
+            "one step: forward + L1 + 0.4 L2 + backward + AdamW)",
+            "",
+            to_markdown(results["train_memory"]),
+        ]
     lines += ["", f"Total benchmark wall time: {results.get('wall_s', 0):.0f} s."]
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
 """What the benchmark measures, model by model (see run.py for the command line)."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,17 +7,27 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from measure import (
+    GemmProbe,
+    PeakMemory,
+    Timing,
+    count_forward_flops,
+    gemm_peak_flops,
+    machine_info,
+    peak_memory,
+    synchronize,
+    time_fn,
+)
+from profile_ops import profile_inference
 from torch import nn
 
 import semask
-from measure import (GemmProbe, PeakMemory, Timing, count_forward_flops, gemm_peak_flops, machine_info, peak_memory,
-                     synchronize, time_fn)
-from profile_ops import profile_inference
 
 # (warm-up runs, timed runs) per measurement; the first warm-up run also measures peak memory.
 # With 0 warm-up runs the memory run is also the (first) timed run.
@@ -59,8 +70,9 @@ class Runner:
     def images(self, batch: int, size: int) -> torch.Tensor:
         return torch.randn(batch, 3, size, size, device=self.device)
 
-    def measure(self, step: Callable[[], None], warmup: int, repeats: int,
-                between: Callable[[], None] | None = None) -> tuple[Timing, PeakMemory]:
+    def measure(
+        self, step: Callable[[], None], warmup: int, repeats: int, between: Callable[[], None] | None = None
+    ) -> tuple[Timing, PeakMemory]:
         """Peak memory of a first run (which is also the first warm-up), then the timed runs."""
         with peak_memory(self.device) as mem:
             start = time.perf_counter()
@@ -68,7 +80,7 @@ class Runner:
             synchronize(self.device)
             first = time.perf_counter() - start
         if warmup == 0:
-            return Timing([first] + time_fn(step, self.device, 0, repeats - 1, between).times), mem
+            return Timing([first, *time_fn(step, self.device, 0, repeats - 1, between).times]), mem
         return time_fn(step, self.device, warmup - 1, repeats, between), mem
 
     def inference_step(self, model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -98,8 +110,10 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     # start of a run cannot inflate the achieved fractions.
     results["gemm"]["end"] = gemm_peak_flops(device)
     results["machine"]["load_average_at_end"] = os.getloadavg()
-    peak = max([results["gemm"]["start"]["peak_flops"], results["gemm"]["end"]["peak_flops"]]
-               + [e["inference_512"]["concurrent_gemm_best_flops"] for e in results["models"].values()])
+    peak = max(
+        [results["gemm"]["start"]["peak_flops"], results["gemm"]["end"]["peak_flops"]]
+        + [e["inference_512"]["concurrent_gemm_best_flops"] for e in results["models"].values()]
+    )
     results["gemm"]["peak_flops"] = peak
     bf16_peak = results["gemm"].get("bf16", {}).get("peak_flops")
     for entry in results["models"].values():
@@ -138,12 +152,18 @@ def benchmark_model(runner: Runner, name: str, sizes: list[int], args: argparse.
     x = runner.images(1, 512)
     probe = GemmProbe(device)
     timing, mem = runner.measure(runner.inference_step(model, x), *REPEATS["latency"][quick], between=probe)
-    entry["inference_512"] = {**timing.as_dict(), "memory": mem.as_dict(),
-                              "concurrent_gemm_flops": statistics.median(probe.rates),
-                              "concurrent_gemm_best_flops": max(probe.rates)}
+    entry["inference_512"] = {
+        **timing.as_dict(),
+        "memory": mem.as_dict(),
+        "concurrent_gemm_flops": statistics.median(probe.rates),
+        "concurrent_gemm_best_flops": max(probe.rates),
+    }
     del probe
-    print(f"  latency 512: {timing.median * 1e3:.0f} ms (best {timing.best * 1e3:.0f}), "
-          f"{entry['flops_512'] / timing.median / 1e9:.1f} GFLOP/s, peak {mem.peak_mib:.0f} MiB", flush=True)
+    print(
+        f"  latency 512: {timing.median * 1e3:.0f} ms (best {timing.best * 1e3:.0f}), "
+        f"{entry['flops_512'] / timing.median / 1e9:.1f} GFLOP/s, peak {mem.peak_mib:.0f} MiB",
+        flush=True,
+    )
     entry["profile_512"] = profile_inference(runner.inference_step(model, x), device)
 
     xb = runner.images(8, 512)
@@ -160,11 +180,17 @@ def benchmark_model(runner: Runner, name: str, sizes: list[int], args: argparse.
     for size in sizes:
         xs = runner.images(1, size)
         timing, mem = runner.measure(runner.inference_step(model, xs), *scaling_repeats(size, quick))
-        row = {"size": size, "flops": count_forward_flops(build, (1, 3, size, size)), **timing.as_dict(),
-               "memory": mem.as_dict()}
+        row = {
+            "size": size,
+            "flops": count_forward_flops(build, (1, 3, size, size)),
+            **timing.as_dict(),
+            "memory": mem.as_dict(),
+        }
         entry["scaling"].append(row)
-        print(f"  {size}x{size}: {timing.median * 1e3:.0f} ms, peak {mem.peak_mib:.0f} MiB "
-              f"(+{mem.increase_mib:.0f})", flush=True)
+        print(
+            f"  {size}x{size}: {timing.median * 1e3:.0f} ms, peak {mem.peak_mib:.0f} MiB (+{mem.increase_mib:.0f})",
+            flush=True,
+        )
         del xs
 
     if args.compile:
@@ -196,8 +222,14 @@ def benchmark_training(runner: Runner, name: str) -> dict[str, Any]:
         scaler.update()
 
     timing, mem = runner.measure(step, *REPEATS["train"][runner.quick])
-    return {"batch": batch, "crop": 512, "amp": runner.amp_name, **timing.as_dict(),
-            "images_per_s": batch / timing.median, "memory": mem.as_dict()}
+    return {
+        "batch": batch,
+        "crop": 512,
+        "amp": runner.amp_name,
+        **timing.as_dict(),
+        "images_per_s": batch / timing.median,
+        "memory": mem.as_dict(),
+    }
 
 
 def benchmark_compiled(runner: Runner, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
@@ -231,8 +263,12 @@ def benchmark_onnx(model: nn.Module, x: torch.Tensor, threads: int, quick: bool)
         onnx_logits = torch.from_numpy(session.run(None, feed)[0])
     with torch.inference_mode():
         torch_logits = model(x).logits.float().cpu()
-    return {**timing.as_dict(), "max_abs_diff_vs_torch": float((onnx_logits - torch_logits).abs().max()),
-            "max_abs_logit": float(torch_logits.abs().max()), "onnxruntime": ort.__version__}
+    return {
+        **timing.as_dict(),
+        "max_abs_diff_vs_torch": float((onnx_logits - torch_logits).abs().max()),
+        "max_abs_logit": float(torch_logits.abs().max()),
+        "onnxruntime": ort.__version__,
+    }
 
 
 def latency_probe(args: argparse.Namespace) -> dict[str, Any]:
@@ -242,6 +278,8 @@ def latency_probe(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.models:
         torch.manual_seed(0)
         model = runner.build(name).to(runner.device).eval()
-        timing, mem = runner.measure(runner.inference_step(model, runner.images(1, 512)), *REPEATS["latency"][args.quick])
+        timing, mem = runner.measure(
+            runner.inference_step(model, runner.images(1, 512)), *REPEATS["latency"][args.quick]
+        )
         out[name] = {**timing.as_dict(), "memory": mem.as_dict()}
     return out

@@ -1,4 +1,5 @@
 """semask: SeMask (Semantically Masked Transformers) semantic segmentation in plain PyTorch."""
+
 from .engine.evaluate import evaluate
 from .engine.predict import predict, predict_folder
 from .engine.trainer import train

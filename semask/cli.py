@@ -4,16 +4,19 @@ Every subcommand is a thin layer over the library functions of the same name, so
 CLI does can also be done from Python. Multi-GPU training:
 ``torchrun --nproc_per_node N -m semask.cli train CONFIG``.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .config import AUG_TEST_RATIOS, ExperimentConfig, load_config
 
@@ -48,13 +51,26 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["whole", "slide"], help="whole-image or sliding-window inference")
     parser.add_argument("--crop-size", type=_size, metavar="HxW", help="sliding-window crop size")
     parser.add_argument("--stride", type=_size, metavar="HxW", help="sliding-window stride")
-    parser.add_argument("--scale", type=_scale_arg, default=_UNSET, metavar="LONGxSHORT",
-                        help="resize images to fit these edge bounds first (e.g. 2048x512 for ADE20K); "
-                             "'--scale 0' keeps the original size")
-    parser.add_argument("--aug-test", action="store_true",
-                        help=f"multi-scale {AUG_TEST_RATIOS} + flip testing (averaged softmax)")
+    parser.add_argument(
+        "--scale",
+        type=_scale_arg,
+        default=_UNSET,
+        metavar="LONGxSHORT",
+        help="resize images to fit these edge bounds first (e.g. 2048x512 for ADE20K); "
+        "'--scale 0' keeps the original size",
+    )
+    parser.add_argument(
+        "--aug-test", action="store_true", help=f"multi-scale {AUG_TEST_RATIOS} + flip testing (averaged softmax)"
+    )
     parser.add_argument("--flip", action="store_true", help="also run mirrored images (averaged softmax)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--amp",
+        nargs="?",
+        const="bf16",
+        choices=["bf16", "fp16"],
+        help="mixed-precision autocast (bf16 by default; a CPU needs native bf16)",
+    )
 
 
 def _eval_settings(args: argparse.Namespace, base: Any) -> Any:
@@ -85,12 +101,35 @@ def _device(name: str) -> Any:
     return torch.device(name)
 
 
-def _split_resume(args: argparse.Namespace) -> None:
-    """``--resume key=value`` means a bare ``--resume`` followed by an override (argparse can't tell)."""
-    resume = args.resume
-    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
-        args.overrides.insert(0, resume)
+_OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)+=")  # section.key=value
+
+
+def _gather_overrides(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str], argv: Sequence[str]
+) -> None:
+    """Collect ``section.key=value`` overrides from anywhere on the line, in command-line order.
+
+    argparse gives the ``overrides`` positional only the ones before the first option; later ones
+    come back as ``extras``, and ``--resume key=value`` lands in ``--resume`` (a bare ``--resume``
+    followed by an override). Any other leftover token is argparse's usual error.
+    """
+    takes_overrides = hasattr(args, "overrides")
+    unknown = [tok for tok in extras if not (takes_overrides and _OVERRIDE.match(tok))]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if not takes_overrides:
+        return
+    found = list(args.overrides) + extras
+    resume = getattr(args, "resume", None)
+    if isinstance(resume, str) and _OVERRIDE.match(resume) and not Path(resume).exists():
+        found.append(resume)
         args.resume = True
+    ordered = []
+    for tok in argv:
+        if tok in found:
+            found.remove(tok)
+            ordered.append(tok)
+    args.overrides = ordered
 
 
 # ----------------------------------------------------------------------------- commands
@@ -99,10 +138,9 @@ def _split_resume(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.trainer import train
 
-    _split_resume(args)
     cfg = load_config(args.config, args.overrides)
     work_dir = Path(args.work_dir) if args.work_dir else Path("work_dirs") / Path(args.config).stem
-    summary = train(cfg, work_dir, resume=args.resume, progress=not args.no_progress)
+    summary = train(cfg, work_dir, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best"]
         if best["value"] is not None:
@@ -113,6 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data.datasets import build_dataset
+    from .engine.amp import autocast, resolve_amp_dtype
     from .engine.evaluate import evaluate
     from .engine.predict import load_model_any
 
@@ -130,7 +169,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             cfg = ExperimentConfig.from_dict(embedded.to_dict(), str(target), args.overrides)
         else:
             if args.data_type is None or args.data_root is None:
-                raise ValueError(f"{target} carries no dataset settings; pass --data-type and --data-root (and --split)")
+                raise ValueError(
+                    f"{target} carries no dataset settings; pass --data-type and --data-root (and --split)"
+                )
             cfg = ExperimentConfig.from_dict({}, "defaults", args.overrides)
     data = cfg.data
     data_type = args.data_type or data.type
@@ -138,11 +179,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = args.split or data.val_split
     if split is None:
         raise ValueError("no split to evaluate: set data.val_split or pass --split")
-    dataset = build_dataset(data_type, data_root, split, num_classes=data.num_classes,
-                            reduce_zero_label=data.reduce_zero_label, **data.kwargs)
-    model = model.to(_device(args.device))
-    result = evaluate(model, dataset, _eval_settings(args, cfg.eval), num_workers=args.num_workers,
-                      pred_dir=args.pred_dir, out_json=args.out)
+    dataset = build_dataset(
+        data_type,
+        data_root,
+        split,
+        num_classes=data.num_classes,
+        reduce_zero_label=data.reduce_zero_label,
+        **data.kwargs,
+    )
+    device = _device(args.device)
+    model = model.to(device)
+    with autocast(device, resolve_amp_dtype(device, args.amp)):
+        result = evaluate(
+            model,
+            dataset,
+            _eval_settings(args, cfg.eval),
+            num_workers=args.num_workers,
+            pred_dir=args.pred_dir,
+            out_json=args.out,
+        )
     print(result["table"])
     if args.out:
         print(f"results written to {args.out}")
@@ -151,18 +206,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .config import EvalConfig
+    from .engine.amp import autocast, resolve_amp_dtype
     from .engine.predict import load_model_any, predict_folder
 
     model, embedded = load_model_any(args.model)
-    model = model.to(_device(args.device))
+    device = _device(args.device)
+    model = model.to(device)
     base = embedded.eval if embedded is not None else EvalConfig(scale=None)
     settings = _eval_settings(args, base)
-    written = predict_folder(
-        model, args.images, args.out, alpha=args.alpha, scale=settings.scale, mode=settings.mode,
-        crop_size=settings.crop_size, stride=settings.stride, scales=settings.scales, flip=settings.flip,
+    with autocast(device, resolve_amp_dtype(device, args.amp)):
+        written = predict_folder(
+            model,
+            args.images,
+            args.out,
+            alpha=args.alpha,
+            scale=settings.scale,
+            mode=settings.mode,
+            crop_size=settings.crop_size,
+            stride=settings.stride,
+            scales=settings.scales,
+            flip=settings.flip,
+        )
+    print(
+        f"{len(written)} image(s): class ids in {Path(args.out) / 'labels'}, colours in "
+        f"{Path(args.out) / 'color'}, overlays in {Path(args.out) / 'overlay'}"
     )
-    print(f"{len(written)} image(s): class ids in {Path(args.out) / 'labels'}, colours in "
-          f"{Path(args.out) / 'color'}, overlays in {Path(args.out) / 'overlay'}")
     return 0
 
 
@@ -170,8 +238,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .engine.evaluate import to_jsonable
     from .engine.metrics import format_table, score_folders
 
-    result = score_folders(args.pred_dir, args.gt_dir, args.num_classes, reduce_zero_label=args.reduce_zero_label,
-                           pred_suffix=args.pred_suffix, gt_suffix=args.gt_suffix)
+    result = score_folders(
+        args.pred_dir,
+        args.gt_dir,
+        args.num_classes,
+        reduce_zero_label=args.reduce_zero_label,
+        pred_suffix=args.pred_suffix,
+        gt_suffix=args.gt_suffix,
+    )
     print(format_table(result))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -208,9 +282,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    summary = run_demo(Path(args.out), quick=args.quick, progress=not args.no_progress)
-    print(f"\ndemo finished in {summary['seconds']:.0f} s: val mIoU {summary['mIoU']:.2f} "
-          f"(mAcc {summary['mAcc']:.2f}, aAcc {summary['aAcc']:.2f})")
+    out = Path(args.out) if args.out else fresh_dir(Path("semask_demo"))
+    summary = run_demo(out, quick=args.quick, progress=not args.no_progress)
+    print(
+        f"\ndemo finished in {summary['seconds']:.0f} s: val mIoU {summary['mIoU']:.2f} "
+        f"(mAcc {summary['mAcc']:.2f}, aAcc {summary['aAcc']:.2f})"
+    )
     print(f"report:      {summary['report']}")
     print(f"predictions: {summary['predictions']}")
     print(f"model:       {summary['model_dir']}  (try: semask predict {summary['model_dir']} IMAGE --out DIR)")
@@ -231,23 +308,46 @@ def demo_config(data_root: str, quick: bool = False) -> ExperimentConfig:
 
 
 QUICK_OVERRIDES = (
-    "data.crop_size=[64,64]", "data.scale=[128,128]", "eval.scale=[128,128]", "schedule.iters=12",
-    "schedule.warmup_iters=2", "train.batch_size=4", "train.log_interval=4", "train.eval_interval=6",
+    "data.crop_size=[64,64]",
+    "data.scale=[128,128]",
+    "eval.scale=[128,128]",
+    "schedule.iters=12",
+    "schedule.warmup_iters=2",
+    "train.batch_size=4",
+    "train.log_interval=4",
+    "train.eval_interval=6",
     "train.ckpt_interval=6",
 )
 DEMO_DATA = {False: dict(num_train=200, num_val=40, size=128), True: dict(num_train=16, num_val=6, size=64)}
 
 
+def fresh_dir(base: Path) -> Path:
+    """``base`` if it holds no demo run yet, else the first free ``base-2``, ``base-3``, ..."""
+    from .engine.trainer import holds_run
+
+    path, n = base, 2
+    while holds_run(path / "work"):
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
 def run_demo(out: Path, quick: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Synthetic data -> train -> evaluate the best checkpoint -> predictions, plots and REPORT.md."""
+    """Synthetic data -> train -> evaluate the best checkpoint -> predictions, plots and REPORT.md.
+
+    Refuses an ``out`` that holds a demo run already (its checkpoints and logs would mix).
+    """
     from .data.datasets import build_dataset
     from .data.synthetic import make_context_dataset
     from .engine.checkpoint import load_model_from_checkpoint
     from .engine.evaluate import evaluate
     from .engine.predict import predict_folder
     from .engine.report import write_report
-    from .engine.trainer import train
+    from .engine.trainer import holds_run, train
 
+    if holds_run(out / "work"):
+        raise FileExistsError(
+            f"{out} already holds a demo run; choose a new --out, or leave --out off for a fresh folder"
+        )
     start = time.perf_counter()
     sizes = DEMO_DATA[quick]
     data_root = make_context_dataset(out / "data", seed=0, **sizes)
@@ -272,7 +372,7 @@ def run_demo(out: Path, quick: bool = False, progress: bool = True) -> dict[str,
             "model": f"{cfg.model.name} with {cfg.model.overrides}",
             "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
             "data": f"{sizes['num_train']} train / {sizes['num_val']} val images, {sizes['size']}x{sizes['size']} "
-                    f"({data_root})",
+            f"({data_root})",
             "iterations": f"{cfg.schedule.iters} x batch {cfg.train.batch_size}",
             "best checkpoint": f"{best_path} (iteration {summary['best']['iteration']})",
             "val mIoU / mAcc / aAcc": f"{metrics['mIoU']:.2f} / {metrics['mAcc']:.2f} / {metrics['aAcc']:.2f}",
@@ -281,9 +381,16 @@ def run_demo(out: Path, quick: bool = False, progress: bool = True) -> dict[str,
         class_table=metrics["table"],
         images=[p for p in (out / "work" / "loss.png", out / "work" / "miou.png") if p.exists()] + overlays,
     )
-    return {"seconds": seconds, "mIoU": metrics["mIoU"], "mAcc": metrics["mAcc"], "aAcc": metrics["aAcc"],
-            "report": str(report), "predictions": str(out / "predictions"), "model_dir": str(model_dir),
-            "train": summary}
+    return {
+        "seconds": seconds,
+        "mIoU": metrics["mIoU"],
+        "mAcc": metrics["mAcc"],
+        "aAcc": metrics["aAcc"],
+        "report": str(report),
+        "predictions": str(out / "predictions"),
+        "model_dir": str(model_dir),
+        "train": summary,
+    }
 
 
 # ----------------------------------------------------------------------------- parser
@@ -298,8 +405,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.batch_size=4")
     p.add_argument("--work-dir", help="output folder (default: work_dirs/<config name>)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
-                   help="continue from PATH, or from the work dir's latest checkpoint when no PATH is given")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="PATH",
+        help="continue from PATH, or from the work dir's latest checkpoint when no PATH is given",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the work dir holds a run: move it aside to <work dir>.old-<time> and start afresh",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -335,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("demo", help="synthetic data -> train a small SeMask on CPU -> eval -> report")
-    p.add_argument("--out", default="semask_demo", help="output folder (default: ./semask_demo)")
+    p.add_argument("--out", help="output folder (default: ./semask_demo, or the first free ./semask_demo-N)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke-test version (seconds)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -363,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extras = parser.parse_known_args(argv)
+    _gather_overrides(parser, args, extras, argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     try:

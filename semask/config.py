@@ -4,6 +4,7 @@ A run is fully described by one :class:`ExperimentConfig`. YAML files set it, ``
 overrides adjust it from the command line, and the resolved result is written into the work
 dir so a run can always be reproduced from its own folder.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,6 +34,7 @@ class ModelConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
     backbone_weights: str | None = None
+    grad_checkpointing: bool = False  # recompute encoder stages in backward: less memory, ~1 more forward
 
     def __post_init__(self) -> None:
         """Check the name and every override against the preset now, not when training starts."""
@@ -167,7 +169,7 @@ class ExperimentConfig:
     @classmethod
     def from_dict(
         cls, data: dict[str, Any], source: str = "<dict>", overrides: list[str] | tuple[str, ...] = ()
-    ) -> "ExperimentConfig":
+    ) -> ExperimentConfig:
         """Build from a nested dict (e.g. the config stored in a checkpoint), then apply overrides."""
         raw = copy.deepcopy(data)
         for item in overrides:

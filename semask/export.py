@@ -5,13 +5,14 @@ says, to ``logits`` (B, K, H, W). Losses and the semantic-prior branch are train
 aids and are left out. The model is traced with ``torch.export`` (the dynamo ONNX
 exporter); when onnxruntime is installed the file is run once and compared with PyTorch.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -110,6 +111,7 @@ def _quiet_exporter() -> Iterator[None]:
 def generic_size(n: int) -> int:
     """The smallest size >= ``n`` that is not a multiple of 4 and stays odd at strides 4-32
     and off multiples of 7 and 12, so that no "pad only if needed" branch is skipped."""
+
     def generic(m: int) -> bool:
         if m % 4 == 0:
             return False

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny model settings and helpers to fake official checkpoints."""
+
 from __future__ import annotations
 
 import re
@@ -17,7 +18,9 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
         for name, p in model.named_parameters():
             if name.endswith("lambda_"):
                 p.copy_(torch.rand(p.shape, generator=g) * 0.5 + 0.2)
-            elif name.endswith(("norm1.weight", "norm2.weight", "norm.weight", "bn.weight")) or re.search(r"norm\d\.weight$", name):
+            elif name.endswith(("norm1.weight", "norm2.weight", "norm.weight", "bn.weight")) or re.search(
+                r"norm\d\.weight$", name
+            ):
                 p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))

@@ -4,6 +4,7 @@ Written independently of ``semask.models`` from spec semask_fpn.md sections 2-4:
 per-window loops, masks built from region ids pixel by pixel, relative indices from the
 formula. Slow, so only for small inputs; the models must match it to float32 rounding.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,12 +34,14 @@ def _rel_index(m: int) -> Tensor:
 
 def _regions(hp: int, wp: int, m: int, s: int) -> Tensor:
     """Region id per pixel of the padded map: slices [0,-M), [-M,-s), [-s,end) per axis."""
+
     def axis_id(i: int, n: int) -> int:
         if i < n - m:
             return 0
         if i < n - s:
             return 1
         return 2
+
     ids = torch.empty(hp, wp, dtype=torch.long)
     for i in range(hp):
         for j in range(wp):
@@ -77,7 +80,9 @@ def swin_block(x: Tensor, h: int, w: int, sd: dict[str, Tensor], key: str, heads
     return x + _lin(hid, sd, f"{key}.mlp.fc2")
 
 
-def semantic_layer(x: Tensor, h: int, w: int, sd: dict[str, Tensor], key: str, n_blocks: int, m: int, global_: bool) -> tuple[Tensor, Tensor]:
+def semantic_layer(
+    x: Tensor, h: int, w: int, sd: dict[str, Tensor], key: str, n_blocks: int, m: int, global_: bool
+) -> tuple[Tensor, Tensor]:
     b, _, c = x.shape
     y = _ln(x, sd, f"{key}.norm1")
     if global_:
@@ -130,16 +135,22 @@ def reference_forward(
     H, W = x.shape[-2:]
     xp = F.pad(x, (0, (-W) % 4, 0, (-H) % 4))
     t = F.conv2d(xp, sd["backbone.patch_embed.proj.weight"], sd["backbone.patch_embed.proj.bias"], stride=4)
-    b, c, h, w = t.shape
+    b, _, h, w = t.shape
     t = _ln(t.flatten(2).transpose(1, 2), sd, "backbone.patch_embed.norm")
     feats, priors = [], []
     for i in range(len(heads)):
         depth = len({k.split(".")[4] for k in sd if k.startswith(f"backbone.layers.{i}.blocks.")})
         for j in range(depth):
-            t = swin_block(t, h, w, sd, f"backbone.layers.{i}.blocks.{j}", heads[i], window, 0 if j % 2 == 0 else window // 2)
-        n_sem = len({k.split(".")[5] for k in sd if k.startswith(f"backbone.layers.{i}.semantic_layer.class_injection.")})
+            t = swin_block(
+                t, h, w, sd, f"backbone.layers.{i}.blocks.{j}", heads[i], window, 0 if j % 2 == 0 else window // 2
+            )
+        n_sem = len(
+            {k.split(".")[5] for k in sd if k.startswith(f"backbone.layers.{i}.semantic_layer.class_injection.")}
+        )
         if n_sem:
-            t, prior = semantic_layer(t, h, w, sd, f"backbone.layers.{i}.semantic_layer", n_sem, sem_window, i in global_stages)
+            t, prior = semantic_layer(
+                t, h, w, sd, f"backbone.layers.{i}.semantic_layer", n_sem, sem_window, i in global_stages
+            )
             priors.append(prior)
         feats.append(_ln(t, sd, f"backbone.norm{i}").view(b, h, w, -1).permute(0, 3, 1, 2))
         if i < len(heads) - 1:
@@ -147,7 +158,14 @@ def reference_forward(
 
     def conv_bn_relu(f: Tensor, key: str) -> Tensor:
         f = F.conv2d(f, sd[f"{key}.conv.weight"], padding=1)
-        f = F.batch_norm(f, sd[f"{key}.bn.running_mean"], sd[f"{key}.bn.running_var"], sd[f"{key}.bn.weight"], sd[f"{key}.bn.bias"], eps=1e-5)
+        f = F.batch_norm(
+            f,
+            sd[f"{key}.bn.running_mean"],
+            sd[f"{key}.bn.running_var"],
+            sd[f"{key}.bn.weight"],
+            sd[f"{key}.bn.bias"],
+            eps=1e-5,
+        )
         return F.relu(f)
 
     out = None

@@ -1,4 +1,5 @@
 """The ``semask`` command line end to end on a tiny synthetic dataset (in-process ``main(argv)``)."""
+
 from __future__ import annotations
 
 import json
@@ -8,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train import tiny_config
 
 import semask
 from semask.cli import main
-from semask.engine.predict import predict
 from semask.config import dump_config
 from semask.data import make_context_dataset
-from test_train import tiny_config
+from semask.engine.predict import predict
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -32,25 +33,53 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One short training run through ``semask train`` shared by the tests below."""
     root = tmp_path_factory.mktemp("cli")
     data = make_context_dataset(root / "data", num_train=8, num_val=3, size=64, seed=1)
-    config = dump_config(tiny_config(data, "schedule.iters=4", "train.eval_interval=2", "train.ckpt_interval=2"),
-                         root / "tiny.yaml")
+    config = dump_config(
+        tiny_config(data, "schedule.iters=4", "train.eval_interval=2", "train.ckpt_interval=2"), root / "tiny.yaml"
+    )
     work = root / "work"
     assert main(["train", str(config), "--work-dir", str(work), "--no-progress"]) == 0
     return {"root": root, "data": data, "config": config, "work": work}
 
 
-def test_train_writes_the_run_folder_and_resume_extends_it(trained: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+def test_train_writes_the_run_folder_and_resume_extends_it(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
     work = trained["work"]
-    for name in ("config.yaml", "train.log", "metrics.jsonl", "summary.json", "loss.png", "miou.png",
-                 "model/model.safetensors", "model/config.json", "checkpoints/best.pth", "checkpoints/latest.pth"):
+    for name in (
+        "config.yaml",
+        "train.log",
+        "metrics.jsonl",
+        "summary.json",
+        "loss.png",
+        "miou.png",
+        "model/model.safetensors",
+        "model/config.json",
+        "checkpoints/best.pth",
+        "checkpoints/latest.pth",
+    ):
         assert (work / name).exists(), name
     # bare --resume followed by an override: continue the same run to 6 iterations
     resumed = trained["root"] / "resumed"
     assert main(["train", str(trained["config"]), "--work-dir", str(resumed), "--no-progress"]) == 0
-    assert main(["train", str(trained["config"]), "--work-dir", str(resumed), "--no-progress", "--resume",
-                 "schedule.iters=6"]) == 0
-    iters = [json.loads(line)["iter"] for line in (resumed / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["type"] == "train"]
+    assert (
+        main(
+            [
+                "train",
+                str(trained["config"]),
+                "--work-dir",
+                str(resumed),
+                "--no-progress",
+                "--resume",
+                "schedule.iters=6",
+            ]
+        )
+        == 0
+    )
+    iters = [
+        json.loads(line)["iter"]
+        for line in (resumed / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["type"] == "train"
+    ]
     assert iters == [1, 2, 3, 4, 5, 6]
     assert "resuming from" in (resumed / "train.log").read_text()
 
@@ -60,19 +89,48 @@ def test_eval_predict_and_score_agree(trained: dict[str, Path], capsys: pytest.C
     summary = json.loads((work / "summary.json").read_text())
 
     # a training checkpoint carries its data and protocol: eval needs nothing else
-    assert main(["eval", str(work / "checkpoints" / "best.pth"), "--out", str(root / "best.json"),
-                 "--num-workers", "0"]) == 0
+    assert (
+        main(["eval", str(work / "checkpoints" / "best.pth"), "--out", str(root / "best.json"), "--num-workers", "0"])
+        == 0
+    )
     best = json.loads((root / "best.json").read_text())
     assert best["mIoU"] == pytest.approx(summary["best"]["value"], abs=1e-9)
     assert "| sea" in capsys.readouterr().out
 
     # config + exported model, saving predictions, then score them against the label files
-    assert main(["eval", str(trained["config"]), "--checkpoint", str(work / "model"), "--pred-dir",
-                 str(root / "pred"), "--out", str(root / "final.json"), "--num-workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(trained["config"]),
+                "--checkpoint",
+                str(work / "model"),
+                "--pred-dir",
+                str(root / "pred"),
+                "--out",
+                str(root / "final.json"),
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     final = json.loads((root / "final.json").read_text())
     assert final["mIoU"] == pytest.approx(summary["metrics"]["mIoU"], abs=1e-9)
-    assert main(["score", str(root / "pred"), str(trained["data"] / "labels" / "val"), "--num-classes", "5",
-                 "--out", str(root / "score.json")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(root / "pred"),
+                str(trained["data"] / "labels" / "val"),
+                "--num-classes",
+                "5",
+                "--out",
+                str(root / "score.json"),
+            ]
+        )
+        == 0
+    )
     scored = json.loads((root / "score.json").read_text())
     assert scored["mIoU"] == pytest.approx(final["mIoU"], abs=1e-9)
     assert scored["IoU"] == pytest.approx(final["IoU"], nan_ok=True)
@@ -97,8 +155,20 @@ def test_eval_predict_and_score_agree(trained: dict[str, Path], capsys: pytest.C
         predict(model, np.zeros((8, 8), np.float32))
 
     # multi-scale + flip runs and changes the protocol recorded in the JSON
-    assert main(["eval", str(work / "checkpoints" / "best.pth"), "--aug-test", "--out", str(root / "ms.json"),
-                 "--num-workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(work / "checkpoints" / "best.pth"),
+                "--aug-test",
+                "--out",
+                str(root / "ms.json"),
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     protocol = json.loads((root / "ms.json").read_text())["protocol"]
     assert protocol["scales"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] and protocol["flip"] is True
 
@@ -122,7 +192,9 @@ def test_info_reports_the_official_parameter_count(capsys: pytest.CaptureFixture
 def test_export_onnx(trained: dict[str, Path]) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")
     out = trained["root"] / "model.onnx"
-    assert main(["export", str(trained["work"] / "model"), "--format", "onnx", "--size", "64x64", "--out", str(out)]) == 0
+    assert (
+        main(["export", str(trained["work"] / "model"), "--format", "onnx", "--size", "64x64", "--out", str(out)]) == 0
+    )
     session = onnxruntime.InferenceSession(str(out))
     x = np.zeros((1, 3, 64, 64), np.float32)
     logits = session.run(None, {session.get_inputs()[0].name: x})[0]

@@ -1,4 +1,5 @@
 """Experiment configs: YAML + _base_ + overrides, type errors, and the shipped recipes vs the spec."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,15 +14,46 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # Official recipes, written from spec section 6 (not from the YAML files).
 RECIPES = {
-    "ade20k": dict(lr=1e-4, wd=1e-4, warmup_ratio=1e-6, crop=(512, 512), scale=(2048, 512), batch=8,
-                   ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], ratio_range=None, type="ade20k"),
-    "cityscapes": dict(lr=1e-3, wd=0.05, warmup_ratio=1e-5, crop=(768, 768), scale=(2048, 1024), batch=4,
-                       ratios=None, ratio_range=(0.5, 2.0), type="cityscapes"),
-    "coco_stuff10k": dict(lr=1e-4, wd=1e-4, warmup_ratio=1e-6, crop=(512, 512), scale=(2048, 512), batch=8,
-                          ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], ratio_range=None, type="coco_stuff10k"),
+    "ade20k": dict(
+        lr=1e-4,
+        wd=1e-4,
+        warmup_ratio=1e-6,
+        crop=(512, 512),
+        scale=(2048, 512),
+        batch=8,
+        ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75],
+        ratio_range=None,
+        type="ade20k",
+    ),
+    "cityscapes": dict(
+        lr=1e-3,
+        wd=0.05,
+        warmup_ratio=1e-5,
+        crop=(768, 768),
+        scale=(2048, 1024),
+        batch=4,
+        ratios=None,
+        ratio_range=(0.5, 2.0),
+        type="cityscapes",
+    ),
+    "coco_stuff10k": dict(
+        lr=1e-4,
+        wd=1e-4,
+        warmup_ratio=1e-6,
+        crop=(512, 512),
+        scale=(2048, 512),
+        batch=8,
+        ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75],
+        ratio_range=None,
+        type="coco_stuff10k",
+    ),
 }
-VARIANT_WEIGHTS = {"t": "swin_tiny_patch4_window7_224", "s": "swin_small_patch4_window7_224",
-                   "b": "swin_base_patch4_window12_384_22k", "l": "swin_large_patch4_window12_384_22k"}
+VARIANT_WEIGHTS = {
+    "t": "swin_tiny_patch4_window7_224",
+    "s": "swin_small_patch4_window7_224",
+    "b": "swin_base_patch4_window12_384_22k",
+    "l": "swin_large_patch4_window12_384_22k",
+}
 
 
 def _write(path: Path, text: str) -> Path:
@@ -51,7 +83,12 @@ def test_shipped_config_matches_the_official_recipe(path: Path) -> None:
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas) == (recipe["lr"], recipe["wd"], (0.9, 0.999))
     assert cfg.optim.no_decay_keys == ("absolute_pos_embed", "relative_position_bias_table", "norm")
     warmup_ratio = 1e-6 if (dataset, variant) == ("cityscapes", "b") else recipe["warmup_ratio"]
-    assert (cfg.schedule.iters, cfg.schedule.warmup_iters, cfg.schedule.power, cfg.schedule.min_lr) == (80000, 1500, 1.0, 0.0)
+    assert (cfg.schedule.iters, cfg.schedule.warmup_iters, cfg.schedule.power, cfg.schedule.min_lr) == (
+        80000,
+        1500,
+        1.0,
+        0.0,
+    )
     assert cfg.schedule.warmup_ratio == warmup_ratio
     large_ade = (dataset, variant) == ("ade20k", "l")
     assert cfg.data.crop_size == ((640, 640) if large_ade else recipe["crop"])
@@ -80,8 +117,16 @@ def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
     _write(tmp_path / "bases" / "data.yaml", "data:\n  type: folder\n  crop_size: [64, 64]\noptim: {lr: 0.5}\n")
     _write(tmp_path / "bases" / "sched.yaml", "_base_: data.yaml\nschedule: {iters: 100, warmup_iters: 10}\n")
     cfg_path = _write(tmp_path / "exp.yaml", "_base_: [bases/sched.yaml]\noptim: {weight_decay: 0.25}\n")
-    cfg = load_config(cfg_path, ["optim.lr=1e-4", "model.overrides.depths=[1,1,1,1]", "train.clip_grad=null",
-                                 "eval.scales=[0.5, 1]", "data.val_split=null"])
+    cfg = load_config(
+        cfg_path,
+        [
+            "optim.lr=1e-4",
+            "model.overrides.depths=[1,1,1,1]",
+            "train.clip_grad=null",
+            "eval.scales=[0.5, 1]",
+            "data.val_split=null",
+        ],
+    )
     assert cfg.data.type == "folder" and cfg.data.crop_size == (64, 64)
     assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)  # YAML reads 1e-4 as a string
     assert cfg.optim.weight_decay == 0.25

@@ -1,4 +1,5 @@
 """Tests for semask.data: palettes, datasets, mmseg-exact transforms, synthetic data, visualisation."""
+
 from __future__ import annotations
 
 import colorsys
@@ -35,9 +36,9 @@ from semask.data import (
     save_label_png,
 )
 from semask.data.transforms import (
+    crop_offsets,
     hsv_to_rgb,
     photometric_distortion,
-    crop_offsets,
     rescale_size,
     resize_image,
     resize_label,
@@ -49,6 +50,7 @@ STD = (58.395, 57.12, 57.375)
 
 
 # --------------------------------------------------------------------------- palettes
+
 
 def _check_colours(palette, n):
     assert len(palette) == n
@@ -88,6 +90,7 @@ def test_default_palette_is_the_voc_map_without_black():
 
 # --------------------------------------------------------------------------- geometry
 
+
 def test_rescale_size_fits_the_scale_like_mmcv():
     assert rescale_size((512, 683), (2048, 512)) == (512, 683)
     # ratio 0.5 of (2048, 512): factor min(1024/683, 256/512) = 0.5; 341.5 rounds half up to 342.
@@ -104,11 +107,11 @@ def _reference_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray
     out = np.zeros((out_h, out_w, image.shape[2]))
     for i in range(out_h):
         sy = min(max((i + 0.5) * h / out_h - 0.5, 0.0), h - 1)
-        y0 = int(math.floor(sy))
+        y0 = math.floor(sy)
         y1, fy = min(y0 + 1, h - 1), sy - y0
         for j in range(out_w):
             sx = min(max((j + 0.5) * w / out_w - 0.5, 0.0), w - 1)
-            x0 = int(math.floor(sx))
+            x0 = math.floor(sx)
             x1, fx = min(x0 + 1, w - 1), sx - x0
             top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
             bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
@@ -163,7 +166,7 @@ def _reference_crop(label, crop, rng, cat_max_ratio, ignore=255):
     box = bbox()
     if cat_max_ratio < 1:
         for _ in range(10):
-            seg = label[box[0]:box[0] + crop[0], box[1]:box[1] + crop[1]]
+            seg = label[box[0] : box[0] + crop[0], box[1] : box[1] + crop[1]]
             values, counts = np.unique(seg, return_counts=True)
             counts = counts[values != ignore]
             if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
@@ -180,7 +183,7 @@ def test_crop_offsets_follow_the_class_ratio_rule_draw_for_draw():
     for seed in range(40):
         top, left = crop_offsets(label, (20, 20), np.random.default_rng(seed), 0.75)
         assert (top, left) == _reference_crop(label, (20, 20), np.random.default_rng(seed), 0.75)
-        crop = label[top:top + 20, left:left + 20]
+        crop = label[top : top + 20, left : left + 20]
         counts = np.bincount(crop[crop != 255].ravel(), minlength=2)
         passed += counts.max() / counts.sum() < 0.75
     assert passed >= 30  # the rule pushes most crops onto the class boundary
@@ -197,16 +200,38 @@ def test_resizing_a_window_equals_resizing_then_cropping():
     for size, window in [((89, 117), (13, 40, 32, 48)), ((30, 41), (0, 0, 30, 41)), ((51, 67), (5, 6, 7, 8))]:
         top, left, h, w = window
         full = resize_image(image, size)
-        np.testing.assert_array_equal(resize_image(image, size, window), full[top:top + h, left:left + w])
+        np.testing.assert_array_equal(resize_image(image, size, window), full[top : top + h, left : left + w])
 
 
 # --------------------------------------------------------------------------- colour
 
+
 def test_rgb_to_hsv_matches_opencv_known_values_and_colorsys():
-    primaries = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255],
-                           [255, 0, 255], [128, 128, 128], [200, 100, 50]]], np.uint8)
-    expected = [[0, 255, 255], [60, 255, 255], [120, 255, 255], [30, 255, 255], [90, 255, 255],
-                [150, 255, 255], [0, 0, 128], [10, 191, 200]]
+    primaries = np.array(
+        [
+            [
+                [255, 0, 0],
+                [0, 255, 0],
+                [0, 0, 255],
+                [255, 255, 0],
+                [0, 255, 255],
+                [255, 0, 255],
+                [128, 128, 128],
+                [200, 100, 50],
+            ]
+        ],
+        np.uint8,
+    )
+    expected = [
+        [0, 255, 255],
+        [60, 255, 255],
+        [120, 255, 255],
+        [30, 255, 255],
+        [90, 255, 255],
+        [150, 255, 255],
+        [0, 0, 128],
+        [10, 191, 200],
+    ]
     np.testing.assert_array_equal(rgb_to_hsv(primaries)[0], expected)
     rng = np.random.default_rng(3)
     pixels = rng.integers(0, 256, (1, 3000, 3), dtype=np.uint8)
@@ -225,8 +250,9 @@ def test_hsv_to_rgb_matches_colorsys_within_rounding():
     rgb = hsv_to_rgb(hsv)[0].astype(np.float64)
     ref = np.array([colorsys.hsv_to_rgb((h / 180.0) % 1.0, s / 255.0, v / 255.0) for h, s, v in hsv[0]]) * 255
     assert np.abs(rgb - ref).max() <= 0.5 + 1e-6
-    np.testing.assert_array_equal(hsv_to_rgb(np.array([[[30, 255, 255], [0, 0, 77]]], np.uint8))[0],
-                                  [[255, 255, 0], [77, 77, 77]])
+    np.testing.assert_array_equal(
+        hsv_to_rgb(np.array([[[30, 255, 255], [0, 0, 77]]], np.uint8))[0], [[255, 255, 0], [77, 77, 77]]
+    )
 
 
 class ScriptedRng:
@@ -253,8 +279,17 @@ class ScriptedRng:
 def test_photometric_distortion_order_and_uint8_truncation():
     image = np.array([[[10, 100, 250], [0, 128, 255]]], np.uint8)
     # brightness on (+10.7), mode 1 -> contrast first (x1.2), saturation off, hue off.
-    rng = ScriptedRng([("integers", 1), ("uniform", 10.7), ("integers", 1), ("integers", 1),
-                       ("uniform", 1.2), ("integers", 0), ("integers", 0)])
+    rng = ScriptedRng(
+        [
+            ("integers", 1),
+            ("uniform", 10.7),
+            ("integers", 1),
+            ("integers", 1),
+            ("uniform", 1.2),
+            ("integers", 0),
+            ("integers", 0),
+        ]
+    )
     out = photometric_distortion(image, rng)
     bright = np.clip(image.astype(np.float32) + 10.7, 0, 255).astype(np.uint8)  # 20, 110, 255(clip)
     expected = np.clip(bright.astype(np.float32) * 1.2, 0, 255).astype(np.uint8)
@@ -262,8 +297,18 @@ def test_photometric_distortion_order_and_uint8_truncation():
     assert out[0, 0].tolist() == [24, 132, 255]  # 20.7 -> 20 -> 24.0; 110.7 -> 110 -> 132.0
     assert rng.script == []
     # mode 0: saturation and hue run first, contrast last; hue wraps modulo 180.
-    rng = ScriptedRng([("integers", 0), ("integers", 0), ("integers", 1), ("uniform", 0.5),
-                       ("integers", 1), ("integers", -18), ("integers", 1), ("uniform", 0.8)])
+    rng = ScriptedRng(
+        [
+            ("integers", 0),
+            ("integers", 0),
+            ("integers", 1),
+            ("uniform", 0.5),
+            ("integers", 1),
+            ("integers", -18),
+            ("integers", 1),
+            ("uniform", 0.8),
+        ]
+    )
     out = photometric_distortion(image, rng)
     hsv = rgb_to_hsv(image)
     hsv[..., 1] = (hsv[..., 1].astype(np.float32) * 0.5).astype(np.uint8)
@@ -275,6 +320,7 @@ def test_photometric_distortion_order_and_uint8_truncation():
 
 
 # --------------------------------------------------------------------------- pipelines
+
 
 def test_train_transform_pads_small_images_and_is_deterministic():
     rng = np.random.default_rng(5)
@@ -299,10 +345,11 @@ def test_train_transform_keeps_image_and_label_aligned():
     image = np.zeros((60, 90, 3), np.uint8)
     label = np.zeros((60, 90), np.uint8)
     for c in range(3):
-        image[:, 30 * c:30 * (c + 1), c] = 255
-        label[:, 30 * c:30 * (c + 1)] = c
-    t = TrainTransform(crop_size=(48, 48), scale=(120, 80), ratios=[0.75, 1.0, 1.25],
-                       photometric=False, mean=(0, 0, 0), std=(1, 1, 1))
+        image[:, 30 * c : 30 * (c + 1), c] = 255
+        label[:, 30 * c : 30 * (c + 1)] = c
+    t = TrainTransform(
+        crop_size=(48, 48), scale=(120, 80), ratios=[0.75, 1.0, 1.25], photometric=False, mean=(0, 0, 0), std=(1, 1, 1)
+    )
     flips = 0
     for seed in range(30):
         img, lab = t(image, label, np.random.default_rng(seed))
@@ -341,6 +388,7 @@ def test_test_transform_resizes_image_only():
 
 # --------------------------------------------------------------------------- datasets
 
+
 def _write(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
@@ -373,16 +421,17 @@ def test_ade20k_reader_reduces_zero_label(tmp_path):
 def test_cityscapes_and_coco_stuff_layouts(tmp_path):
     city = tmp_path / "cityscapes"
     _write(city / "leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png", _rgb(4, 8))
-    _write(city / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelTrainIds.png",
-           np.array([[0, 18, 255, 5] * 2] * 4, np.uint8))
+    _write(
+        city / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelTrainIds.png",
+        np.array([[0, 18, 255, 5] * 2] * 4, np.uint8),
+    )
     ds = CityscapesDataset(city, "val")
     assert ds.num_classes == 19 and ds[0]["name"] == "lindau_000000_000019_leftImg8bit"
     np.testing.assert_array_equal(ds[0]["label"][0].numpy(), [0, 18, 255, 5] * 2)
 
     coco = tmp_path / "coco"
     _write(coco / "images/test2014/COCO_val2014_000000000139.jpg", _rgb(5, 6))
-    _write(coco / "annotations/test2014/COCO_val2014_000000000139_labelTrainIds.png",
-           np.full((5, 6), 170, np.uint8))
+    _write(coco / "annotations/test2014/COCO_val2014_000000000139_labelTrainIds.png", np.full((5, 6), 170, np.uint8))
     ds = COCOStuff10kDataset(coco, "val")
     assert ds.num_classes == 171 and (ds[0]["label"] == 170).all()
     with pytest.raises(DataError, match="train2014"):
@@ -483,6 +532,7 @@ def test_read_label_keeps_palette_indices(tmp_path):
 
 # --------------------------------------------------------------------------- synthetic
 
+
 def _best_threshold_accuracy(a: np.ndarray, b: np.ndarray) -> float:
     """Balanced accuracy of the best single threshold separating samples a from samples b."""
     values = np.concatenate([a, b])
@@ -521,6 +571,7 @@ def test_context_dataset_is_deterministic_and_context_dependent(tmp_path):
 
 
 # --------------------------------------------------------------------------- visualisation
+
 
 def test_colorize_and_overlay():
     palette = [[10, 20, 30], [200, 100, 0]]

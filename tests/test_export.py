@@ -1,13 +1,14 @@
 """ONNX export: onnxruntime reproduces the PyTorch logits (skipped without the onnx extra)."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 import torch
+from conftest import randomize
 
 import semask
-from conftest import randomize
 from semask.export import ExportError, check_onnx, export_onnx, generic_size
 
 ort = pytest.importorskip("onnxruntime")
@@ -15,8 +16,9 @@ pytest.importorskip("onnxscript")
 
 # Two stages keep the export fast yet cover shifted windows (depth 2), windowed and global
 # semantic attention, padding to the window and odd patch-merging sizes.
-SMALL = dict(embed_dim=16, depths=(2, 1), num_heads=(1, 2), decoder_channels=16, drop_path_rate=0.0,
-             semantic_global_stages=(1,))
+SMALL = dict(
+    embed_dim=16, depths=(2, 1), num_heads=(1, 2), decoder_channels=16, drop_path_rate=0.0, semantic_global_stages=(1,)
+)
 
 
 def small_model() -> torch.nn.Module:
@@ -63,7 +65,10 @@ def test_export_rejects_bad_size(tmp_path) -> None:
         export_onnx(small_model(), tmp_path / "m.onnx", size=(0, 32))
 
 
-@pytest.mark.skipif(os.environ.get("SEMASK_SLOW_TESTS") != "1", reason="dynamic-shape export takes minutes on 2 cores; set SEMASK_SLOW_TESTS=1")
+@pytest.mark.skipif(
+    os.environ.get("SEMASK_SLOW_TESTS") != "1",
+    reason="dynamic-shape export takes minutes on 2 cores; set SEMASK_SLOW_TESTS=1",
+)
 def test_dynamic_export_any_size_and_batch(tmp_path) -> None:
     model = small_model()
     path = export_onnx(model, tmp_path / "dyn.onnx", size=(64, 64), dynamic=True)

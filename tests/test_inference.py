@@ -1,4 +1,5 @@
 """Tests for semask.engine.inference: whole/slide, multi-scale, flip and the image helper."""
+
 from __future__ import annotations
 
 import math
@@ -150,8 +151,13 @@ def test_bad_calls_raise_clear_errors():
 
 def test_real_semask_model_whole_slide_and_predict():
     model = semask.create_model(
-        "semask_swin_t_fpn", num_classes=5, embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8),
-        window_size=7, decoder_channels=32,
+        "semask_swin_t_fpn",
+        num_classes=5,
+        embed_dim=32,
+        depths=(1, 1, 2, 1),
+        num_heads=(1, 2, 4, 8),
+        window_size=7,
+        decoder_channels=32,
     ).eval()
     image = torch.randn(1, 3, 90, 122)  # larger than the crop: 2 x 3 overlapping windows
     windows = slide_windows((90, 122), 64, 48)

@@ -1,4 +1,5 @@
 """SeMask Swin with mask-classification heads (spec semask_mask2former.md)."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,13 +9,18 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize
 
 import semask
-from conftest import randomize
 from semask.models import CheckpointError
 from semask.models.mask2former import model as m2f
 from semask.models.mask2former.criterion import SetCriterion, labels_to_targets
-from semask.models.mask2former.matcher import HungarianMatcher, pairwise_dice, pairwise_sigmoid_ce, pairwise_sigmoid_focal
+from semask.models.mask2former.matcher import (
+    HungarianMatcher,
+    pairwise_dice,
+    pairwise_sigmoid_ce,
+    pairwise_sigmoid_focal,
+)
 from semask.models.mask2former.ops import MSDeformAttn, modulated_deform_conv2d, ms_deform_attn
 from semask.models.mask2former.transformer_decoders import Predictions
 from semask.models.registry import build_model, get_config
@@ -119,7 +125,10 @@ def test_modulated_deform_conv_without_offsets_is_a_convolution() -> None:
     x, weight, bias = torch.randn(2, 8, 7, 5), torch.randn(6, 8, 3, 3), torch.randn(6)
     offset, mask = torch.zeros(2, 2 * 4 * 9, 7, 5), torch.ones(2, 4 * 9, 7, 5)
     torch.testing.assert_close(
-        modulated_deform_conv2d(x, offset, mask, weight, bias), F.conv2d(x, weight, bias, padding=1), atol=1e-4, rtol=1e-4
+        modulated_deform_conv2d(x, offset, mask, weight, bias),
+        F.conv2d(x, weight, bias, padding=1),
+        atol=1e-4,
+        rtol=1e-4,
     )
     with pytest.raises(ValueError, match="deformable groups"):
         modulated_deform_conv2d(x, torch.zeros(2, 10, 7, 5), mask, weight, bias)
@@ -147,7 +156,10 @@ def test_hungarian_matching_is_optimal_against_brute_force(num_points: int) -> N
     matcher = HungarianMatcher(2.0, 5.0, 5.0, num_points)
     q, k = 5, 4
     logits, masks = torch.randn(2, q, k + 1), torch.randn(2, q, 6, 6)
-    targets = [(torch.tensor([0, 2, 3]), (torch.rand(3, 24, 24) > 0.5).float()), (torch.tensor([1]), torch.ones(1, 24, 24))]
+    targets = [
+        (torch.tensor([0, 2, 3]), (torch.rand(3, 24, 24) > 0.5).float()),
+        (torch.tensor([1]), torch.ones(1, 24, 24)),
+    ]
     for b, (rows, cols) in enumerate(matcher(logits, masks, targets)):
         n = len(targets[b][0])
         assert len(rows) == n and sorted(cols.tolist()) == list(range(n)) and len(set(rows.tolist())) == n
@@ -161,7 +173,7 @@ def test_hungarian_matching_is_optimal_against_brute_force(num_points: int) -> N
 
 def test_labels_to_targets_drops_ignore() -> None:
     labels = torch.tensor([[[0, 0, 255], [3, 3, 255]]])
-    (classes, masks), = labels_to_targets(labels)
+    ((classes, masks),) = labels_to_targets(labels)
     assert classes.tolist() == [0, 3]
     assert masks.tolist() == [[[1, 1, 0], [0, 0, 0]], [[0, 0, 0], [1, 1, 0]]]
 
@@ -223,8 +235,13 @@ def official_layout(name: str) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.mark.parametrize(
-    "name,keys", [("semask_swin_l_mask2former", 694), ("semask_swin_l_maskformer", 546),
-                  ("semask_swin_l_mask2former_fapn", 621), ("semask_swin_l_mask2former_msfapn", 701)]
+    "name,keys",
+    [
+        ("semask_swin_l_mask2former", 694),
+        ("semask_swin_l_maskformer", 546),
+        ("semask_swin_l_mask2former_fapn", 621),
+        ("semask_swin_l_mask2former_msfapn", 701),
+    ],
 )
 def test_official_key_layout(name: str, keys: int) -> None:
     """Key counts of spec 5.6 and shapes of spec 5.1-5.5 tables."""
@@ -240,29 +257,56 @@ def test_official_key_layout(name: str, keys: int) -> None:
         f"{p}mask_embed.layers.2.weight": (256, 256),
     }
     if name.endswith("maskformer"):
-        expected.update({f"{p}transformer.decoder.layers.5.multihead_attn.in_proj_weight": (768, 256),
-                         f"{p}input_proj.weight": (256, 1536, 1, 1), f"{pd}layer_4.weight": (256, 1536, 3, 3),
-                         f"{pd}mask_features.weight": (256, 256, 3, 3), f"{pd}adapter_3.weight": (256, 768, 1, 1)})
+        expected.update(
+            {
+                f"{p}transformer.decoder.layers.5.multihead_attn.in_proj_weight": (768, 256),
+                f"{p}input_proj.weight": (256, 1536, 1, 1),
+                f"{pd}layer_4.weight": (256, 1536, 3, 3),
+                f"{pd}mask_features.weight": (256, 256, 3, 3),
+                f"{pd}adapter_3.weight": (256, 768, 1, 1),
+            }
+        )
     else:
-        expected.update({f"{p}transformer_cross_attention_layers.8.multihead_attn.in_proj_weight": (768, 256),
-                         f"{p}query_feat.weight": (100, 256), f"{p}level_embed.weight": (3, 256)})
+        expected.update(
+            {
+                f"{p}transformer_cross_attention_layers.8.multihead_attn.in_proj_weight": (768, 256),
+                f"{p}query_feat.weight": (100, 256),
+                f"{p}level_embed.weight": (3, 256),
+            }
+        )
     if name.endswith(("mask2former", "msfapn")):
-        expected.update({f"{pd}input_proj.0.0.weight": (256, 1536, 1, 1), f"{pd}input_proj.2.0.weight": (256, 384, 1, 1),
-                         f"{pd}transformer.level_embed": (3, 256),
-                         f"{pd}transformer.encoder.layers.5.self_attn.sampling_offsets.weight": (192, 256),
-                         f"{pd}transformer.encoder.layers.5.linear1.weight": (1024, 256),
-                         f"{pd}mask_features.weight": (256, 256, 1, 1), f"{pd}adapter_1.weight": (256, 192, 1, 1)})
+        expected.update(
+            {
+                f"{pd}input_proj.0.0.weight": (256, 1536, 1, 1),
+                f"{pd}input_proj.2.0.weight": (256, 384, 1, 1),
+                f"{pd}transformer.level_embed": (3, 256),
+                f"{pd}transformer.encoder.layers.5.self_attn.sampling_offsets.weight": (192, 256),
+                f"{pd}transformer.encoder.layers.5.linear1.weight": (1024, 256),
+                f"{pd}mask_features.weight": (256, 256, 1, 1),
+                f"{pd}adapter_1.weight": (256, 192, 1, 1),
+            }
+        )
     if name.endswith("fapn"):
-        expected.update({f"{pd}align_1.offset.weight": (256, 512, 1, 1), f"{pd}align_1.offset.norm.weight": (256,),
-                         f"{pd}align_1.dcpack_L2.weight": (256, 256, 3, 3),
-                         f"{pd}align_1.dcpack_L2.conv_offset_mask.weight": (216, 256, 3, 3)})
+        expected.update(
+            {
+                f"{pd}align_1.offset.weight": (256, 512, 1, 1),
+                f"{pd}align_1.offset.norm.weight": (256,),
+                f"{pd}align_1.dcpack_L2.weight": (256, 256, 3, 3),
+                f"{pd}align_1.dcpack_L2.conv_offset_mask.weight": (216, 256, 3, 3),
+            }
+        )
     for key, shape in expected.items():
         assert layout.get(key) == shape, key
 
 
 def test_semantic_attention_rule_per_family() -> None:
-    rules = {("maskformer", 150): (3,), ("mask2former", 150): (3,), ("mask2former", 19): (),
-             ("fapn", 150): (2, 3), ("msfapn", 150): (2, 3)}
+    rules = {
+        ("maskformer", 150): (3,),
+        ("mask2former", 150): (3,),
+        ("mask2former", 19): (),
+        ("fapn", 150): (2, 3),
+        ("msfapn", 150): (2, 3),
+    }
     for (family, k), stages in rules.items():
         assert get_config("semask_swin_l_mask2former", family=family, num_classes=k).semantic_global_stages == stages
     cfg = get_config("semask_swin_l_mask2former_cityscapes")
@@ -320,8 +364,12 @@ def test_forward_outputs_and_loss(family: str) -> None:
     assert len(out.aux_outputs) == n_sets - 1 and len(out.loss_terms) == 3 * n_sets
     torch.testing.assert_close(out.loss, out.loss_main + 0.4 * out.loss_semantic)
     w = (1.0, 20.0, 1.0) if family == "maskformer" else (2.0, 5.0, 5.0)
-    weighted = sum(wt * v for k, v in out.loss_terms.items() for name, wt in zip(("loss_ce", "loss_mask", "loss_dice"), w)
-                   if k.rsplit("_", 1)[0] == name or k == name)
+    weighted = sum(
+        wt * v
+        for k, v in out.loss_terms.items()
+        for name, wt in zip(("loss_ce", "loss_mask", "loss_dice"), w)
+        if k.rsplit("_", 1)[0] == name or k == name
+    )
     torch.testing.assert_close(out.loss_main, weighted)
     masks = F.interpolate(out.pred_masks, size=(64, 96), mode="bilinear", align_corners=False)[..., :50, :70]
     torch.testing.assert_close(out.logits, m2f.semantic_inference(out.pred_logits, masks))
@@ -355,7 +403,9 @@ def test_official_checkpoint_loads_strictly(family: str, tmp_path) -> None:  # t
     model = randomize(tiny_model(family, num_classes=150, drop_path_rate=0.0))  # lambda != 0: semantic attention active
     sd = {k.replace(".lambda_", ".gamma"): v for k, v in model.state_dict().items()}
     for key in [k for k in sd if k.endswith("relative_position_bias_table")]:
-        sd[key.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(16, 16, dtype=torch.int64)
+        sd[key.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(
+            16, 16, dtype=torch.int64
+        )
     for key in [k for k in sd if ".align_" in k and k.endswith("offset.weight")]:
         layer = key.replace("align_", "layer_").replace(".offset.weight", ".norm.")
         sd[key.replace(".weight", ".norm.weight")] = sd[layer + "weight"]
@@ -366,7 +416,12 @@ def test_official_checkpoint_loads_strictly(family: str, tmp_path) -> None:  # t
     loaded = semask.load_official_checkpoint(path, drop_path_rate=0.0, decoder_heads=4).eval()
     cfg = loaded.config
     assert (cfg.family, cfg.num_classes, cfg.dec_layers, cfg.num_queries, cfg.depths, cfg.no_object_weight) == (
-        family, 150, 3, 8, (1, 1, 2, 1), pytest.approx(0.1)
+        family,
+        150,
+        3,
+        8,
+        (1, 1, 2, 1),
+        pytest.approx(0.1),
     )
     if family in ("mask2former", "msfapn"):
         assert (cfg.encoder_layers, cfg.encoder_ffn_dim, cfg.encoder_points) == (2, 64, 4)

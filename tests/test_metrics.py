@@ -1,4 +1,5 @@
 """Tests for semask.engine.metrics against hand-computed numbers and a brute-force loop."""
+
 from __future__ import annotations
 
 import math
@@ -86,8 +87,13 @@ def _brute_force(preds, labels, k, ignore=255):
         xs = [x for x in xs if not math.isnan(x)]
         return sum(xs) / len(xs)
 
-    return {"IoU": iou, "Acc": acc, "mIoU": nanmean(iou), "mAcc": nanmean(acc),
-            "aAcc": 100.0 * sum(inter) / sum(label_area)}
+    return {
+        "IoU": iou,
+        "Acc": acc,
+        "mIoU": nanmean(iou),
+        "mAcc": nanmean(acc),
+        "aAcc": 100.0 * sum(inter) / sum(label_area),
+    }
 
 
 def test_matches_brute_force_loop_on_random_data():
@@ -156,8 +162,9 @@ def test_score_folders_with_reduce_zero_label(tmp_path):
 def test_score_folders_suffixes_and_errors(tmp_path):
     _save(tmp_path / "gt" / "city" / "x_gtFine_labelTrainIds.png", LABEL_A.clip(0, 255))
     _save(tmp_path / "pred" / "x_leftImg8bit.png", PRED_A.clip(0, 3))
-    result = score_folders(tmp_path / "pred", tmp_path / "gt", 4, pred_suffix="_leftImg8bit.png",
-                           gt_suffix="_gtFine_labelTrainIds.png")
+    result = score_folders(
+        tmp_path / "pred", tmp_path / "gt", 4, pred_suffix="_leftImg8bit.png", gt_suffix="_gtFine_labelTrainIds.png"
+    )
     assert result["aAcc"] == pytest.approx(100 * 6 / 8)  # 6 of A's 8 valid pixels right
     _save(tmp_path / "gt2" / "a.png", LABEL_A)
     _save(tmp_path / "gt2" / "b.png", LABEL_B)

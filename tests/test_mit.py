@@ -1,5 +1,6 @@
 """SeMask-MiT / SegFormer: parameter counts vs spec semask_mit.md, shapes, loss, lambda = 0
 equivalence, ImageNet and official checkpoint loading in the NVlabs, mmseg and HF key schemes."""
+
 from __future__ import annotations
 
 import re
@@ -40,7 +41,14 @@ VARIANTS = {  # name: (C_i, depths, spec 1.1 encoder params, NVlabs head width E
     "b5": (WIDE, (3, 6, 40, 3), 81_443_008, 768),
 }
 # Spec 1.3 head counts at K = 150, and spec 5.1 totals (NVlabs head) in millions.
-SPEC_NVLABS_HEAD_150 = {"b0": 433_302, "b1": 564_374, "b2": 3_265_686, "b3": 3_265_686, "b4": 3_265_686, "b5": 3_265_686}
+SPEC_NVLABS_HEAD_150 = {
+    "b0": 433_302,
+    "b1": 564_374,
+    "b2": 3_265_686,
+    "b3": 3_265_686,
+    "b4": 3_265_686,
+    "b5": 3_265_686,
+}
 SPEC_MMSEG_HEAD_150 = 565_398  # B1-B5
 SPEC_NVLABS_TOTAL_M = {"b0": 3.753, "b1": 13.716, "b2": 27.462, "b3": 47.338, "b4": 64.108, "b5": 84.709}
 SR, PATCH = (8, 4, 2, 1), (7, 3, 3, 3)
@@ -98,7 +106,7 @@ SPEC_B4_TOTALS_150 = {  # spec 1.3 / 4.4: (preset, head) -> total parameters
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_segformer_baseline_parameter_counts(variant: str) -> None:
-    dims, depths, encoder, e = VARIANTS[variant]
+    dims, _depths, encoder, e = VARIANTS[variant]
     for k in (150, 19):
         for head, head_params in (("mmseg", mmseg_head_formula(dims, k)), ("nvlabs", nvlabs_head_formula(dims, e, k))):
             total, enc, sem, dec = count_parameters(meta_model(f"mit_{variant}", num_classes=k, decode_head=head))
@@ -206,7 +214,7 @@ def test_lambda_zero_semask_equals_plain_mit(placement: str, tmp_path) -> None:
     plain = tiny_mit("mit_b0", seed=3)
     randomise_norms(plain)
     path = tmp_path / "mit_tiny.pth"
-    sd = {k[len("backbone."):]: v for k, v in plain.state_dict().items() if k.startswith("backbone.")}
+    sd = {k[len("backbone.") :]: v for k, v in plain.state_dict().items() if k.startswith("backbone.")}
     sd |= {"head.weight": torch.randn(1000, 32), "head.bias": torch.randn(1000)}
     torch.save(sd, path)
     model = tiny_mit(seed=4, semantic_placement=placement, semantic_global_stages=(2, 3))
@@ -265,10 +273,17 @@ def ours_to_mmseg_encoder(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def ours_to_hf_encoder(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Spec 2.4 / 2.5 mapping, NVlabs names -> Hugging Face names (without ``segformer.encoder.``)."""
-    names = {"norm1": "layer_norm_1", "norm2": "layer_norm_2", "attn.q": "attention.self.query",
-             "attn.sr": "attention.self.sr", "attn.norm": "attention.self.layer_norm",
-             "attn.proj": "attention.output.dense", "mlp.fc1": "mlp.dense1", "mlp.fc2": "mlp.dense2",
-             "mlp.dwconv.dwconv": "mlp.dwconv.dwconv"}
+    names = {
+        "norm1": "layer_norm_1",
+        "norm2": "layer_norm_2",
+        "attn.q": "attention.self.query",
+        "attn.sr": "attention.self.sr",
+        "attn.norm": "attention.self.layer_norm",
+        "attn.proj": "attention.output.dense",
+        "mlp.fc1": "mlp.dense1",
+        "mlp.fc2": "mlp.dense2",
+        "mlp.dwconv.dwconv": "mlp.dwconv.dwconv",
+    }
     out: dict[str, torch.Tensor] = {}
     for key, v in sd.items():
         m = re.match(r"block(\d)\.(\d+)\.(.+)\.(weight|bias)$", key)
@@ -302,8 +317,8 @@ def ours_to_hf_head(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def split(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     sd = model.state_dict()
-    encoder = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-    head = {k[len("decode_head."):]: v for k, v in sd.items() if k.startswith("decode_head.")}
+    encoder = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+    head = {k[len("decode_head.") :]: v for k, v in sd.items() if k.startswith("decode_head.")}
     return encoder, head
 
 
@@ -320,7 +335,10 @@ def spec_nvlabs_keys(dims: tuple[int, ...], depths: tuple[int, ...], sr: tuple[i
         keys |= {f"backbone.block{s}.{j}.{m}.{p}" for j in range(depths[s - 1]) for m in mods for p in wb}
         keys |= {f"decode_head.linear_c{s}.proj.{p}" for p in wb}
     keys |= {"decode_head.linear_fuse.conv.weight", "decode_head.linear_pred.weight", "decode_head.linear_pred.bias"}
-    keys |= {f"decode_head.linear_fuse.bn.{p}" for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    keys |= {
+        f"decode_head.linear_fuse.bn.{p}"
+        for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    }
     return keys
 
 
@@ -360,7 +378,12 @@ def test_nvlabs_segformer_checkpoint_round_trip(tmp_path) -> None:
     loaded = semask.load_official_checkpoint(path).eval()
     cfg = loaded.config
     assert isinstance(loaded, SeMaskMiT) and cfg.decode_head == "nvlabs" and cfg.decoder_channels == 16
-    assert (cfg.embed_dims, cfg.depths, cfg.num_heads, cfg.sr_ratios) == (TINY["embed_dims"], TINY["depths"], (1, 2, 3, 4), SR)
+    assert (cfg.embed_dims, cfg.depths, cfg.num_heads, cfg.sr_ratios) == (
+        TINY["embed_dims"],
+        TINY["depths"],
+        (1, 2, 3, 4),
+        SR,
+    )
     assert cfg.class_names == CLASSES and cfg.palette == PALETTE and not cfg.is_semask
     assert_same_outputs(model, loaded)
 
@@ -368,8 +391,10 @@ def test_nvlabs_segformer_checkpoint_round_trip(tmp_path) -> None:
 def test_mmseg_segformer_checkpoint_round_trip(tmp_path) -> None:
     model = trained_like(tiny_mit("mit_b0"))
     encoder, head = split(model)
-    sd = {**{"backbone." + k: v for k, v in ours_to_mmseg_encoder(encoder).items()},
-          **{"decode_head." + k: v for k, v in head.items()}}
+    sd = {
+        **{"backbone." + k: v for k, v in ours_to_mmseg_encoder(encoder).items()},
+        **{"decode_head." + k: v for k, v in head.items()},
+    }
     assert "backbone.layers.1.1.1.attn.attn.in_proj_weight" in sd and "decode_head.fusion_conv.conv.weight" in sd
     path = tmp_path / "segformer_mit-tiny_ade20k.pth"
     torch.save({"meta": {"dataset_meta": {"classes": CLASSES, "palette": PALETTE}}, "state_dict": sd}, path)
@@ -381,8 +406,10 @@ def test_mmseg_segformer_checkpoint_round_trip(tmp_path) -> None:
 def test_hf_segformer_checkpoint_round_trip(tmp_path) -> None:
     model = trained_like(tiny_mit("mit_b0", **NVLABS_TINY))
     encoder, head = split(model)
-    sd = {**{"segformer.encoder." + k: v for k, v in ours_to_hf_encoder(encoder).items()},
-          **{"decode_head." + k: v for k, v in ours_to_hf_head(head).items()}}
+    sd = {
+        **{"segformer.encoder." + k: v for k, v in ours_to_hf_encoder(encoder).items()},
+        **{"decode_head." + k: v for k, v in ours_to_hf_head(head).items()},
+    }
     del sd["decode_head.batch_norm.num_batches_tracked"]  # some exports omit it
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
@@ -416,7 +443,9 @@ def test_checkpoint_errors_name_the_key(tmp_path) -> None:
 
     bad = dict(sd, **{"backbone.block2.1.attn.kv.weight": torch.zeros(30, 16)})
     torch.save({"state_dict": bad}, tmp_path / "bad.pth")
-    with pytest.raises(CheckpointError, match=r"backbone\.block2\.1\.attn\.kv\.weight: checkpoint \(30, 16\) vs model \(32, 16\)"):
+    with pytest.raises(
+        CheckpointError, match=r"backbone\.block2\.1\.attn\.kv\.weight: checkpoint \(30, 16\) vs model \(32, 16\)"
+    ):
         semask.load_official_checkpoint(tmp_path / "bad.pth")
 
     no_pred = {k: v for k, v in sd.items() if not k.startswith("decode_head.linear_pred.")}
@@ -426,16 +455,20 @@ def test_checkpoint_errors_name_the_key(tmp_path) -> None:
 
     mm = tiny_mit("mit_b0")
     encoder, head = split(mm)
-    mm_sd = {**{"backbone." + k: v for k, v in ours_to_mmseg_encoder(encoder).items()},
-             **{"decode_head." + k: v for k, v in head.items()}}
+    mm_sd = {
+        **{"backbone." + k: v for k, v in ours_to_mmseg_encoder(encoder).items()},
+        **{"decode_head." + k: v for k, v in head.items()},
+    }
     mm_sd["backbone.layers.0.1.0.attn.attn.in_proj_weight"] = torch.zeros(20, 8)
     torch.save({"state_dict": mm_sd}, tmp_path / "mm.pth")
     with pytest.raises(CheckpointError, match=r"layers\.0\.1\.0\.attn\.attn\.in_proj_weight has 20 rows"):
         semask.load_official_checkpoint(tmp_path / "mm.pth")
 
     encoder, head = split(model)
-    hf = {**{"segformer.encoder." + k: v for k, v in ours_to_hf_encoder(encoder).items()},
-          **{"decode_head." + k: v for k, v in ours_to_hf_head(head).items()}}
+    hf = {
+        **{"segformer.encoder." + k: v for k, v in ours_to_hf_encoder(encoder).items()},
+        **{"decode_head." + k: v for k, v in ours_to_hf_head(head).items()},
+    }
     del hf["segformer.encoder.block.2.0.attention.self.value.weight"]
     torch.save(hf, tmp_path / "hf.bin")
     with pytest.raises(CheckpointError, match=r"block\.2\.0\.attention\.self\.value\.weight is missing"):
@@ -443,16 +476,27 @@ def test_checkpoint_errors_name_the_key(tmp_path) -> None:
 
 
 def test_detectors_do_not_confuse_swin_fpn_and_mit() -> None:
-    swin = semask.create_model("semask_swin_t_fpn", num_classes=K, embed_dim=16, depths=(1, 1, 1, 1),
-                               num_heads=(1, 2, 2, 4), window_size=7, decoder_channels=16).state_dict()
+    swin = semask.create_model(
+        "semask_swin_t_fpn",
+        num_classes=K,
+        embed_dim=16,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 2, 2, 4),
+        window_size=7,
+        decoder_channels=16,
+    ).state_dict()
     nv = tiny_mit("mit_b0", **NVLABS_TINY)
     mm = tiny_mit("mit_b0")
     encoder, head = split(mm)
-    mm_sd = {**{"backbone." + k: v for k, v in ours_to_mmseg_encoder(encoder).items()},
-             **{"decode_head." + k: v for k, v in head.items()}}
+    mm_sd = {
+        **{"backbone." + k: v for k, v in ours_to_mmseg_encoder(encoder).items()},
+        **{"decode_head." + k: v for k, v in head.items()},
+    }
     enc, head = split(nv)
-    hf = {**{"segformer.encoder." + k: v for k, v in ours_to_hf_encoder(enc).items()},
-          **{"decode_head." + k: v for k, v in ours_to_hf_head(head).items()}}
+    hf = {
+        **{"segformer.encoder." + k: v for k, v in ours_to_hf_encoder(enc).items()},
+        **{"decode_head." + k: v for k, v in ours_to_hf_head(head).items()},
+    }
     detectors = (mit._is_nvlabs_mit, mit._is_mmseg_segformer, mit._is_hf_segformer)
     assert not any(d(swin) for d in detectors) and _is_official_fpn(swin)
     for sd, own in ((nv.state_dict(), 0), (mm.state_dict(), 0), (mm_sd, 1), (hf, 2)):
@@ -473,12 +517,18 @@ def test_imagenet_initialisation(layout: str, tmp_path) -> None:
     encoder = plain_encoder()
     sd = encoder.state_dict()
     if layout == "nvlabs":  # mit_b*.pth: bare keys plus the ImageNet classifier
-        ckpt, dropped = {**sd, "head.weight": torch.randn(1000, 32), "head.bias": torch.randn(1000)}, ["head.bias", "head.weight"]
+        ckpt, dropped = (
+            {**sd, "head.weight": torch.randn(1000, 32), "head.bias": torch.randn(1000)},
+            ["head.bias", "head.weight"],
+        )
     elif layout == "mmseg":  # mmseg 1.x mit_b*_2022*.pth: layers.* naming, no classifier
         ckpt, dropped = {"state_dict": ours_to_mmseg_encoder(sd)}, []
     else:  # Hugging Face nvidia/mit-b*
-        ckpt = {**{"segformer.encoder." + k: v for k, v in ours_to_hf_encoder(sd).items()},
-                "classifier.weight": torch.randn(1000, 32), "classifier.bias": torch.randn(1000)}
+        ckpt = {
+            **{"segformer.encoder." + k: v for k, v in ours_to_hf_encoder(sd).items()},
+            "classifier.weight": torch.randn(1000, 32),
+            "classifier.bias": torch.randn(1000),
+        }
         dropped = ["classifier.bias", "classifier.weight"]
     path = tmp_path / f"mit_tiny_{layout}.pth"
     torch.save(ckpt, path)
@@ -494,10 +544,14 @@ def test_imagenet_errors_name_the_key(tmp_path) -> None:
     sd = plain_encoder().state_dict()
     torch.save({k: v for k, v in sd.items() if k != "block3.0.attn.sr.weight"}, tmp_path / "missing.pth")
     model = tiny_mit()
-    with pytest.raises(CheckpointError, match=r"ImageNet MiT checkpoint .*missing.pth[\s\S]*block3\.0\.attn\.sr\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"ImageNet MiT checkpoint .*missing.pth[\s\S]*block3\.0\.attn\.sr\.weight"
+    ):
         model.load_backbone_weights(str(tmp_path / "missing.pth"))
     torch.save({**sd, "block2.1.mlp.fc1.weight": torch.zeros(32, 16)}, tmp_path / "narrow.pth")
-    with pytest.raises(CheckpointError, match=r"block2\.1\.mlp\.fc1\.weight: checkpoint \(32, 16\) vs model \(64, 16\)"):
+    with pytest.raises(
+        CheckpointError, match=r"block2\.1\.mlp\.fc1\.weight: checkpoint \(32, 16\) vs model \(64, 16\)"
+    ):
         model.load_backbone_weights(str(tmp_path / "narrow.pth"))
     torch.save({**sd, "decode_head.conv_seg.weight": torch.zeros(1)}, tmp_path / "extra.pth")
     with pytest.raises(CheckpointError, match=r"unexpected keys:\s+decode_head\.conv_seg\.weight"):
@@ -507,8 +561,15 @@ def test_imagenet_errors_name_the_key(tmp_path) -> None:
 # ------------------------------------------------------------------- save / load model
 @pytest.mark.parametrize("target", ["folder", "model.safetensors"])
 def test_save_load_round_trip(target: str, tmp_path) -> None:
-    model = trained_like(tiny_mit(decode_head="nvlabs", semantic_placement="after_stage_norm",
-                              semantic_global_stages=(1,), class_names=CLASSES, palette=PALETTE))
+    model = trained_like(
+        tiny_mit(
+            decode_head="nvlabs",
+            semantic_placement="after_stage_norm",
+            semantic_global_stages=(1,),
+            class_names=CLASSES,
+            palette=PALETTE,
+        )
+    )
     path = semask.save_model(model, tmp_path / target)
     loaded = semask.load_model(path)
     assert loaded.config == model.config and isinstance(loaded, SeMaskMiT)

@@ -1,16 +1,17 @@
 """SeMask-FPN family: presets, shapes, exact parameter counts, losses, weights in and out."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from conftest import TINY, randomize, to_official
 
 import semask
-from conftest import TINY, randomize, to_official
 from semask.models.base import CheckpointError
 from semask.models.loss import segmentation_cross_entropy
-from semask.models.summary import count_parameters, describe
+from semask.models.summary import describe
 
 # spec semask_fpn.md section 1: official models, decoder channels 256, buffers excluded
 PARAMS = {
@@ -54,7 +55,9 @@ def test_official_global_stage_rule(name: str, k: int, expected: tuple[int, ...]
 
 
 def test_overrides_and_unknown_settings() -> None:
-    model = semask.create_model("semask_swin_t_fpn", num_classes=7, semantic_global_stages=(3,), num_semantic_blocks=2, **TINY)
+    model = semask.create_model(
+        "semask_swin_t_fpn", num_classes=7, semantic_global_stages=(3,), num_semantic_blocks=2, **TINY
+    )
     assert [len(s.semantic_layer.class_injection) for s in model.backbone.layers] == [2, 2, 2, 2]
     assert [s.semantic_layer.global_attention for s in model.backbone.layers] == [False, False, False, True]
     with pytest.raises(TypeError, match="no settings \\['depth'\\]"):
@@ -139,7 +142,11 @@ def test_gradient_reaches_every_semantic_parameter() -> None:
 def test_save_load_round_trip(tmp_path, single_file: bool) -> None:
     model = randomize(
         semask.create_model(
-            "semask_swin_t_fpn", num_classes=3, class_names=["sky", "sea", "boat"], palette=[[0, 0, 255], [0, 255, 0], [255, 0, 0]], **TINY
+            "semask_swin_t_fpn",
+            num_classes=3,
+            class_names=["sky", "sea", "boat"],
+            palette=[[0, 0, 255], [0, 255, 0], [255, 0, 0]],
+            **TINY,
         )
     )
     path = tmp_path / ("m.safetensors" if single_file else "model_dir")
@@ -161,7 +168,10 @@ def test_load_model_errors(tmp_path) -> None:
     other = semask.create_model("semask_swin_t_fpn", num_classes=4, **TINY)
     semask.save_model(other, tmp_path / "b")
     (tmp_path / "a" / "model.safetensors").replace(tmp_path / "b" / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"18 mis-shaped keys:(\n.*)*layers.0.semantic_layer.class_injection.0.mlp_cls_q.weight: checkpoint \(3, 16\) vs model \(4, 16\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"18 mis-shaped keys:(\n.*)*layers.0.semantic_layer.class_injection.0.mlp_cls_q.weight: checkpoint \(3, 16\) vs model \(4, 16\)",
+    ):
         semask.load_model(tmp_path / "b")
 
 
@@ -184,7 +194,9 @@ def test_official_inference_of_architecture(tmp_path) -> None:
     model = semask.load_official_checkpoint(tmp_path / "bare.pth")
     assert (model.config.num_classes, model.config.window_size, model.config.decoder_channels) == (19, 12, 16)
     assert model.config.semantic_global_stages == ()  # K = 19 -> windowed everywhere
-    assert semask.load_official_checkpoint(tmp_path / "bare.pth", semantic_global_stages=(3,)).config.semantic_global_stages == (3,)
+    assert semask.load_official_checkpoint(
+        tmp_path / "bare.pth", semantic_global_stages=(3,)
+    ).config.semantic_global_stages == (3,)
     base = to_official(semask.create_model("swin_t_fpn", num_classes=150, **TINY))
     torch.save({"state_dict": base}, tmp_path / "swin.pth")
     assert not semask.load_official_checkpoint(tmp_path / "swin.pth").config.is_semask
@@ -206,7 +218,11 @@ def test_refuses_to_unpickle_code(tmp_path) -> None:
 def _imagenet_swin_state_dict(window: int) -> dict[str, torch.Tensor]:
     """A Swin classification checkpoint with the public key names (classifier head, attn masks)."""
     base = semask.create_model("swin_t_fpn", num_classes=3, **{**TINY, "window_size": window})
-    sd = {k[len("backbone."):]: v.clone() for k, v in base.state_dict().items() if k.startswith("backbone.") and not k.startswith("backbone.norm")}
+    sd = {
+        k[len("backbone.") :]: v.clone()
+        for k, v in base.state_dict().items()
+        if k.startswith("backbone.") and not k.startswith("backbone.norm")
+    }
     sd["norm.weight"], sd["norm.bias"] = torch.ones(128), torch.zeros(128)
     sd["head.weight"], sd["head.bias"] = torch.zeros(1000, 128), torch.zeros(1000)
     sd["layers.0.blocks.1.attn_mask"] = torch.zeros(4, 49, 49)
@@ -216,17 +232,26 @@ def _imagenet_swin_state_dict(window: int) -> dict[str, torch.Tensor]:
 def test_backbone_weights_from_imagenet(tmp_path) -> None:
     sd = _imagenet_swin_state_dict(window=7)
     torch.save({"model": sd}, tmp_path / "swin_tiny_patch4_window7_224.pth")
-    model = semask.create_model("semask_swin_t_fpn", num_classes=3, backbone_weights=str(tmp_path / "swin_tiny_patch4_window7_224.pth"), **TINY)
-    torch.testing.assert_close(model.backbone.layers[2].blocks[1].mlp.fc1.weight, sd["layers.2.blocks.1.mlp.fc1.weight"])
+    model = semask.create_model(
+        "semask_swin_t_fpn", num_classes=3, backbone_weights=str(tmp_path / "swin_tiny_patch4_window7_224.pth"), **TINY
+    )
+    torch.testing.assert_close(
+        model.backbone.layers[2].blocks[1].mlp.fc1.weight, sd["layers.2.blocks.1.mlp.fc1.weight"]
+    )
     report = model.load_backbone_weights(str(tmp_path / "swin_tiny_patch4_window7_224.pth"))
     assert all(k.startswith(("norm", "layers.")) for k in report.missing)
-    assert sum(".semantic_layer." in k for k in report.missing) == 4 * 11 and sum(k.startswith("norm") for k in report.missing) == 8
+    assert (
+        sum(".semantic_layer." in k for k in report.missing) == 4 * 11
+        and sum(k.startswith("norm") for k in report.missing) == 8
+    )
     assert "head.weight" in report.unexpected and "norm.weight" in report.unexpected
 
 
 def test_backbone_weights_resample_window_and_reject_wrong_depth(tmp_path) -> None:
     torch.save({"model": _imagenet_swin_state_dict(window=7)}, tmp_path / "w7.pth")
-    model = semask.create_model("semask_swin_b_fpn", num_classes=3, backbone_weights=str(tmp_path / "w7.pth"), **{**TINY, "window_size": 12})
+    model = semask.create_model(
+        "semask_swin_b_fpn", num_classes=3, backbone_weights=str(tmp_path / "w7.pth"), **{**TINY, "window_size": 12}
+    )
     assert model.backbone.layers[0].blocks[0].attn.relative_position_bias_table.shape == (23 * 23, 1)
     query = semask.create_model("query_swin_t_fpn", num_classes=3, backbone_weights=str(tmp_path / "w7.pth"), **TINY)
     assert query.backbone.layers[0].aux_classifier.weight.shape == (3, 16)  # the ablation's new head starts fresh

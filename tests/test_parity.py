@@ -1,25 +1,36 @@
 """The models equal a naive spec-literal implementation (tests/reference_semask.py) up to rounding."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
-import semask
 from conftest import TINY, randomize, to_official
 from reference_semask import reference_forward
 
+import semask
+
 CASES = {
     # odd sizes (not multiples of 4, 32 or the window), 2 semantic blocks, global last stages
-    "t_like_global": dict(name="semask_swin_t_fpn", size=(75, 61), overrides=dict(num_semantic_blocks=2, semantic_global_stages=(2, 3))),
+    "t_like_global": dict(
+        name="semask_swin_t_fpn", size=(75, 61), overrides=dict(num_semantic_blocks=2, semantic_global_stages=(2, 3))
+    ),
     # window 12 (B/L style), windowed everywhere, uneven semantic blocks per stage
-    "window12": dict(name="semask_swin_b_fpn", size=(100, 90), overrides=dict(window_size=12, num_semantic_blocks=(1, 2, 1, 3))),
+    "window12": dict(
+        name="semask_swin_b_fpn", size=(100, 90), overrides=dict(window_size=12, num_semantic_blocks=(1, 2, 1, 3))
+    ),
     # semantic window differing from the Swin window, all stages global
-    "sem_window5_all_global": dict(name="semask_swin_t_fpn", size=(64, 80), overrides=dict(semantic_window_size=5, semantic_global_stages=(0, 1, 2, 3))),
+    "sem_window5_all_global": dict(
+        name="semask_swin_t_fpn",
+        size=(64, 80),
+        overrides=dict(semantic_window_size=5, semantic_global_stages=(0, 1, 2, 3)),
+    ),
     "baseline": dict(name="swin_t_fpn", size=(70, 45), overrides={}),
 }
 
 
-def assert_matches_reference(model: torch.nn.Module, sd: dict[str, torch.Tensor], x: torch.Tensor, *reference_args) -> None:
+def assert_matches_reference(
+    model: torch.nn.Module, sd: dict[str, torch.Tensor], x: torch.Tensor, *reference_args
+) -> None:
     """The model equals the reference to rtol = atol = 1e-4 in float64, where both are free of
     rounding noise so any difference of the math shows; the float32 model stays within 1e-4
     of the float64 truth relative to the logit scale (an fp32 reference alone is off by
@@ -46,7 +57,13 @@ def test_model_matches_reference(case: str) -> None:
     cfg = model.config
     x = torch.randn(2, 3, *spec["size"], generator=torch.Generator().manual_seed(2))
     assert_matches_reference(
-        model, to_official(model), x, list(cfg.num_heads), cfg.window_size, cfg.semantic_window_size, cfg.semantic_global_stages
+        model,
+        to_official(model),
+        x,
+        list(cfg.num_heads),
+        cfg.window_size,
+        cfg.semantic_window_size,
+        cfg.semantic_global_stages,
     )
 
 

@@ -1,4 +1,5 @@
 """Datasets, mmseg-exact transforms, a synthetic context dataset, palettes and visualisation."""
+
 from .datasets import (
     DATASETS,
     ADE20KDataset,
@@ -34,24 +35,24 @@ from .transforms import (
 from .visualize import colorize, overlay, save_label_png
 
 __all__ = [
-    "ADE20KDataset",
     "ADE20K_CLASSES",
     "ADE20K_PALETTE",
     "ADE20K_RATIOS",
     "CITYSCAPES_CLASSES",
     "CITYSCAPES_PALETTE",
-    "COCOStuff10kDataset",
     "COCO_STUFF_CLASSES",
     "COCO_STUFF_PALETTE",
     "CONTEXT_CLASSES",
     "CONTEXT_PALETTE",
-    "CityscapesDataset",
     "DATASETS",
-    "DataError",
-    "FolderDataset",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ADE20KDataset",
+    "COCOStuff10kDataset",
+    "CityscapesDataset",
+    "DataError",
+    "FolderDataset",
     "SegmentationDataset",
     "TestTransform",
     "TrainTransform",

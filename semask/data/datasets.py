@@ -16,11 +16,13 @@ out-of-range label values, and for the whole split at once with :meth:`~Segmenta
 Images are read with PIL as stored (EXIF orientation is not applied, so pixels stay aligned with
 label maps drawn on the stored pixels).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -203,9 +205,7 @@ class SegmentationDataset(Dataset):
         if errors:
             shown = "\n  ".join(errors[:20])
             more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-            raise DataError(
-                f"{self.description}: {len(errors)} of {len(self)} samples are broken:\n  {shown}{more}"
-            )
+            raise DataError(f"{self.description}: {len(errors)} of {len(self)} samples are broken:\n  {shown}{more}")
         return counts
 
 
@@ -279,8 +279,13 @@ class ADE20KDataset(SegmentationDataset):
         images = sorted(image_dir.glob("*.jpg"))
         samples = _pair(images, {p: label_dir / f"{p.stem}.png" for p in images}, str(image_dir))
         super().__init__(
-            samples, ADE20K_CLASSES, ADE20K_PALETTE, reduce_zero_label=reduce_zero_label,
-            transform=transform, seed=seed, description=f"ADE20K {sub}",
+            samples,
+            ADE20K_CLASSES,
+            ADE20K_PALETTE,
+            reduce_zero_label=reduce_zero_label,
+            transform=transform,
+            seed=seed,
+            description=f"ADE20K {sub}",
         )
 
 
@@ -311,8 +316,13 @@ class CityscapesDataset(SegmentationDataset):
             p: label_dir / p.parent.name / (p.name[: -len(suffix)] + "_gtFine_labelTrainIds.png") for p in images
         }
         super().__init__(
-            _pair(images, label_for, str(image_dir)), CITYSCAPES_CLASSES, CITYSCAPES_PALETTE,
-            reduce_zero_label=reduce_zero_label, transform=transform, seed=seed, description=f"Cityscapes {sub}",
+            _pair(images, label_for, str(image_dir)),
+            CITYSCAPES_CLASSES,
+            CITYSCAPES_PALETTE,
+            reduce_zero_label=reduce_zero_label,
+            transform=transform,
+            seed=seed,
+            description=f"Cityscapes {sub}",
         )
 
 
@@ -345,8 +355,13 @@ class COCOStuff10kDataset(SegmentationDataset):
         images = sorted(image_dir.glob("*.jpg"))
         label_for = {p: label_dir / f"{p.stem}_labelTrainIds.png" for p in images}
         super().__init__(
-            _pair(images, label_for, str(image_dir)), COCO_STUFF_CLASSES, COCO_STUFF_PALETTE,
-            reduce_zero_label=reduce_zero_label, transform=transform, seed=seed, description=f"COCO-Stuff {sub}",
+            _pair(images, label_for, str(image_dir)),
+            COCO_STUFF_CLASSES,
+            COCO_STUFF_PALETTE,
+            reduce_zero_label=reduce_zero_label,
+            transform=transform,
+            seed=seed,
+            description=f"COCO-Stuff {sub}",
         )
 
 
@@ -386,8 +401,13 @@ class FolderDataset(SegmentationDataset):
             stems[image.stem] = image
         label_for = {p: label_dir / f"{p.stem}.png" for p in images}
         super().__init__(
-            _pair(images, label_for, str(image_dir)), class_names, palette,
-            reduce_zero_label=reduce_zero_label, transform=transform, seed=seed, description=f"{root} {split}",
+            _pair(images, label_for, str(image_dir)),
+            class_names,
+            palette,
+            reduce_zero_label=reduce_zero_label,
+            transform=transform,
+            seed=seed,
+            description=f"{root} {split}",
         )
 
 

@@ -26,6 +26,7 @@ textures stay exact), ``labels/{train,val}/NNNNN.png``, ``classes.txt`` and ``pa
 Image ``i`` of a split depends only on ``(seed, split, i)``, so changing ``num_train`` does not
 change the validation images.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,11 @@ from PIL import Image
 
 CONTEXT_CLASSES: tuple[str, ...] = ("sea", "land", "boat", "car", "buoy")
 CONTEXT_PALETTE: tuple[tuple[int, int, int], ...] = (
-    (30, 90, 200), (130, 110, 60), (250, 200, 0), (200, 0, 200), (230, 30, 30),
+    (30, 90, 200),
+    (130, 110, 60),
+    (250, 200, 0),
+    (200, 0, 200),
+    (230, 30, 30),
 )
 SEA, LAND, BOAT, CAR, BUOY = range(5)
 _SPLIT_IDS = {"train": 0, "val": 1}
@@ -94,7 +99,7 @@ def make_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.nd
         2 * np.pi * yy / (6 * unit) + 0.8 * np.sin(2 * np.pi * xx / (23 * unit)) + rng.uniform(0, 2 * np.pi)
     )
     sea_tex = np.array([40, 90, 150], np.float32) + waves[..., None]
-    block = max(2, int(round(8 * unit)))
+    block = max(2, round(8 * unit))
     blotches = rng.normal(0, 18, (height // block + 1, width // block + 1, 3)).astype(np.float32)
     blotches = np.repeat(np.repeat(blotches, block, 0), block, 1)[:height, :width]
     land_tex = np.array([110, 130, 70], np.float32) + blotches

@@ -32,9 +32,10 @@ step below reproduces what that code computes, in numpy and without OpenCV:
 All randomness comes from the ``numpy.random.Generator`` passed in, in the order mmseg draws
 it, so a sample is a pure function of ``(image, label, rng state)``.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,6 +50,7 @@ Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.nda
 
 
 # --------------------------------------------------------------------------- geometry
+
 
 def rescale_size(size: tuple[int, int], scale: tuple[int, int]) -> tuple[int, int]:
     """(h, w) after a keep-ratio resize that fits ``scale`` = (long edge, short edge) bounds.
@@ -81,7 +83,7 @@ def resize_image(
         raise ValueError(f"cannot resize to {size}")
     top, left, height, width = (0, 0, h, w) if window is None else window
     if image.shape[:2] == (h, w):
-        return image[top:top + height, left:left + width]
+        return image[top : top + height, left : left + width]
     y0, y1, wy = _linear_taps(image.shape[0], h, top, height)
     x0, x1, wx = _linear_taps(image.shape[1], w, left, width)
     rows = image[y0].astype(np.float32)
@@ -140,7 +142,7 @@ def crop_offsets(
     top, left = draw()
     if cat_max_ratio < 1.0:
         for _ in range(10):
-            counts = np.bincount(label[top:top + ch, left:left + cw].ravel())
+            counts = np.bincount(label[top : top + ch, left : left + cw].ravel())
             if ignore_index < counts.size:
                 counts[ignore_index] = 0
             counts = counts[counts > 0]
@@ -272,6 +274,7 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- pipelines
 
+
 class TrainTransform:
     """Resize by a random ratio, crop, flip, photometric distortion, normalise, pad.
 
@@ -295,9 +298,7 @@ class TrainTransform:
         ignore_index: int = IGNORE_INDEX,
     ) -> None:
         if (ratios is None) == (ratio_range is None):
-            raise ValueError(
-                f"give exactly one of ratios ({ratios!r}) and ratio_range ({ratio_range!r})"
-            )
+            raise ValueError(f"give exactly one of ratios ({ratios!r}) and ratio_range ({ratio_range!r})")
         if ratios is not None and (len(ratios) == 0 or min(ratios) <= 0):
             raise ValueError(f"ratios must be a non-empty list of positive numbers, got {ratios!r}")
         if ratio_range is not None and not 0 < ratio_range[0] <= ratio_range[1]:
@@ -324,9 +325,7 @@ class TrainTransform:
         assert self.ratios is not None
         return self.ratios[int(rng.integers(len(self.ratios)))]
 
-    def __call__(
-        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         _check_image(image, label)
         size = rescale_size(image.shape[:2], scaled(self.scale, self.sample_ratio(rng)))
         label = resize_label(label, size)
@@ -334,7 +333,7 @@ class TrainTransform:
         if self.crop_size is not None:
             top, left = crop_offsets(label, self.crop_size, rng, self.cat_max_ratio, self.ignore_index)
             window = (top, left, min(self.crop_size[0], size[0]), min(self.crop_size[1], size[1]))
-            label = label[top:top + window[2], left:left + window[3]]
+            label = label[top : top + window[2], left : left + window[3]]
         image = resize_image(image, size, window)
         if rng.random() < self.flip_prob:
             image, label = image[:, ::-1], label[:, ::-1]

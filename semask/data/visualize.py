@@ -3,10 +3,11 @@
 The ignore id 255 is drawn black in colour maps and left transparent (the image shows through)
 in overlays.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image

@@ -5,6 +5,7 @@ A training checkpoint is a dict of tensors and plain Python values only, so
 everything an exact resume needs: model, optimiser, scheduler, AMP scaler, iteration,
 data position (epoch + batches consumed) and the RNG states of every rank.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,18 @@ from torch import nn
 
 FORMAT = "semask-train-checkpoint"
 VERSION = 1
-REQUIRED_KEYS = ("model", "model_config", "optimizer", "scheduler", "scaler", "iteration", "epoch", "offset", "rng", "config")
+REQUIRED_KEYS = (
+    "model",
+    "model_config",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "iteration",
+    "epoch",
+    "offset",
+    "rng",
+    "config",
+)
 _ITER_NAME = re.compile(r"^iter_(\d+)\.pth$")
 
 
@@ -126,8 +138,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     np_state = state["numpy"]
     np.random.set_state(
-        ("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"],
-         np_state["cached_gaussian"])
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
     )
     py_state = state["python"]
     random.setstate((py_state["version"], tuple(py_state["internal"].tolist()), py_state["gauss"]))

@@ -3,12 +3,14 @@
 One process per device; ``torchrun`` sets RANK, WORLD_SIZE and LOCAL_RANK. Without them
 everything here degrades to a single process, so the trainer has one code path.
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -4,6 +4,7 @@ Every image is resized to fit ``eval.scale`` (times each ratio for multi-scale),
 whole or with a sliding window, and its prediction compared with the label at the ORIGINAL
 resolution; per-class counts are summed over the split (and over processes under DDP).
 """
+
 from __future__ import annotations
 
 import json
@@ -69,7 +70,9 @@ def evaluate(
     is_main = info is None or info.is_main
     indices = list(range(len(dataset))) if info is None else shard_range(len(dataset), info)
     loader = DataLoader(
-        _RawSamples(dataset, indices), batch_size=None, num_workers=num_workers,
+        _RawSamples(dataset, indices),
+        batch_size=None,
+        num_workers=num_workers,
         generator=torch.Generator(),  # never touch the global RNG (its state is checkpointed)
     )
     accumulator = IoUAccumulator(config.num_classes)
@@ -78,12 +81,21 @@ def evaluate(
     start = time.perf_counter()
     from tqdm import tqdm
 
-    for index, image, label in tqdm(loader, total=len(indices), desc="eval", unit="img",
-                                    disable=not (progress and is_main)):
+    for index, image, label in tqdm(
+        loader, total=len(indices), desc="eval", unit="img", disable=not (progress and is_main)
+    ):
         pred = predict_image(
-            model, image.numpy(), config.mean, config.std, eval_cfg.scale,
-            mode=eval_cfg.mode, crop_size=eval_cfg.crop_size, stride=eval_cfg.stride,
-            scales=eval_cfg.scales, flip=eval_cfg.flip, num_classes=config.num_classes,
+            model,
+            image.numpy(),
+            config.mean,
+            config.std,
+            eval_cfg.scale,
+            mode=eval_cfg.mode,
+            crop_size=eval_cfg.crop_size,
+            stride=eval_cfg.stride,
+            scales=eval_cfg.scales,
+            flip=eval_cfg.flip,
+            num_classes=config.num_classes,
         )
         accumulator.update(pred, label.numpy())
         if pred_dir is not None:
@@ -95,9 +107,13 @@ def evaluate(
     result.update(
         num_images=len(dataset),
         class_names=list(dataset.class_names),
-        protocol={"mode": eval_cfg.mode, "scale": eval_cfg.scale, "scales": list(eval_cfg.scales),
-                  "flip": eval_cfg.flip, **({"crop_size": eval_cfg.crop_size, "stride": eval_cfg.stride}
-                                           if eval_cfg.mode == "slide" else {})},
+        protocol={
+            "mode": eval_cfg.mode,
+            "scale": eval_cfg.scale,
+            "scales": list(eval_cfg.scales),
+            "flip": eval_cfg.flip,
+            **({"crop_size": eval_cfg.crop_size, "stride": eval_cfg.stride} if eval_cfg.mode == "slide" else {}),
+        },
         seconds=time.perf_counter() - start,
         table=format_table(result, dataset.class_names),
     )

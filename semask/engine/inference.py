@@ -20,9 +20,11 @@ uint8 rounding.
 The model is any callable mapping a (B, 3, h, w) tensor to an object with a ``.logits``
 (B, K, h', w') tensor; logits at another size than the input are resized to the input size.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Literal, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -77,9 +79,7 @@ def _logits(model: Model, x: Tensor, num_classes: int | None) -> Tensor:
     return _resize(logits.float(), tuple(x.shape[-2:]))
 
 
-def _forward(
-    model: Model, x: Tensor, mode: Mode, crop_size: Any, stride: Any, num_classes: int | None
-) -> Tensor:
+def _forward(model: Model, x: Tensor, mode: Mode, crop_size: Any, stride: Any, num_classes: int | None) -> Tensor:
     """Logits at the size of ``x`` from whole or sliding-window inference."""
     if mode == "whole":
         return _logits(model, x, num_classes)

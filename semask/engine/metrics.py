@@ -1,4 +1,4 @@
-"""mIoU, mAcc and aAcc exactly as mmsegmentation computes them (spec section 7).
+"""mIoU, mAcc, aAcc, mDice, mFscore, mPrecision, mRecall as mmsegmentation computes them (spec section 7).
 
 Per image, pixels whose label is the ignore index are dropped, then per-class intersection,
 prediction and label pixel counts are added to split-wide totals (never averaged per image).
@@ -6,15 +6,21 @@ Predicted ids outside 0..K-1 are not counted (mmseg's histogram drops them). At 
 ``IoU_c = I_c / (P_c + L_c - I_c)``, ``Acc_c = I_c / L_c``, ``aAcc = sum(I) / sum(L)``; mIoU and
 mAcc are NaN-means, so a class absent from both predictions and labels is skipped, while a
 class predicted but never labelled scores IoU 0 (its Acc is NaN). Values are percentages;
-rounding to 2 decimals happens only when formatting.
+rounding to 2 decimals happens only when formatting. Also per class: ``Dice = 2I / (P + L)``,
+``Precision = I / P``, ``Recall = I / L``, ``Fscore = 2PR / (P + R)`` (beta 1), NaN-averaged the
+same way. A K x K confusion matrix (rows ground truth, columns prediction) is kept beside them.
 
 Label values other than 0..K-1 and the ignore index raise an error here instead of being
 dropped silently: they mean ``num_classes`` or ``reduce_zero_label`` is wrong.
 """
+
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +33,8 @@ class IoUAccumulator:
     """Running per-class pixel counts over a split.
 
     ``counts`` is an int64 (3, K) array of [intersection, prediction, label] pixels; add
-    another process's counts with :meth:`add_counts` (e.g. after an all-reduce).
+    another process's counts with :meth:`add_counts` (e.g. after an all-reduce). ``confusion``
+    is the int64 (K, K) matrix of [ground truth, prediction] pixels over the same pixels.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
@@ -36,16 +43,16 @@ class IoUAccumulator:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.counts = np.zeros((3, num_classes), np.int64)
+        self.confusion = np.zeros((num_classes, num_classes), np.int64)
 
     def reset(self) -> None:
         self.counts[:] = 0
+        self.confusion[:] = 0
 
     def update(self, pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> None:
         """Add one image (H, W) or a batch (B, H, W) of predicted and true class ids."""
         if tuple(pred.shape) != tuple(label.shape):
-            raise ValueError(
-                f"prediction shape {tuple(pred.shape)} does not match label shape {tuple(label.shape)}"
-            )
+            raise ValueError(f"prediction shape {tuple(pred.shape)} does not match label shape {tuple(label.shape)}")
         k = self.num_classes
         if isinstance(pred, torch.Tensor) or isinstance(label, torch.Tensor):
             pred_t = torch.as_tensor(pred).reshape(-1).long()
@@ -53,13 +60,18 @@ class IoUAccumulator:
             label_t, pred_t = self._valid(label_t, pred_t)
             parts = (label_t[pred_t == label_t], pred_t[(pred_t >= 0) & (pred_t < k)], label_t)
             areas = [torch.bincount(x, minlength=k).cpu().numpy() for x in parts]
+            inside = (pred_t >= 0) & (pred_t < k)
+            pairs = torch.bincount(label_t[inside] * k + pred_t[inside], minlength=k * k).cpu().numpy()
         else:
             pred_n = np.asarray(pred).reshape(-1).astype(np.int64, copy=False)
             label_n = np.asarray(label).reshape(-1).astype(np.int64, copy=False)
             label_n, pred_n = self._valid(label_n, pred_n)
             parts = (label_n[pred_n == label_n], pred_n[(pred_n >= 0) & (pred_n < k)], label_n)
             areas = [np.bincount(x, minlength=k) for x in parts]
+            inside = (pred_n >= 0) & (pred_n < k)
+            pairs = np.bincount(label_n[inside] * k + pred_n[inside], minlength=k * k)
         self.counts += np.stack(areas).astype(np.int64)
+        self.confusion += pairs.reshape(k, k).astype(np.int64)
 
     def _valid(self, label: Any, pred: Any) -> tuple[Any, Any]:
         """Drop ignored pixels; reject label ids outside 0..K-1."""
@@ -74,28 +86,40 @@ class IoUAccumulator:
                 )
         return label, pred
 
-    def add_counts(self, counts: np.ndarray | torch.Tensor) -> None:
-        """Add (3, K) counts from another accumulator, e.g. summed across processes."""
+    def add_counts(self, counts: np.ndarray | torch.Tensor, confusion: np.ndarray | torch.Tensor | None = None) -> None:
+        """Add (3, K) counts (and a (K, K) confusion matrix) from another accumulator."""
         counts = np.asarray(torch.as_tensor(counts).cpu(), dtype=np.int64)
         if counts.shape != self.counts.shape:
             raise ValueError(f"counts must have shape {self.counts.shape}, got {counts.shape}")
+        if confusion is not None:
+            confusion = np.asarray(torch.as_tensor(confusion).cpu(), dtype=np.int64)
+            if confusion.shape != self.confusion.shape:
+                raise ValueError(f"confusion must have shape {self.confusion.shape}, got {confusion.shape}")
+            self.confusion += confusion
         self.counts += counts
 
     def compute(self) -> dict[str, Any]:
-        """``aAcc``, ``mIoU``, ``mAcc`` (floats) and per-class ``IoU``, ``Acc`` (lists), in percent."""
+        """Percent metrics: ``aAcc`` and the ``m``-means (floats), per-class lists, ``confusion_matrix``.
+
+        Means: mIoU, mAcc, mDice, mFscore, mPrecision, mRecall; per class: IoU, Acc, Dice,
+        Fscore, Precision, Recall. The confusion matrix is a nested list of pixel counts.
+        """
         intersect, area_pred, area_label = self.counts.astype(np.float64)
         union = area_pred + area_label - intersect
         with np.errstate(divide="ignore", invalid="ignore"):
             iou = intersect / union * 100
             acc = intersect / area_label * 100
             a_acc = intersect.sum() / area_label.sum() * 100 if area_label.sum() else float("nan")
-        return {
-            "aAcc": float(a_acc),
-            "mIoU": _nanmean(iou),
-            "mAcc": _nanmean(acc),
-            "IoU": [float(v) for v in iou],
-            "Acc": [float(v) for v in acc],
-        }
+            dice = 2 * intersect / (area_pred + area_label) * 100
+            precision = intersect / area_pred * 100
+            recall = acc
+            fscore = 2 * precision * recall / (precision + recall)
+        per_class = {"IoU": iou, "Acc": acc, "Dice": dice, "Fscore": fscore, "Precision": precision, "Recall": recall}
+        result: dict[str, Any] = {"aAcc": float(a_acc)}
+        result.update({f"m{name}": _nanmean(values) for name, values in per_class.items()})
+        result.update({name: [float(v) for v in values] for name, values in per_class.items()})
+        result["confusion_matrix"] = self.confusion.tolist()
+        return result
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -107,23 +131,92 @@ def _fmt(value: float) -> str:
     return "nan" if np.isnan(value) else f"{value:.2f}"
 
 
+_EXTRA_KEYS = ("Dice", "Fscore", "Precision", "Recall")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], first_width: int | None = None) -> list[str]:
+    """Markdown rows; a ``first_width`` column is left-aligned (class names), the rest right-aligned."""
+    widths = [max(6, len(h)) for h in header]
+    if first_width is not None:
+        widths[0] = first_width
+
+    def line(cells: Sequence[str]) -> str:
+        out = [
+            f"{c:<{w}}" if first_width is not None and i == 0 else f"{c:>{w}}"
+            for i, (c, w) in enumerate(zip(cells, widths))
+        ]
+        return "| " + " | ".join(out) + " |"
+
+    rule = ["-" * (w + 2) if first_width is not None and i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)]
+    return [line(header), "|" + "|".join(rule) + "|"] + [line(r) for r in rows]
+
+
 def format_table(result: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
-    """Markdown: a per-class IoU/Acc table, then the aAcc/mIoU/mAcc summary (2 decimals)."""
+    """Markdown, 2 decimals: per-class IoU/Acc, per-class Dice/Fscore/Precision/Recall, their
+    means, and last the aAcc/mIoU/mAcc summary.
+
+    The Dice block is left out when ``result`` lacks it (a JSON written before it existed).
+    """
     iou, acc = result["IoU"], result["Acc"]
     if class_names is None:
         class_names = [str(i) for i in range(len(iou))]
     if len(class_names) != len(iou):
         raise ValueError(f"{len(class_names)} class names for {len(iou)} classes")
     width = max([len("Class")] + [len(name) for name in class_names])
-    lines = [f"| {'Class':<{width}} |    IoU |    Acc |", f"|{'-' * (width + 2)}|-------:|-------:|"]
-    lines += [f"| {name:<{width}} | {_fmt(i):>6} | {_fmt(a):>6} |" for name, i, a in zip(class_names, iou, acc)]
-    lines += [
-        "",
-        "|   aAcc |   mIoU |   mAcc |",
-        "|-------:|-------:|-------:|",
-        f"| {_fmt(result['aAcc']):>6} | {_fmt(result['mIoU']):>6} | {_fmt(result['mAcc']):>6} |",
-    ]
+    lines = _table(["Class", "IoU", "Acc"], [[n, _fmt(i), _fmt(a)] for n, i, a in zip(class_names, iou, acc)], width)
+    if all(k in result for k in _EXTRA_KEYS):
+        rows = [[n, *(_fmt(result[k][c]) for k in _EXTRA_KEYS)] for c, n in enumerate(class_names)]
+        lines += ["", *_table(["Class", *_EXTRA_KEYS], rows, width)]
+        lines += ["", *_table([f"m{k}" for k in _EXTRA_KEYS], [[_fmt(result[f"m{k}"]) for k in _EXTRA_KEYS]])]
+    lines += ["", *_table(["aAcc", "mIoU", "mAcc"], [[_fmt(result[k]) for k in ("aAcc", "mIoU", "mAcc")]])]
     return "\n".join(lines)
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[float]] | np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    normalize_rows: bool = False,
+) -> Path:
+    """Write a PNG heatmap of a (K, K) confusion matrix (rows ground truth, columns prediction).
+
+    ``normalize_rows`` divides each row by its sum (rows with no pixels stay 0), so a cell is
+    the fraction of that ground-truth class predicted as the column class. Written atomically.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    values = np.asarray(matrix, dtype=np.float64)
+    k = len(class_names)
+    if values.shape != (k, k):
+        raise ValueError(f"confusion matrix has shape {values.shape} but there are {k} class names")
+    if normalize_rows:
+        totals = values.sum(axis=1, keepdims=True)
+        values = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
+    size = max(4.0, 0.35 * k + 2)
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap="Blues", interpolation="nearest")
+    fig.colorbar(image, ax=ax)
+    ax.set_xticks(range(k), list(class_names), rotation=90, fontsize=8)
+    ax.set_yticks(range(k), list(class_names), fontsize=8)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title("confusion matrix" + (" (row-normalised)" if normalize_rows else ""))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _index_pngs(folder: Path, suffix: str, what: str) -> dict[str, Path]:

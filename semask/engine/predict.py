@@ -1,9 +1,11 @@
 """Prediction on new images: one image to a class-id map, or a folder to PNGs and overlays."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,8 +83,17 @@ def predict(
     model.eval()
     config = model.config  # type: ignore[union-attr]
     return predict_image(
-        model, load_rgb(image), config.mean, config.std, scale, mode=mode,  # type: ignore[arg-type]
-        crop_size=crop_size, stride=stride, scales=scales, flip=flip, num_classes=config.num_classes,
+        model,
+        load_rgb(image),
+        config.mean,
+        config.std,
+        scale,
+        mode=mode,  # type: ignore[arg-type]
+        crop_size=crop_size,
+        stride=stride,
+        scales=scales,
+        flip=flip,
+        num_classes=config.num_classes,
     )
 
 

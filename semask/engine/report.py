@@ -1,4 +1,5 @@
 """Training curves from the JSONL metrics log, and a short Markdown run report."""
+
 from __future__ import annotations
 
 import json

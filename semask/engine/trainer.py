@@ -5,6 +5,7 @@ DDP). Everything that decides the numbers is restored on ``resume``: weights, Ad
 scheduler, AMP scaler, RNG states of every rank and the data position (epoch + batches
 consumed), so an interrupted run ends with the same weights as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,10 +13,12 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ExperimentConfig, ModelConfig, OptimConfig, ScheduleConfig, dump_config, load_config
+from .amp import resolve_amp_dtype
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import VERSION as CHECKPOINT_VERSION
 from .checkpoint import (
@@ -33,7 +37,6 @@ from .checkpoint import (
     model_from_state,
     restore_rng_state,
 )
-from .evaluate import evaluate, to_jsonable
 from .distributed import (
     DistInfo,
     ShardedBatchSampler,
@@ -46,6 +49,7 @@ from .distributed import (
     prepare_model,
     unwrap,
 )
+from .evaluate import evaluate, to_jsonable
 
 logger = logging.getLogger("semask.train")
 
@@ -189,8 +193,15 @@ def attach_train_transform(cfg: ExperimentConfig, train_set: Any, mean: Any, std
 
     d = cfg.data
     train_set.transform = TrainTransform(
-        crop_size=d.crop_size, scale=d.scale, ratio_range=d.ratio_range, ratios=d.ratios,
-        cat_max_ratio=d.cat_max_ratio, flip_prob=d.flip_prob, photometric=d.photometric, mean=mean, std=std,
+        crop_size=d.crop_size,
+        scale=d.scale,
+        ratio_range=d.ratio_range,
+        ratios=d.ratios,
+        cat_max_ratio=d.cat_max_ratio,
+        flip_prob=d.flip_prob,
+        photometric=d.photometric,
+        mean=mean,
+        std=std,
     )
 
 
@@ -208,6 +219,7 @@ def train(
     work_dir: str | Path,
     resume: bool | str | Path = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``cfg`` (a config or a YAML path) into ``work_dir``; returns a summary (metrics, paths, timing).
 
@@ -218,13 +230,28 @@ def train(
     Writes into ``work_dir``: ``config.yaml`` (resolved), ``train.log``, ``metrics.jsonl``,
     ``checkpoints/`` (``iter_*.pth``, ``latest.pth``, ``best.pth``), ``model/`` (final weights
     for :func:`semask.load_model`), ``loss.png``/``miou.png`` and ``summary.json``.
+
+    A ``work_dir`` that already holds a run is refused unless ``resume`` is given (continue it)
+    or ``overwrite=True`` (move it aside to ``<work_dir>.old-<YYYYmmdd-HHMMSS>``; nothing is
+    deleted): training into it would mix both runs' checkpoints and logs.
     """
     if not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg)
-    info = init_distributed(cfg.train.device)
     work_dir = Path(work_dir)
+    used = holds_run(work_dir)  # decided before any rank touches the folder
+    if resume and overwrite:
+        raise ValueError(f"--resume continues the run in {work_dir} and --overwrite moves it aside: pass only one")
+    if used and not resume and not overwrite:
+        raise FileExistsError(
+            f"{work_dir} already holds a training run; pass --resume to continue it, choose a new --work-dir, "
+            f"or pass --overwrite to move it aside to {work_dir}.old-<YYYYmmdd-HHMMSS>"
+        )
+    info = init_distributed(cfg.train.device)
     handler = None
     if info.is_main:
+        if used and overwrite:
+            moved = move_aside(work_dir)
+            logger.warning("moved the previous run in %s to %s", work_dir, moved)
         work_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(work_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -278,6 +305,8 @@ class _Trainer:
                 f"{cfg.data.root} has {meta.num_classes}"
             )
         attach_train_transform(cfg, self.train_set, model.config.mean, model.config.std)
+        if cfg.model.grad_checkpointing:
+            model.set_grad_checkpointing(True)
         self.model: nn.Module = model.to(info.device).train()
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = WarmupPolyLR(self.optimizer, cfg.schedule)
@@ -294,18 +323,9 @@ class _Trainer:
         return self._restore(state, resume_path)  # type: ignore[arg-type]
 
     def _amp_dtype(self) -> torch.dtype | None:
+        """bf16/fp16 on CUDA (fp16 gets a GradScaler), bf16 on CPUs with native bf16 (else an error)."""
         tc = self.cfg.train
-        if not tc.amp:
-            return None
-        if self.info.device.type != "cuda":
-            if self.info.is_main:
-                logger.warning("train.amp needs CUDA; training in float32 on %s", self.info.device)
-            return None
-        if tc.amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
-            if self.info.is_main:
-                logger.warning("bf16 is not supported on this GPU; using fp16 with a GradScaler")
-            return torch.float16
-        return torch.bfloat16 if tc.amp_dtype == "bf16" else torch.float16
+        return resolve_amp_dtype(self.info.device, tc.amp_dtype if tc.amp else None)
 
     def _restore(self, state: dict[str, Any], path: Path) -> int:
         try:
@@ -322,7 +342,10 @@ class _Trainer:
             if self.info.is_main:
                 logger.warning(
                     "%s was written by %d process(es), this run has %d: RNG streams are re-seeded, "
-                    "so the continuation is not bit-identical", path, len(state["rng"]), self.info.world_size,
+                    "so the continuation is not bit-identical",
+                    path,
+                    len(state["rng"]),
+                    self.info.world_size,
                 )
         self.best = dict(state.get("best", self.best))
         self.position = (int(state["epoch"]), int(state["offset"]))
@@ -344,7 +367,12 @@ class _Trainer:
         if info.is_main:
             logger.info(
                 "training %s from iteration %d to %d (%d process(es) x batch %d x accum %d) in %s",
-                cfg.model.name, start, total, info.world_size, cfg.train.batch_size, cfg.train.grad_accum,
+                cfg.model.name,
+                start,
+                total,
+                info.world_size,
+                cfg.train.batch_size,
+                cfg.train.grad_accum,
                 self.work_dir,
             )
         window: list[torch.Tensor] = []
@@ -362,11 +390,20 @@ class _Trainer:
             if it % cfg.train.log_interval == 0 or it == total:
                 now = time.perf_counter()
                 mean = torch.stack(window).mean(0).tolist()
-                self._log({
-                    "type": "train", "iter": it, "epoch": self.position[0], "loss": mean[0],
-                    "loss_main": mean[1], "loss_semantic": None if math.isnan(mean[2]) else mean[2],
-                    "lr": lr, "time": (now - t_window) / len(window), "elapsed": now - t_start,
-                }, writer)
+                self._log(
+                    {
+                        "type": "train",
+                        "iter": it,
+                        "epoch": self.position[0],
+                        "loss": mean[0],
+                        "loss_main": mean[1],
+                        "loss_semantic": None if math.isnan(mean[2]) else mean[2],
+                        "lr": lr,
+                        "time": (now - t_window) / len(window),
+                        "elapsed": now - t_start,
+                    },
+                    writer,
+                )
                 window, t_window = [], now
             if self.val_set is not None and (it % cfg.train.eval_interval == 0 or it == total):
                 self._evaluate(it, writer)
@@ -417,8 +454,9 @@ class _Trainer:
             labels = batch["label"].to(info.device, non_blocking=True)
             last = micro == cfg.grad_accum - 1
             with contextlib.nullcontext() if last or not ddp else self.model.no_sync():
-                with torch.autocast(info.device.type, dtype=self.amp_dtype or torch.float32,
-                                    enabled=self.amp_dtype is not None):
+                with torch.autocast(
+                    info.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+                ):
                     out = self.model(images, labels)
                 self.scaler.scale(out.loss / cfg.grad_accum).backward()
             semantic = out.loss_semantic if out.loss_semantic is not None else torch.tensor(float("nan"))
@@ -447,8 +485,14 @@ class _Trainer:
     def _evaluate(self, it: int, writer: Any) -> None:
         broadcast_buffers(self.model, self.info)
         model = unwrap(self.model)
-        metrics = evaluate(model, self.val_set, self.cfg.eval, info=self.info, progress=False,
-                           num_workers=min(self.cfg.data.num_workers, 2))
+        metrics = evaluate(
+            model,
+            self.val_set,
+            self.cfg.eval,
+            info=self.info,
+            progress=False,
+            num_workers=min(self.cfg.data.num_workers, 2),
+        )
         model.train()
         self.last_metrics = metrics
         self._log({"type": "val", "iter": it, **{k: metrics[k] for k in ("mIoU", "mAcc", "aAcc")}}, writer)
@@ -497,11 +541,17 @@ class _Trainer:
                 if key not in ("type", "iter", "epoch") and isinstance(value, float) and math.isfinite(value):
                     writer.add_scalar(f"{record['type']}/{key}", value, record["iter"])
         if record["type"] == "val":
-            logger.info("iter %d: mIoU %.2f  mAcc %.2f  aAcc %.2f", record["iter"], record["mIoU"],
-                        record["mAcc"], record["aAcc"])
+            logger.info(
+                "iter %d: mIoU %.2f  mAcc %.2f  aAcc %.2f",
+                record["iter"],
+                record["mIoU"],
+                record["mAcc"],
+                record["aAcc"],
+            )
         else:
-            logger.info("iter %d: loss %.4f  lr %.3e  %.3f s/it", record["iter"], record["loss"], record["lr"],
-                        record["time"])
+            logger.info(
+                "iter %d: loss %.4f  lr %.3e  %.3f s/it", record["iter"], record["loss"], record["lr"], record["time"]
+            )
 
     def _tensorboard(self) -> Any:
         if not (self.cfg.train.tensorboard and self.info.is_main):
@@ -561,6 +611,23 @@ class _Trainer:
 
 # ----------------------------------------------------------------------------- helpers
 
+RUN_MARKERS = ("config.yaml", "checkpoints", METRICS_LOG)
+
+
+def holds_run(work_dir: Path) -> bool:
+    """Whether ``work_dir`` has files of an earlier training run (which a fresh run would mix with)."""
+    return any((work_dir / name).exists() for name in RUN_MARKERS)
+
+
+def move_aside(work_dir: Path) -> Path:
+    """Rename ``work_dir`` to a free ``<name>.old-<YYYYmmdd-HHMMSS>[-N]`` beside it; returns the new path."""
+    stem = f"{work_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, n = work_dir.with_name(stem), 1
+    while target.exists():
+        target, n = work_dir.with_name(f"{stem}-{n}"), n + 1
+    os.rename(work_dir, target)  # one atomic rename: the old run is never half moved
+    return target
+
 
 def _truncate_log(path: Path, iteration: int) -> None:
     """Drop log records written after ``iteration`` by an interrupted run, so a resume does not duplicate them."""
@@ -575,5 +642,3 @@ def _truncate_log(path: Path, iteration: int) -> None:
         if record["iter"] <= iteration:
             kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
-
-

@@ -3,6 +3,7 @@
 Nothing here unpickles code: ``.pth`` files are read with ``torch.load(weights_only=True)``
 and our own format is safetensors + JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], di
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -62,7 +63,7 @@ def load_official_checkpoint(path: str | os.PathLike[str], **overrides: Any) -> 
     win over inference. Class names and palette come from the file's ``meta``.
     """
     state_dict, meta = read_checkpoint(path)
-    for family, detect, convert in converters():
+    for _family, detect, convert in converters():
         if detect(state_dict):
             return convert(state_dict, meta, source=str(path), **overrides)
     sample = ", ".join(sorted(state_dict)[:5])

@@ -1,9 +1,11 @@
 """Pieces every semask model family shares: the config base, strict weight loading."""
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -36,9 +38,7 @@ class ModelConfig:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"{len(self.class_names)} class names given for num_classes={self.num_classes}"
-            )
+            raise ValueError(f"{len(self.class_names)} class names given for num_classes={self.num_classes}")
         if self.palette is not None and len(self.palette) < self.num_classes:
             raise ValueError(f"palette has {len(self.palette)} colours for {self.num_classes} classes")
         self.mean = tuple(float(v) for v in self.mean)
@@ -48,20 +48,18 @@ class ModelConfig:
         return {"model_type": self.model_type, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known - {"model_type"})
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def replace(self, **overrides: Any) -> "ModelConfig":
+    def replace(self, **overrides: Any) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise TypeError(
-                f"{type(self).__name__} has no fields {unknown}; valid fields: {sorted(known)}"
-            )
+            raise TypeError(f"{type(self).__name__} has no fields {unknown}; valid fields: {sorted(known)}")
         return dataclasses.replace(self, **overrides)
 
 

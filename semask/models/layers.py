@@ -1,4 +1,5 @@
 """Small building blocks shared by the encoders."""
+
 from __future__ import annotations
 
 import functools
@@ -114,4 +115,3 @@ def to_tensor_tuple(value: int | tuple[int, ...] | list[int], n: int, name: str)
     if len(value) != n:
         raise ValueError(f"{name} needs {n} values (one per stage), got {value}")
     return value
-

@@ -1,4 +1,5 @@
 """Cross-entropy for dense labels, with the two averaging conventions people compare against."""
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,7 @@ def check_labels(labels: Tensor, num_classes: int, ignore_index: int = IGNORE_IN
     if bool(bad.any()):
         values = torch.unique(labels[bad])[:10].tolist()
         raise ValueError(
-            f"labels contain values {values} outside [0, {num_classes - 1}] "
-            f"(and not the ignore index {ignore_index})"
+            f"labels contain values {values} outside [0, {num_classes - 1}] (and not the ignore index {ignore_index})"
         )
 
 

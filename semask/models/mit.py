@@ -15,6 +15,7 @@ baseline the SeMask paper compares with) and ``"nvlabs"`` (the all-MLP head of t
 SegFormer paper, E = 256 for B0/B1 and 768 for B2-B5). Official SegFormer checkpoints in
 the NVlabs, mmseg and Hugging Face key schemes load through registered converters.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,17 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from .base import (CheckpointError, ModelConfig, check_choice, format_key_report, load_state_dict_strict, stage_indices,
-                   tuple_field)
+from .base import (
+    CheckpointError,
+    ModelConfig,
+    check_choice,
+    format_key_report,
+    load_state_dict_strict,
+    stage_indices,
+    tuple_field,
+)
 from .layers import DropPath, init_transformer_weights, to_tensor_tuple
 from .loss import LOSS_REDUCTIONS, add_semantic_prior_loss, check_labels
 from .outputs import SegmentationOutput
@@ -170,7 +179,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        b, n, c = x.shape
+        b, _, c = x.shape
         return self.dwconv(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
 
 
@@ -269,30 +278,42 @@ class MixTransformer(nn.Module):
                 if semantic_placement == "after_stage_norm":
                     layer.norm1 = nn.Identity()  # type: ignore[assignment]  # norm{i} already normalised x
                 self.semantic_layer[str(i)] = layer
+        self.grad_checkpointing = False
         self.apply(init_mit_weights)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage in backward instead of storing its activations (less training
+        memory for about one extra forward). Drop-path RNG state is replayed, so gradients match."""
+        self.grad_checkpointing = enable
 
     def forward(self, pixel_values: Tensor, output_priors: bool = True) -> EncoderOutput:
         """``output_priors=False`` leaves ``semantic_priors`` empty (inference has no use for them)."""
         x = pixel_values
-        b = x.shape[0]
         features, priors = [], []
         for i in range(len(self.num_features)):
-            x, h, w = getattr(self, f"patch_embed{i + 1}")(x)
-            for block in getattr(self, f"block{i + 1}"):
-                x = block(x, h, w)
-            semantic = self.semantic_layer[str(i)] if str(i) in self.semantic_layer else None
-            if semantic is not None and self.semantic_placement == "before_stage_norm":
-                x, prior = semantic(x, h, w, output_priors)
-                if prior is not None:
-                    priors.append(prior)
-            x = getattr(self, f"norm{i + 1}")(x)
-            if semantic is not None and self.semantic_placement == "after_stage_norm":
-                x, prior = semantic(x, h, w, output_priors)
-                if prior is not None:
-                    priors.append(prior)
-            x = x.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous()  # decoder input and next stage input
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x, prior = checkpoint(self._stage, i, x, output_priors, use_reentrant=False)
+            else:
+                x, prior = self._stage(i, x, output_priors)
+            if prior is not None:
+                priors.append(prior)
             features.append(x)
         return EncoderOutput(features, priors)
+
+    def _stage(self, i: int, x: Tensor, output_priors: bool) -> tuple[Tensor, Tensor | None]:
+        """Stage i: (B, C, H, W) input -> (channels-first output, semantic prior or None)."""
+        b = x.shape[0]
+        x, h, w = getattr(self, f"patch_embed{i + 1}")(x)
+        for block in getattr(self, f"block{i + 1}"):
+            x = block(x, h, w)
+        semantic = self.semantic_layer[str(i)] if str(i) in self.semantic_layer else None  # noqa: SIM401 (ModuleDict)
+        prior = None
+        if semantic is not None and self.semantic_placement == "before_stage_norm":
+            x, prior = semantic(x, h, w, output_priors)
+        x = getattr(self, f"norm{i + 1}")(x)
+        if semantic is not None and self.semantic_placement == "after_stage_norm":
+            x, prior = semantic(x, h, w, output_priors)
+        return x.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous(), prior  # decoder and next stage input
 
 
 # ------------------------------------------------------------------------ decode heads
@@ -395,8 +416,15 @@ class SeMaskMiT(nn.Module):
         )
         head_cls = MMSegSegFormerHead if config.decode_head == "mmseg" else AllMLPHead
         self.decode_head = head_cls(
-            self.backbone.num_features, config.decoder_channels, config.num_classes, config.decoder_dropout  # type: ignore[arg-type]
+            self.backbone.num_features,
+            config.decoder_channels,
+            config.num_classes,
+            config.decoder_dropout,  # type: ignore[arg-type]
         )
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory in training: the encoder recomputes each stage in backward."""
+        self.backbone.set_grad_checkpointing(enable)
 
     def forward(
         self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
@@ -544,7 +572,7 @@ def _with_prefix(prefix: str, state_dict: dict[str, Tensor]) -> dict[str, Tensor
 
 def _split_prefix(prefix: str, state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """(keys under ``prefix`` with it removed, all other keys unchanged)."""
-    inside = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    inside = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     return inside, {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
 
 
@@ -560,7 +588,7 @@ def imagenet_encoder_to_ours(state_dict: dict[str, Tensor], source: str) -> tupl
     (``layers.*``), Hugging Face ``nvidia/mit-b*`` (``segformer.encoder.*`` + ``classifier.*``)
     and any of them under a ``backbone.`` prefix.
     """
-    sd = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in state_dict.items()}
+    sd = {k[len("backbone.") :] if k.startswith("backbone.") else k: v for k, v in state_dict.items()}
     dropped = sorted(k for k in sd if _IMAGENET_CLASSIFIER.match(k))
     sd = {k: v for k, v in sd.items() if not _IMAGENET_CLASSIFIER.match(k)}
     for prefix in _HF_ENCODER_PREFIXES:
@@ -589,7 +617,9 @@ def load_mit_imagenet(backbone: MixTransformer, state_dict: dict[str, Tensor], s
     )
     bad_missing = [k for k in missing if not k.startswith("semantic_layer.")]
     if bad_missing or unexpected or mis_shaped:
-        raise CheckpointError(format_key_report(f"ImageNet MiT checkpoint {source}", bad_missing, unexpected, mis_shaped))
+        raise CheckpointError(
+            format_key_report(f"ImageNet MiT checkpoint {source}", bad_missing, unexpected, mis_shaped)
+        )
     backbone.load_state_dict(sd, strict=False)
     return BackboneLoadReport(loaded=len(sd), missing=missing, unexpected=dropped)
 
@@ -629,9 +659,9 @@ def infer_mit_config(state_dict: dict[str, Tensor], source: str) -> dict[str, An
                 _count(state_dict, rf"backbone\.semantic_layer\.{i}\.class_injection\.(\d+)\.") for i in range(n)
             ),
         )
-        if any(f"backbone.semantic_layer.{i}.class_injection.0.mlp_v.weight" in state_dict for i in range(n)) and not any(
-            k.startswith("backbone.semantic_layer.") and ".norm1." in k for k in state_dict
-        ):
+        if any(
+            f"backbone.semantic_layer.{i}.class_injection.0.mlp_v.weight" in state_dict for i in range(n)
+        ) and not any(k.startswith("backbone.semantic_layer.") and ".norm1." in k for k in state_dict):
             values["semantic_placement"] = "after_stage_norm"
         if "decode_head.linear_fuse.conv.weight" in state_dict:
             values["decode_head"] = "nvlabs"
@@ -702,10 +732,15 @@ def convert_mmseg_segformer(
 
 
 def _is_hf_segformer(state_dict: dict[str, Any]) -> bool:
-    return "segformer.encoder.patch_embeddings.0.proj.weight" in state_dict and "decode_head.linear_fuse.weight" in state_dict
+    return (
+        "segformer.encoder.patch_embeddings.0.proj.weight" in state_dict
+        and "decode_head.linear_fuse.weight" in state_dict
+    )
 
 
-def convert_hf_segformer(state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any) -> SeMaskMiT:
+def convert_hf_segformer(
+    state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any
+) -> SeMaskMiT:
     """Hugging Face ``SegformerForSemanticSegmentation`` weights (same maths as NVlabs)."""
     encoder, rest = _split_prefix("segformer.encoder.", state_dict)
     head, rest = _split_prefix("decode_head.", rest)

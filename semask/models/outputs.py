@@ -1,4 +1,5 @@
 """Typed model outputs, so callers read fields by name instead of unpacking tuples."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,10 +4,12 @@ An *architecture* is a model class whose ``config_class`` is a :class:`ModelConf
 subclass; a *preset* is a name bound to an architecture and a set of config values.
 Families register both when :mod:`semask.models` is imported.
 """
+
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 

@@ -8,6 +8,7 @@ encoder is unchanged at the start of training. The query projection S_Q of the l
 semantic block is the stage's *semantic prior map*, supervised by the semantic-prior
 loss through the parameter-free semantic decoder.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -135,7 +136,7 @@ class SemanticLayer(nn.Module):
 
         ``output_prior=False`` (inference) skips assembling the prior map from the windows.
         """
-        b, _, c = x.shape
+        b = x.shape[0]
         y = self.norm1(x)  # the normalised features are the residual stream from here on
         if self.global_attention:
             for block in self.class_injection:

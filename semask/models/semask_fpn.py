@@ -5,6 +5,7 @@ encoder stage and a parameter-free *semantic decoder* that sums the upsampled
 semantic prior maps; its output is supervised with weight 0.4 (paper eq. 5).
 Baselines are the same model with ``num_semantic_blocks=0``.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import (CheckpointError, ModelConfig, check_choice, format_key_report, load_state_dict_strict, stage_indices,
-                   tuple_field)
+from .base import (
+    CheckpointError,
+    ModelConfig,
+    check_choice,
+    format_key_report,
+    load_state_dict_strict,
+    stage_indices,
+    tuple_field,
+)
 from .layers import to_tensor_tuple
 from .loss import LOSS_REDUCTIONS, add_semantic_prior_loss, check_labels
 from .outputs import SegmentationOutput
@@ -123,7 +131,9 @@ def resize(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
     b, k, h, w = x.shape
     out_h, out_w = size
     y = F.interpolate(x.reshape(b, k * h, w), size=out_w, mode="linear", align_corners=False)
-    y = F.interpolate(y.view(b * k, h, 1, out_w).permute(0, 3, 1, 2), size=(out_h, 1), mode="bilinear", align_corners=False)
+    y = F.interpolate(
+        y.view(b * k, h, 1, out_w).permute(0, 3, 1, 2), size=(out_h, 1), mode="bilinear", align_corners=False
+    )
     return y.permute(0, 2, 3, 1).reshape(b, k, out_h, out_w)
 
 
@@ -228,6 +238,10 @@ class SeMaskFPN(nn.Module):
             self.backbone.num_features, config.decoder_channels, config.num_classes, config.decoder_dropout
         )
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory in training: the encoder recomputes each stage in backward."""
+        self.backbone.set_grad_checkpointing(enable)
+
     def forward(
         self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
     ) -> SegmentationOutput:
@@ -246,7 +260,7 @@ class SeMaskFPN(nn.Module):
             add_semantic_prior_loss(out, labels, self.config.semantic_loss_weight, self.config.loss_reduction)
         return out
 
-    def load_backbone_weights(self, path: str) -> "BackboneLoadReport":
+    def load_backbone_weights(self, path: str) -> BackboneLoadReport:
         """Initialise the encoder from a public ImageNet Swin checkpoint (see :func:`load_swin_imagenet`)."""
         from ..hub import read_checkpoint
 
@@ -269,7 +283,9 @@ for _v, _arch in _VARIANTS.items():
 # The paper's Tables 3 and 5 ablations (Tiny).
 register_preset("trans_swin_t_fpn", "semask_fpn", semantic_attention="self", **_VARIANTS["t"])
 register_preset("semask_swin_t_fpn_no_prior_loss", "semask_fpn", semantic_loss_weight=0.0, **_VARIANTS["t"])
-register_preset("swin_t_fpn_aux", "semask_fpn", num_semantic_blocks=0, auxiliary_source="stage_output", **_VARIANTS["t"])
+register_preset(
+    "swin_t_fpn_aux", "semask_fpn", num_semantic_blocks=0, auxiliary_source="stage_output", **_VARIANTS["t"]
+)
 register_preset("query_swin_t_fpn", "semask_fpn", num_semantic_blocks=0, auxiliary_source="queries", **_VARIANTS["t"])
 
 
@@ -301,7 +317,7 @@ def load_swin_imagenet(backbone: SwinTransformer, state_dict: dict[str, Tensor],
     missing, unexpected or mis-shaped key is an error, so a wrong checkpoint never
     fails silently (a known pitfall of the original release).
     """
-    sd = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in state_dict.items()}
+    sd = {k[len("backbone.") :] if k.startswith("backbone.") else k: v for k, v in state_dict.items()}
     unused = sorted(k for k in sd if _CLASSIFIER_ONLY.match(k))
     sd = {k: v for k, v in sd.items() if not _CLASSIFIER_ONLY.match(k)}
     own = backbone.state_dict()
@@ -318,20 +334,25 @@ def load_swin_imagenet(backbone: SwinTransformer, state_dict: dict[str, Tensor],
     )
     bad_missing = [k for k in missing if not _FRESH_IN_SEGMENTATION.match(k)]
     if bad_missing or unexpected or mis_shaped:
-        raise CheckpointError(format_key_report(f"ImageNet Swin checkpoint {source}", bad_missing, unexpected, mis_shaped))
+        raise CheckpointError(
+            format_key_report(f"ImageNet Swin checkpoint {source}", bad_missing, unexpected, mis_shaped)
+        )
     backbone.load_state_dict(sd, strict=False)
     return BackboneLoadReport(loaded=len(sd), missing=missing, unexpected=unused)
 
 
 # ------------------------------------------------------------------ official checkpoints
 def _is_official_fpn(state_dict: dict[str, Any]) -> bool:
-    return "backbone.patch_embed.proj.weight" in state_dict and "decode_head.conv_seg.weight" in state_dict and any(
-        k.startswith("decode_head.scale_heads.") for k in state_dict
+    return (
+        "backbone.patch_embed.proj.weight" in state_dict
+        and "decode_head.conv_seg.weight" in state_dict
+        and any(k.startswith("decode_head.scale_heads.") for k in state_dict)
     )
 
 
 def infer_fpn_config(state_dict: dict[str, Tensor]) -> dict[str, Any]:
     """Read the architecture off the tensor shapes of an official (mmseg) checkpoint."""
+
     def count(pattern: str) -> int:
         rx = re.compile(pattern)
         return len({m.group(1) for k in state_dict if (m := rx.match(k))})
@@ -366,7 +387,9 @@ def official_to_semask_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def convert_official_fpn(state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any) -> SeMaskFPN:
+def convert_official_fpn(
+    state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any
+) -> SeMaskFPN:
     from .registry import build_model
 
     values = infer_fpn_config(state_dict)

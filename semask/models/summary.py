@@ -1,6 +1,8 @@
 """Parameter and FLOP accounting in the paper's convention and as full FLOPs."""
+
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -16,10 +18,8 @@ def _cpu_flash_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) 
 
 # torch's FlopCounterMode has no formula for the fused CPU attention kernel and counts it as 0.
 if _CPU_FLASH_SDPA is not None:
-    try:
+    with contextlib.suppress(ValueError):  # a newer torch already counts it
         register_flop_formula(_CPU_FLASH_SDPA)(_cpu_flash_sdpa_flops)
-    except ValueError:  # a newer torch already counts it
-        pass
 
 
 @dataclass
@@ -42,7 +42,10 @@ class ModelSummary:
             ("  encoder (without semantic layers)", f"{self.params_encoder:,}"),
             ("  semantic layers", f"{self.params_semantic:,}"),
             ("  decoder", f"{self.params_decoder:,}"),
-            (f"GFLOPs, paper convention (conv+linear MACs) @ {self.size[0]}x{self.size[1]}", f"{self.gmacs_conv_linear:.2f}"),
+            (
+                f"GFLOPs, paper convention (conv+linear MACs) @ {self.size[0]}x{self.size[1]}",
+                f"{self.gmacs_conv_linear:.2f}",
+            ),
             (f"GFLOPs, full (2 x all matmul/conv MACs) @ {self.size[0]}x{self.size[1]}", f"{self.gflops_full:.2f}"),
         ]
         width = max(len(r[0]) for r in rows)

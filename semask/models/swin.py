@@ -4,6 +4,7 @@ Module and parameter names follow the official checkpoints (``patch_embed``,
 ``layers.{i}.blocks.{j}``, ``layers.{i}.semantic_layer``, ``layers.{i}.downsample``,
 ``norm{i}``) so official weights load with a single rename (``gamma`` -> ``lambda_``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,9 +14,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from .layers import (DropPath, Mlp, init_transformer_weights, round_up, tokens_to_windows, window_token_index,
-                     windows_to_tokens)
+from .layers import (
+    DropPath,
+    Mlp,
+    init_transformer_weights,
+    round_up,
+    tokens_to_windows,
+    window_token_index,
+    windows_to_tokens,
+)
 from .semantic_layer import SemanticLayer
 
 # Additive mask value between tokens of different regions in shifted windows (official value).
@@ -107,7 +116,9 @@ class WindowAttention(nn.Module):
             self.__dict__["_bias_cache"] = cached
         return cached[1]
 
-    def forward(self, x: Tensor, shift_mask: Tensor | None = None, return_queries: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, shift_mask: Tensor | None = None, return_queries: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B*nW, N, C); shift_mask: (nW, N, N) additive, windows of one image in order.
 
         ``return_queries`` also returns the (unscaled) queries, heads merged, (B*nW, N, C).
@@ -126,7 +137,9 @@ class WindowAttention(nn.Module):
 class SwinBlock(nn.Module):
     """Pre-norm (shifted-)window attention + MLP, each with a residual and drop path."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, shift: int, mlp_ratio: float, drop_path: float) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, window_size: int, shift: int, mlp_ratio: float, drop_path: float
+    ) -> None:
         super().__init__()
         self.window_size = window_size
         self.shift = shift
@@ -219,7 +232,9 @@ class SwinStage(nn.Module):
         if auxiliary_source not in (None, "stage_output", "queries"):
             raise ValueError(f"auxiliary_source must be None, 'stage_output' or 'queries', got {auxiliary_source!r}")
         if auxiliary_source is not None and semantic_layer is not None:
-            raise ValueError("auxiliary_source is an ablation of the baselines; it cannot be combined with a semantic layer")
+            raise ValueError(
+                "auxiliary_source is an ablation of the baselines; it cannot be combined with a semantic layer"
+            )
         self.window_size = window_size
         self.auxiliary_source = auxiliary_source
         self.blocks = nn.ModuleList(
@@ -334,7 +349,13 @@ class SwinTransformer(nn.Module):
             )
         for i, dim in enumerate(self.num_features):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))
+        self.grad_checkpointing = False
         self.apply(init_transformer_weights)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage in backward instead of storing its activations (less training
+        memory for about one extra forward). Drop-path RNG state is replayed, so gradients match."""
+        self.grad_checkpointing = enable
 
     def forward(self, pixel_values: Tensor, output_priors: bool = True) -> EncoderOutput:
         """``output_priors=False`` leaves ``semantic_priors`` empty (inference has no use for them)."""
@@ -342,7 +363,10 @@ class SwinTransformer(nn.Module):
         b = x.shape[0]
         features, priors = [], []
         for i, stage in enumerate(self.layers):
-            out, prior, x, h_next, w_next = stage(x, h, w, output_priors)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                out, prior, x, h_next, w_next = checkpoint(stage, x, h, w, output_priors, use_reentrant=False)
+            else:
+                out, prior, x, h_next, w_next = stage(x, h, w, output_priors)
             out = getattr(self, f"norm{i}")(out)
             features.append(out.view(b, h, w, -1).permute(0, 3, 1, 2))  # channels-last view, no copy
             if prior is not None:

@@ -1,4 +1,5 @@
 """SeMask Swin with mask-classification heads (MaskFormer, Mask2Former, FaPN, MSFaPN); registers presets."""
+
 from .model import (
     MaskClassificationOutput,
     MaskFormerConfig,

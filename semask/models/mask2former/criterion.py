@@ -5,6 +5,7 @@ matched to the ground-truth segments on its own, then scored with a class CE (un
 queries -> "no object", weighted ``no_object_weight``) and mask losses on the matched
 pairs: point-sampled BCE + dice (Mask2Former) or full-resolution focal + dice (MaskFormer).
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,9 +6,11 @@ minimising the total cost is found with ``scipy.optimize.linear_sum_assignment``
 Mask2Former evaluates the mask costs on random points (BCE), MaskFormer on the full
 stride-4 grid (sigmoid focal).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

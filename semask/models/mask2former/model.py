@@ -6,6 +6,7 @@ stage) plus a parameter-free semantic decoder whose output gets the semantic-pri
 ``sum_q softmax(class_q)[c] * sigmoid(mask_q)``. Module names follow the detectron2
 checkpoints (``backbone``, ``sem_seg_head.pixel_decoder``, ``sem_seg_head.predictor``).
 """
+
 from __future__ import annotations
 
 import re
@@ -142,6 +143,7 @@ class MaskClassificationOutput(SegmentationOutput):
 
 def semantic_head(priors: list[Tensor]) -> Tensor:
     """detectron2 ``SemanticHead``: x2 steps and final x4, all bilinear align_corners=True (quirk Q4)."""
+
     def up(x: Tensor, **kwargs: Any) -> Tensor:
         return F.interpolate(x, mode="bilinear", align_corners=True, **kwargs)
 
@@ -255,6 +257,10 @@ class SeMaskMaskFormer(nn.Module):
             config.importance_sample_ratio,
         )
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory in training: the encoder recomputes each stage in backward."""
+        self.backbone.set_grad_checkpointing(enable)
+
     def forward(
         self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
     ) -> MaskClassificationOutput:
@@ -306,8 +312,8 @@ class SeMaskMaskFormer(nn.Module):
 
     def load_backbone_weights(self, path: str) -> Any:
         """Initialise the encoder from a public ImageNet Swin checkpoint (semantic layers stay D2-initialised)."""
-        from ..semask_fpn import load_swin_imagenet
         from ...hub import read_checkpoint
+        from ..semask_fpn import load_swin_imagenet
 
         state_dict, _ = read_checkpoint(path)
         return load_swin_imagenet(self.backbone, state_dict, source=str(path))
@@ -366,7 +372,10 @@ for _v, _arch in _VARIANTS.items():
     register_preset(f"semask_swin_{_v}_mask2former_fapn", "semask_maskformer", family="fapn", **_arch)
     register_preset(f"semask_swin_{_v}_mask2former_msfapn", "semask_maskformer", family="msfapn", **_arch)
     register_preset(
-        f"semask_swin_{_v}_mask2former_cityscapes", "semask_maskformer", family="mask2former", **{**_arch, **_CITYSCAPES}
+        f"semask_swin_{_v}_mask2former_cityscapes",
+        "semask_maskformer",
+        family="mask2former",
+        **{**_arch, **_CITYSCAPES},
     )
 
 
@@ -384,6 +393,7 @@ def infer_maskformer_config(state_dict: dict[str, Tensor], heads: int = 8) -> di
     The number of attention ``heads`` is not visible in the weights (official: 8); the
     deformable encoder's points per head and level are derived from it.
     """
+
     def count(pattern: str) -> int:
         rx = re.compile(pattern)
         return len({m.group(1) for k in state_dict if (m := rx.match(k))})
@@ -395,7 +405,9 @@ def infer_maskformer_config(state_dict: dict[str, Tensor], heads: int = 8) -> di
         family, dec_layers = "maskformer", count(rf"{re.escape(pr)}transformer\.decoder\.layers\.(\d+)\.")
         ffn = state_dict[f"{pr}transformer.decoder.layers.0.linear1.weight"].shape[0]
     else:
-        family = {(True, False): "mask2former", (True, True): "msfapn", (False, True): "fapn"}.get((deformable, aligned))
+        family = {(True, False): "mask2former", (True, True): "msfapn", (False, True): "fapn"}.get(
+            (deformable, aligned)
+        )
         if family is None:
             raise CheckpointError("official checkpoint has a Mask2Former predictor but no known pixel decoder")
         dec_layers = count(rf"{re.escape(pr)}transformer_ffn_layers\.(\d+)\.")

@@ -5,6 +5,7 @@ Multi-scale deformable attention (Deformable DETR) and modulated deformable conv
 ``gather`` so the models run and export anywhere. PointRend point sampling is used by the
 matcher and the mask losses.
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ Spec semask_mask2former.md section 1.7: FPN (MaskFormer), multi-scale deformable
 feature-alignment step at stride 4 (MSFaPN). Module names follow the detectron2 checkpoints.
 Every decoder returns ``(mask_features, multi_scale_features)``, the latter coarse to fine.
 """
+
 from __future__ import annotations
 
 import math
@@ -146,7 +147,9 @@ class DeformableEncoderLayer(nn.Module):
 class DeformableEncoder(nn.Module):
     """Holds ``level_embed`` and ``encoder.layers`` (the checkpoint's ``transformer.*``)."""
 
-    def __init__(self, dim: int, layers: int, ffn_dim: int, heads: int, levels: int, points: int, dropout: float) -> None:
+    def __init__(
+        self, dim: int, layers: int, ffn_dim: int, heads: int, levels: int, points: int, dropout: float
+    ) -> None:
         super().__init__()
         self.level_embed = nn.Parameter(torch.empty(levels, dim))
         self.encoder = nn.Module()

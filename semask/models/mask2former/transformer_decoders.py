@@ -6,6 +6,7 @@ through the three pixel-decoder levels coarse to fine. Both return one predictio
 supervised layer, last one final. Attention modules are ``nn.MultiheadAttention`` in the
 (L, B, C) layout so the packed ``in_proj_weight`` keys match the official checkpoints.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -225,7 +226,11 @@ class MaskedAttentionDecoder(nn.Module):
         out.logits.append(logits)
         out.masks.append(masks)
         for i, (cross, self_attn, ffn) in enumerate(
-            zip(self.transformer_cross_attention_layers, self.transformer_self_attention_layers, self.transformer_ffn_layers)
+            zip(
+                self.transformer_cross_attention_layers,
+                self.transformer_self_attention_layers,
+                self.transformer_ffn_layers,
+            )
         ):
             lvl = i % self.num_levels
             blocked = blocked & ~blocked.all(-1, keepdim=True)  # a fully blocked query attends everywhere
