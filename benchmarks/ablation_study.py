@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary["study_seconds"] = time.time() - t0
                 (work_dir / "summary.json").write_text(json.dumps(summary, default=str, indent=2))
             metrics = summary["metrics"]
-            params = sum(p.numel() for p in semask.load_model(summary["model_dir"]).parameters())
+            params = sum(p.numel() for p in semask.load(summary["model_dir"]).parameters())
             result = {
                 "mIoU": metrics["mIoU"],
                 "boat_car_IoU": (metrics["IoU"][BOAT] + metrics["IoU"][CAR]) / 2,

@@ -3,23 +3,39 @@
 from .engine.evaluate import evaluate
 from .engine.predict import predict, predict_folder
 from .engine.trainer import train
-from .hub import load_model, load_official_checkpoint, save_model
-from .models import CheckpointError, SegmentationOutput, build_model, create_model, get_config, list_models
+from .explain import Explanation, explain
+from .hub import download
+from .models import (
+    CheckpointError,
+    SegmentationOutput,
+    SeMaskModel,
+    build_model,
+    create_model,
+    get_config,
+    get_pretrained,
+    list_models,
+    list_pretrained,
+    load,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "Explanation",
+    "SeMaskModel",
     "SegmentationOutput",
     "build_model",
     "create_model",
+    "download",
     "evaluate",
+    "explain",
     "get_config",
+    "get_pretrained",
     "list_models",
-    "load_model",
-    "load_official_checkpoint",
+    "list_pretrained",
+    "load",
     "predict",
     "predict_folder",
-    "save_model",
     "train",
 ]

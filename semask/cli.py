@@ -1,4 +1,4 @@
-"""The ``semask`` command line: train, eval, predict, score, demo, info, export, plot.
+"""The ``semask`` command line: train, eval, predict, explain, serve, score, demo, info, export, plot.
 
 Every subcommand is a thin layer over the library functions of the same name, so what the
 CLI does can also be done from Python. Multi-GPU training:
@@ -94,11 +94,24 @@ def _eval_settings(args: argparse.Namespace, base: Any) -> Any:
 
 
 def _device(name: str) -> Any:
+    """``--device``: auto, cpu, cuda or cuda:N, checked against what this machine has."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--device {name}: {why}; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: semask runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 _OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)+=")  # section.key=value
@@ -149,6 +162,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The validation split of each dataset format, for ``eval --data-type T`` without ``--split``.
+VAL_SPLITS = {"ade20k": "validation", "cityscapes": "val", "coco_stuff10k": "val", "folder": "val"}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data.datasets import build_dataset
     from .engine.amp import autocast, resolve_amp_dtype
@@ -177,15 +194,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data_type = args.data_type or data.type
     data_root = args.data_root or data.root
     split = args.split or data.val_split
+    if args.split is None and args.data_type is not None and args.data_type != data.type:
+        split = VAL_SPLITS.get(args.data_type, split)  # that format's own validation split
     if split is None:
         raise ValueError("no split to evaluate: set data.val_split or pass --split")
     dataset = build_dataset(
         data_type,
         data_root,
         split,
-        num_classes=data.num_classes,
-        reduce_zero_label=data.reduce_zero_label,
-        **data.kwargs,
+        **(data.dataset_kwargs() if data_type == data.type else _base_dataset_kwargs(data)),
     )
     device = _device(args.device)
     model = model.to(device)
@@ -197,40 +214,73 @@ def cmd_eval(args: argparse.Namespace) -> int:
             num_workers=args.num_workers,
             pred_dir=args.pred_dir,
             out_json=args.out,
+            confusion_png=args.confusion,
+            normalize_confusion=args.normalize_confusion,
         )
     print(result["table"])
+    if args.confusion:
+        print(f"confusion matrix drawn to {args.confusion}")
     if args.out:
         print(f"results written to {args.out}")
     return 0
 
 
+def _base_dataset_kwargs(data: Any) -> dict[str, Any]:
+    """Dataset options of a config whose dataset type --data-type replaced (folder options left out)."""
+    return {**data.kwargs, "num_classes": data.num_classes, "reduce_zero_label": data.reduce_zero_label}
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .config import EvalConfig
     from .engine.amp import autocast, resolve_amp_dtype
-    from .engine.predict import load_model_any, predict_folder
+    from .engine.predict import UnreadableImagesError, collect_images, load_model_any, predict_folder
 
-    model, embedded = load_model_any(args.model)
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must be between 0 and 1 (overlay opacity), got {args.alpha}")
+    if Path(args.out).is_file():
+        raise ValueError(f"--out {args.out} is a file; give a folder for the labels/, color/ and overlay/ PNGs")
+    collect_images(args.images)  # missing inputs are reported before the model loads
     device = _device(args.device)
+    model, embedded = load_model_any(args.model)
+    if args.save_priors:
+        from .engine.health import semantic_layers
+
+        if not semantic_layers(model):
+            raise ValueError(f"--save-priors: {args.model} has no semantic layers (a baseline), so no prior maps")
     model = model.to(device)
     base = embedded.eval if embedded is not None else EvalConfig(scale=None)
     settings = _eval_settings(args, base)
+    failure = None
     with autocast(device, resolve_amp_dtype(device, args.amp)):
-        written = predict_folder(
-            model,
-            args.images,
-            args.out,
-            alpha=args.alpha,
-            scale=settings.scale,
-            mode=settings.mode,
-            crop_size=settings.crop_size,
-            stride=settings.stride,
-            scales=settings.scales,
-            flip=settings.flip,
-        )
+        try:
+            written = predict_folder(
+                model,
+                args.images,
+                args.out,
+                alpha=args.alpha,
+                strict=args.strict,
+                scale=settings.scale,
+                mode=settings.mode,
+                crop_size=settings.crop_size,
+                stride=settings.stride,
+                scales=settings.scales,
+                flip=settings.flip,
+            )
+        except UnreadableImagesError as exc:  # the readable images are written; say so, then fail
+            written, failure = exc.written, exc
     print(
         f"{len(written)} image(s): class ids in {Path(args.out) / 'labels'}, colours in "
         f"{Path(args.out) / 'color'}, overlays in {Path(args.out) / 'overlay'}"
     )
+    if args.save_priors:
+        from .explain import explain
+
+        for files in written:
+            found = explain(model, files["image"], top_k=3, scale=settings.scale)
+            found.save_heatmaps(Path(args.out) / "priors", Path(files["image"]).stem)
+        print(f"semantic-prior heatmaps (top-3 classes x stage) in {Path(args.out) / 'priors'}")
+    if failure is not None:
+        raise failure
     return 0
 
 
@@ -243,6 +293,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         args.gt_dir,
         args.num_classes,
         reduce_zero_label=args.reduce_zero_label,
+        ignore_index=args.ignore_index,
         pred_suffix=args.pred_suffix,
         gt_suffix=args.gt_suffix,
     )
@@ -253,10 +304,85 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from .data.check import check_data
+
+    result = check_data(
+        args.target,
+        args.overrides,
+        out_dir=args.out,
+        num_samples=args.samples,
+        num_threads=args.workers,
+        progress=not args.no_progress,
+    )
+    return 0 if result["ok"] else 1
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    from .models.pretrained import is_pretrained_name
     from .models.summary import describe
 
+    if Path(args.name).exists() or is_pretrained_name(args.name):  # a model: architecture, learned lambda
+        from .engine.health import semantic_lambdas
+        from .engine.predict import load_model_any
+
+        model, _ = load_model_any(args.name)
+        config = model.config
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{args.name}: {type(model).__name__}, {config.num_classes} classes, {params:,} parameters")
+        lambdas = semantic_lambdas(model)
+        if not lambdas:
+            print("no semantic layers (a baseline): no lambda")
+        else:
+            print("learned lambda per stage (the paper reports about 0.05-0.3 after training):")
+            for key, value in lambdas.items():
+                print(f"  {key:<14} {value:.4f}")
+        return 0
     print(describe(args.name, args.num_classes, args.size).table())
+    return 0
+
+
+def cmd_list_pretrained(args: argparse.Namespace) -> int:
+    from .models.pretrained import get_pretrained, list_pretrained
+
+    rows = []
+    for name in list_pretrained(args.pattern):
+        cfg = get_pretrained(name)
+        miou = f"{cfg.paper_miou[0]:.2f} / {cfg.paper_miou[1]:.2f}" if cfg.paper_miou else "-"
+        rows.append((name, cfg.kind, cfg.dataset or "ImageNet", miou, cfg.source))
+    widths = [max(len(str(r[i])) for r in [("name", "kind", "data", "paper mIoU", "source"), *rows]) for i in range(5)]
+    for row in [("name", "kind", "data", "paper mIoU", "source"), *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .hub import download
+
+    path = download(args.name, to=args.to, progress=not args.no_progress)
+    print(f"{args.name}: {path}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .engine.predict import load_model_any
+    from .explain import explain
+
+    model, embedded = load_model_any(args.model)
+    model = model.to(_device(args.device))
+    scale = embedded.eval.scale if embedded is not None and args.scale is _UNSET else args.scale
+    scale = None if scale is _UNSET else scale
+    found = explain(model, args.image, classes=args.classes, top_k=args.top_k, scale=scale)
+    files = found.save(args.out, f"{Path(args.image).stem}_explain")
+    print(f"composite: {files['composite']}\narrays:    {files['arrays']}")
+    print("lambda: " + (", ".join(f"{k}={v:.4f}" for k, v in found.lambdas.items()) or "none"))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
     return 0
 
 
@@ -264,9 +390,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .engine.predict import load_model_any
     from .export import export_onnx
 
+    source = Path(args.model)
+    out = Path(args.out) if args.out else source.parent / f"{source.stem}.onnx"
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the .onnx file to write, e.g. {out / 'model.onnx'}")
+    if out.suffix != ".onnx":
+        raise ValueError(f"--out {out}: the ONNX file name must end in .onnx")
     model, _ = load_model_any(args.model)
-    path = export_onnx(model.eval(), args.out, args.size, args.dynamic)
-    print(f"exported {args.model} to {path or args.out}")
+    path = export_onnx(model.eval(), out, args.size, args.dynamic)
+    print(f"exported {args.model} to {path or out}")
     return 0
 
 
@@ -338,7 +470,7 @@ def run_demo(out: Path, quick: bool = False, progress: bool = True) -> dict[str,
     """
     from .data.datasets import build_dataset
     from .data.synthetic import make_context_dataset
-    from .engine.checkpoint import load_model_from_checkpoint
+    from .models import load
     from .engine.evaluate import evaluate
     from .engine.predict import predict_folder
     from .engine.report import write_report
@@ -355,14 +487,12 @@ def run_demo(out: Path, quick: bool = False, progress: bool = True) -> dict[str,
     logger.info("synthetic data in %s; training (%d iterations) in %s", data_root, cfg.schedule.iters, out / "work")
     summary = train(cfg, out / "work", progress=progress)
     best_path = out / "work" / "checkpoints" / "best.pth"
-    model = load_model_from_checkpoint(best_path)
+    model = load(best_path)
     val_set = build_dataset("folder", data_root, "val")
     metrics = evaluate(model, val_set, cfg.eval, out_json=out / "eval.json", progress=progress)
     sample = [p for p, _ in val_set.samples[:8]]
     predict_folder(model, sample, out / "predictions", scale=cfg.eval.scale, progress=progress)
-    import semask
-
-    model_dir = semask.save_model(model, out / "model")
+    model_dir = model.save_pretrained(out / "model")
     seconds = time.perf_counter() - start
     overlays = sorted((out / "predictions" / "overlay").glob("*.png"))[:4]
     report = write_report(
@@ -430,7 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split to evaluate (default: the config's val split)")
     p.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes")
     p.add_argument("--pred-dir", help="also save predicted class-id PNGs here")
-    p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument("--out", help="write the metrics (with the confusion matrix) as JSON here")
+    p.add_argument("--confusion", metavar="PNG", help="draw the confusion matrix as a heatmap here")
+    p.add_argument("--normalize-confusion", action="store_true", help="heatmap rows as fractions of each true class")
     _add_inference_options(p)
     p.set_defaults(func=cmd_eval)
 
@@ -439,18 +571,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (1 = colours only)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first unreadable image (default: skip it, report it at the end, exit 1)",
+    )
+    p.add_argument(
+        "--save-priors", action="store_true", help="also write semantic-prior heatmaps (top-3 classes) to OUT/priors"
+    )
     _add_inference_options(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="semantic-prior maps of one image: composite PNG + raw arrays (.npz)")
+    p.add_argument("model", help="model folder, .safetensors, training checkpoint or official .pth")
+    p.add_argument("image", help="image file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--classes", help="comma-separated class names or ids for the heatmaps (default: top-k present)")
+    p.add_argument("--top-k", type=int, default=3, help="heatmaps for the k most frequent predicted classes")
+    p.add_argument(
+        "--scale", type=_scale_arg, default=_UNSET, metavar="LONGxSHORT", help="resize to fit first; 0 = original"
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("serve", help="local web demo + JSON endpoint POST /predict (standard library only)")
+    p.add_argument("model", help="model folder, .safetensors, training checkpoint or official .pth")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get 413")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="larger images get 422")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("score", help="mIoU of predicted label PNGs against ground-truth PNGs")
     p.add_argument("pred_dir")
     p.add_argument("gt_dir")
     p.add_argument("--num-classes", type=int, required=True)
     p.add_argument("--reduce-zero-label", action="store_true", help="ground truth uses 0 = ignore (ADE20K files)")
+    p.add_argument("--ignore-index", type=int, default=255, help="ground-truth value that is not scored")
     p.add_argument("--pred-suffix", default=".png")
     p.add_argument("--gt-suffix", default=".png")
     p.add_argument("--out", help="write the metrics as JSON here")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("check-data", help="validate a dataset, show class statistics and augmented samples")
+    p.add_argument("target", help="an experiment YAML (its data section) or a folder-dataset ROOT")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.crop_size=[256,256]")
+    p.add_argument("--out", help="folder for augmented_samples.png (default: ROOT/check or <config>_check)")
+    p.add_argument("--samples", type=int, default=16, help="augmented training samples to draw (0: none)")
+    p.add_argument("--workers", type=int, default=8, help="reader threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_check_data)
 
     p = sub.add_parser("demo", help="synthetic data -> train a small SeMask on CPU -> eval -> report")
     p.add_argument("--out", help="output folder (default: ./semask_demo, or the first free ./semask_demo-N)")
@@ -458,8 +628,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("info", help="parameters and FLOPs of a model preset")
-    p.add_argument("name", help="preset name, see semask.list_models()")
+    p = sub.add_parser("list-pretrained", help="released weights by name (preset.tag), with paper mIoU and source")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'semask_*fpn*'")
+    p.set_defaults(func=cmd_list_pretrained)
+
+    p = sub.add_parser("download", help="fetch released weights NAME.TAG into the cache (or --to DIR)")
+    p.add_argument("name", help="preset.tag, e.g. semask_swin_t_fpn.ade20k (see semask list-pretrained)")
+    p.add_argument("--to", help="folder to put the file in (default: $SEMASK_HOME or ~/.cache/semask)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("info", help="parameters and FLOPs of a preset, or a model's learned lambda per stage")
+    p.add_argument("name", help="preset name (see semask.list_models()) or a model folder / checkpoint")
     p.add_argument("--num-classes", type=int, default=150)
     p.add_argument("--size", type=_size, default=(512, 512), metavar="HxW")
     p.set_defaults(func=cmd_info)
@@ -469,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--size", type=_size, required=True, metavar="HxW", help="example input size")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and image size")
-    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--out", help="output .onnx file (default: MODEL.onnx beside the model)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="loss / mIoU curves from a work dir or metrics.jsonl")
@@ -488,12 +668,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     try:
         return int(args.func(args))
-    except (ValueError, OSError, KeyError, TypeError, FloatingPointError) as exc:
-        if args.traceback:
-            raise
+    except Exception as exc:
+        if args.traceback or not _is_user_error(exc):
+            raise  # a bug of semask itself: the traceback is what a bug report needs
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"semask {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+#: Where a KeyError / TypeError means "no such name / setting" for a name the user typed
+#: (model presets, weight names, config fields); anywhere else they are programming errors.
+_LOOKUP_MODULES = {("models", "registry.py"), ("models", "pretrained.py"), ("models", "base.py")}
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Errors about the user's input, files or machine: printed as one line, exit code 1."""
+    if isinstance(exc, (ValueError, OSError, FloatingPointError)):
+        return True
+    if isinstance(exc, ImportError):
+        return "pip install" in str(exc)  # a missing optional dependency, with the install line
+    if isinstance(exc, (KeyError, TypeError)):
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None:
+            return False
+        where = Path(tb.tb_frame.f_code.co_filename)
+        return (where.parent.name, where.name) in _LOOKUP_MODULES
+    return False
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Which model to build: a registered name plus overrides of its config fields.
 
-    ``pretrained`` initialises the whole model from a semask model folder or an official
-    checkpoint; ``backbone_weights`` initialises only the encoder from an ImageNet Swin checkpoint.
+    ``pretrained`` initialises the whole model (a name ``preset.tag`` or any file ``semask.load``
+    reads); ``backbone_weights`` only the encoder (``imagenet``, a name, or an ImageNet file).
     """
 
     name: str = "semask_swin_t_fpn"
@@ -35,6 +35,7 @@ class ModelConfig:
     pretrained: str | None = None
     backbone_weights: str | None = None
     grad_checkpointing: bool = False  # recompute encoder stages in backward: less memory, ~1 more forward
+    freeze_encoder: bool = False  # train only the decoder (no encoder gradients are computed)
 
     def __post_init__(self) -> None:
         """Check the name and every override against the preset now, not when training starts."""
@@ -55,6 +56,13 @@ class DataConfig:
     ``ratios`` (a list to pick from, as on ADE20K) and ``ratio_range`` (uniform, as on
     Cityscapes) are alternatives: set exactly one. ``num_classes`` and ``reduce_zero_label``
     default to what the dataset type defines. ``kwargs`` go to ``build_dataset`` unchanged.
+
+    Folder datasets (``type: folder``) also take ``ignore_index`` (the label value not trained
+    on or scored, default 255; also the padding fill of training crops), ``img_suffix`` /
+    ``label_suffix`` (file name endings), ``ignore_color`` (the colour of unlabelled pixels in
+    RGB colour-mask labels, which palette.txt maps to ids) and ``in_channels`` (null: the
+    model's). A split is a folder name under ``images/``, or a list ``splits/NAME.txt``, or a
+    path to a ``.txt`` list of names. See :class:`semask.data.FolderDataset`.
     """
 
     type: str = "ade20k"
@@ -71,7 +79,16 @@ class DataConfig:
     flip_prob: float = 0.5
     photometric: bool = True
     num_workers: int = 4
+    # checked before the first iteration, both splits: "headers" (sizes, modes, truncation),
+    # "full" (also decodes every label for its class-id range) or "none"
+    check: Literal["none", "headers", "full"] = "headers"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Folder datasets (type "folder") only; see semask.data.FolderDataset.
+    ignore_index: int = 255
+    img_suffix: str | None = None
+    label_suffix: str = ".png"
+    ignore_color: tuple[int, int, int] | None = None
+    in_channels: int | None = None  # image bands; null: model.overrides.in_channels (default 3, RGB)
 
     def __post_init__(self) -> None:
         if (self.ratios is None) == (self.ratio_range is None):
@@ -79,16 +96,134 @@ class DataConfig:
                 f"set exactly one of ratios ({self.ratios!r}) and ratio_range ({self.ratio_range!r}); "
                 "use null for the other"
             )
+        if self.num_classes == 1:
+            raise ValueError(BINARY_HINT.format(where="data.num_classes"))
+        if not 0 <= self.ignore_index <= 255:
+            raise ValueError(f"ignore_index must be 0..255 (labels are 8-bit), got {self.ignore_index}")
+        if self.type != "folder":
+            custom = {
+                k: v
+                for k, v in self.folder_options().items()
+                if v != _FOLDER_DEFAULTS[k] and not (k == "in_channels" and v == 3)
+            }
+            if custom:
+                raise ValueError(f"{sorted(custom)} apply to type 'folder' datasets only, not {self.type!r}")
+
+    def folder_options(self) -> dict[str, Any]:
+        """The folder-only settings as ``build_dataset`` keyword arguments."""
+        return {k: getattr(self, k) for k in _FOLDER_DEFAULTS}
+
+    def dataset_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``build_dataset(type, root, split, **kwargs)`` of this config."""
+        out = {**self.kwargs, "num_classes": self.num_classes, "reduce_zero_label": self.reduce_zero_label}
+        if self.type == "folder":
+            out.update(self.folder_options())
+        return out
+
+
+_FOLDER_DEFAULTS: dict[str, Any] = dict(
+    ignore_index=255, img_suffix=None, label_suffix=".png", ignore_color=None, in_channels=None
+)
+BINARY_HINT = (
+    "{where}: 1 is not supported; binary segmentation uses num_classes: 2 (class 0 background, "
+    "class 1 foreground) with the usual softmax, losses, metrics and argmax prediction"
+)
+
+# Loss names; semask.models.loss.LOSSES maps each to its class (a test keeps the two in step).
+LossName = Literal["ce", "ohem", "dice", "focal", "lovasz"]
+# Which LossTermConfig options each loss takes (besides name and weight).
+LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "ce": ("class_weight", "label_smoothing", "reduction"),
+    "ohem": ("class_weight", "label_smoothing", "reduction", "thresh", "min_kept"),
+    "focal": ("class_weight", "reduction", "gamma"),
+    "dice": ("class_weight", "smooth", "exponent"),
+    "lovasz": (),
+}
+
+
+@dataclass
+class LossTermConfig:
+    """One weighted loss term. ``class_weight``: a list (one per class), or ``auto`` for
+    ``w_c = 1 / ln(1.02 + f_c)`` with ``f_c`` class c's share of the labelled pixels of the
+    training split (the ENet rule; an absent class gets the largest weight, 1 / ln 1.02 = 50.5).
+    ``reduction`` null takes the model's ``loss_reduction`` (``all`` for the paper's models).
+    ``thresh``/``min_kept``: OHEM; ``gamma``: focal; ``smooth``/``exponent``: Dice."""
+
+    name: LossName = "ce"
+    weight: float = 1.0
+    class_weight: list[float] | Literal["auto"] | None = None
+    label_smoothing: float = 0.0
+    reduction: Literal["all", "valid"] | None = None
+    thresh: float = 0.7
+    min_kept: int = 100000
+    gamma: float = 2.0
+    smooth: float = 1.0
+    exponent: float = 2.0
+
+    def __post_init__(self) -> None:
+        allowed = LOSS_OPTIONS[self.name]
+        for f in dataclasses.fields(self):
+            if f.name in ("name", "weight") or f.name in allowed:
+                continue
+            if getattr(self, f.name) != f.default:
+                raise ValueError(f"{f.name} does not apply to the {self.name!r} loss (it takes {list(allowed)})")
+        if self.weight < 0:
+            raise ValueError(f"weight must be >= 0, got {self.weight}")
+
+    def spec(self, num_classes: int, auto_weights: list[float] | None, default_reduction: str) -> dict[str, Any]:
+        """Keyword arguments for ``semask.models.loss.build_loss``."""
+        out: dict[str, Any] = {"name": self.name, "weight": self.weight}
+        for key in LOSS_OPTIONS[self.name]:
+            out[key] = getattr(self, key)
+        if "reduction" in out and out["reduction"] is None:
+            out["reduction"] = default_reduction
+        if out.get("class_weight") == "auto":
+            out["class_weight"] = auto_weights
+        weights = out.get("class_weight")
+        if weights is not None and len(weights) != num_classes:
+            raise ValueError(f"loss {self.name}: class_weight has {len(weights)} values for {num_classes} classes")
+        return out
+
+
+@dataclass
+class LossConfig:
+    """Training losses of the decoder (``main``) and of the semantic-prior maps (``semantic``),
+    each a list of weighted terms that are summed; L = main + semantic_weight * semantic.
+
+    null everywhere (the default) is the paper's L = CE + 0.4 CE, computed by the model itself;
+    ``main``/``semantic`` null is one CE term, ``semantic_weight`` null the model's
+    ``semantic_loss_weight``. Mask-classification models keep their own set-prediction losses
+    and refuse this section.
+    """
+
+    main: list[LossTermConfig] | None = None
+    semantic: list[LossTermConfig] | None = None
+    semantic_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("main", "semantic"):
+            if getattr(self, name) == []:
+                raise ValueError(f"loss.{name} needs at least one term (or null for cross-entropy)")
+        if self.semantic_weight is not None and self.semantic_weight < 0:
+            raise ValueError(f"semantic_weight must be >= 0, got {self.semantic_weight}")
+
+    @property
+    def is_default(self) -> bool:
+        return self.main is None and self.semantic is None and self.semantic_weight is None
+
+    def needs_auto_weights(self) -> bool:
+        return any(t.class_weight == "auto" for t in (self.main or []) + (self.semantic or []))
 
 
 @dataclass
 class OptimConfig:
-    """AdamW with the official no-weight-decay keys (matched as substrings of parameter names)."""
+    """AdamW. No weight decay for the model's ``no_weight_decay()`` (its family's official recipe),
+    or for names containing one of ``no_decay_keys`` when that is set."""
 
     lr: float = 1e-4
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
-    no_decay_keys: tuple[str, ...] = ("absolute_pos_embed", "relative_position_bias_table", "norm")
+    no_decay_keys: tuple[str, ...] | None = None
     backbone_lr_mult: float = 1.0
 
 
@@ -161,6 +296,34 @@ class ExperimentConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        """Checks across sections: binary setups and losses the model family cannot use."""
+        if self.model.overrides.get("num_classes") == 1:
+            raise ValueError(BINARY_HINT.format(where="model.overrides.num_classes"))
+        bands = self.model.overrides.get("in_channels", 3)  # the model's mean/std give one value per band
+        if self.data.in_channels is None:
+            self.data.in_channels = bands
+        elif self.data.in_channels != bands:
+            raise ValueError(
+                f"data.in_channels={self.data.in_channels} but the model takes {bands} channel(s); set "
+                "model.overrides.in_channels (with mean and std per channel) and leave data.in_channels null"
+            )
+        if bands != 3 and self.data.photometric:
+            raise ValueError(
+                f"in_channels={bands}: the photometric distortion works on 8-bit RGB only; set data.photometric: false"
+            )
+        if not self.loss.is_default:
+            from .models import get_config
+
+            family = get_config(self.model.name, **self.model.overrides).model_type
+            if family == "semask_maskformer":
+                raise ValueError(
+                    f"loss.* cannot be set for the mask-classification model {self.model.name}: it trains with "
+                    "its own set-prediction losses (class CE + mask BCE + mask Dice, set with model.overrides "
+                    "class_weight/mask_weight/dice_weight); remove the loss section"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples become lists) for YAML, JSON and checkpoints."""
@@ -298,9 +461,10 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
             if type(None) in args:
                 return None
             raise fail(" or ".join(_describe(a) for a in args))
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # X | None: X's own message names the exact culprit (e.g. a list item)
+            return _coerce(value, options[0], source, key)
+        for arg in options:
             try:
                 return _coerce(value, arg, source, key)
             except ConfigError:

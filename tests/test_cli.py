@@ -146,7 +146,7 @@ def test_eval_predict_and_score_agree(trained: dict[str, Path], capsys: pytest.C
         assert np.array(Image.open(root / "out" / "color" / image.name)).shape == overlay.shape
 
     # the Python API takes a path, a PIL image or an array and gives the same ids
-    model = semask.load_model(work / "model")
+    model = semask.load(work / "model")
     first = sorted(images.iterdir())[0]
     ids = np.array(Image.open(root / "out" / "labels" / first.name))
     for image in (first, Image.open(first), np.array(Image.open(first).convert("RGB"))):

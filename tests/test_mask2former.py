@@ -413,7 +413,7 @@ def test_official_checkpoint_loads_strictly(family: str, tmp_path) -> None:  # t
     sd["criterion.empty_weight"] = torch.tensor([1.0] * 150 + [0.1])
     path = tmp_path / "model_final.pth"
     torch.save({"model": sd, "iteration": 3}, path)
-    loaded = semask.load_official_checkpoint(path, drop_path_rate=0.0, decoder_heads=4).eval()
+    loaded = semask.load(path, drop_path_rate=0.0, decoder_heads=4).eval()
     cfg = loaded.config
     assert (cfg.family, cfg.num_classes, cfg.dec_layers, cfg.num_queries, cfg.depths, cfg.no_object_weight) == (
         family,
@@ -434,18 +434,18 @@ def test_official_checkpoint_loads_strictly(family: str, tmp_path) -> None:  # t
         sd["sem_seg_head.pixel_decoder.align_1.offset.norm.weight"] = torch.zeros(32)
         torch.save({"model": sd}, path)
         with pytest.raises(CheckpointError, match="shared GroupNorm"):
-            semask.load_official_checkpoint(path, decoder_heads=4)
+            semask.load(path, decoder_heads=4)
         sd["sem_seg_head.pixel_decoder.align_1.offset.norm.weight"] = shared
     del sd["sem_seg_head.predictor.mask_embed.layers.0.bias"]
     torch.save({"model": sd}, path)
     with pytest.raises(CheckpointError, match="mask_embed.layers.0.bias"):
-        semask.load_official_checkpoint(path, decoder_heads=4)
+        semask.load(path, decoder_heads=4)
 
 
 def test_save_and_load_model_roundtrip(tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = tiny_model("fapn").eval()
-    semask.save_model(model, tmp_path / "m")
-    loaded = semask.load_model(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")
+    loaded = semask.load(tmp_path / "m")
     x = torch.randn(1, 3, 40, 40)
     torch.testing.assert_close(loaded(x).logits, model(x).logits)
 

@@ -375,7 +375,7 @@ def test_nvlabs_segformer_checkpoint_round_trip(tmp_path) -> None:
     sd["decode_head.conv_seg.bias"] = torch.randn(K)
     path = tmp_path / "segformer.tiny.ade.pth"
     torch.save({"meta": {"CLASSES": CLASSES, "PALETTE": PALETTE}, "state_dict": sd}, path)
-    loaded = semask.load_official_checkpoint(path).eval()
+    loaded = semask.load(path, num_heads=TINY["num_heads"]).eval()
     cfg = loaded.config
     assert isinstance(loaded, SeMaskMiT) and cfg.decode_head == "nvlabs" and cfg.decoder_channels == 16
     assert (cfg.embed_dims, cfg.depths, cfg.num_heads, cfg.sr_ratios) == (
@@ -398,7 +398,7 @@ def test_mmseg_segformer_checkpoint_round_trip(tmp_path) -> None:
     assert "backbone.layers.1.1.1.attn.attn.in_proj_weight" in sd and "decode_head.fusion_conv.conv.weight" in sd
     path = tmp_path / "segformer_mit-tiny_ade20k.pth"
     torch.save({"meta": {"dataset_meta": {"classes": CLASSES, "palette": PALETTE}}, "state_dict": sd}, path)
-    loaded = semask.load_official_checkpoint(path).eval()
+    loaded = semask.load(path, num_heads=TINY["num_heads"]).eval()
     assert loaded.config.decode_head == "mmseg" and loaded.config.class_names == CLASSES
     assert_same_outputs(model, loaded)
 
@@ -413,7 +413,7 @@ def test_hf_segformer_checkpoint_round_trip(tmp_path) -> None:
     del sd["decode_head.batch_norm.num_batches_tracked"]  # some exports omit it
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
-    loaded = semask.load_official_checkpoint(path).eval()
+    loaded = semask.load(path, num_heads=TINY["num_heads"]).eval()
     assert loaded.config.decode_head == "nvlabs"
     assert_same_outputs(model, loaded)
 
@@ -427,7 +427,7 @@ def test_semask_state_dict_loads_as_official_checkpoint(placement: str, tmp_path
                 block.lambda_.fill_(0.7)
     torch.save({"state_dict": model.state_dict()}, tmp_path / "semask.pth")
     # Windows and global stages are not visible in the weights: they are overrides.
-    loaded = semask.load_official_checkpoint(tmp_path / "semask.pth", semantic_window_size=4).eval()
+    loaded = semask.load(tmp_path / "semask.pth", semantic_window_size=4, num_heads=TINY["num_heads"]).eval()
     assert loaded.config.num_semantic_blocks == (1, 1, 2, 1)
     assert loaded.config.semantic_placement == placement
     assert_same_outputs(model, loaded)
@@ -439,19 +439,19 @@ def test_checkpoint_errors_name_the_key(tmp_path) -> None:
     missing = {k: v for k, v in sd.items() if k != "backbone.block2.1.attn.q.bias"}
     torch.save({"state_dict": missing}, tmp_path / "missing.pth")
     with pytest.raises(CheckpointError, match=r"missing keys:\s+backbone\.block2\.1\.attn\.q\.bias"):
-        semask.load_official_checkpoint(tmp_path / "missing.pth")
+        semask.load(tmp_path / "missing.pth", num_heads=TINY["num_heads"])
 
     bad = dict(sd, **{"backbone.block2.1.attn.kv.weight": torch.zeros(30, 16)})
     torch.save({"state_dict": bad}, tmp_path / "bad.pth")
     with pytest.raises(
         CheckpointError, match=r"backbone\.block2\.1\.attn\.kv\.weight: checkpoint \(30, 16\) vs model \(32, 16\)"
     ):
-        semask.load_official_checkpoint(tmp_path / "bad.pth")
+        semask.load(tmp_path / "bad.pth", num_heads=TINY["num_heads"])
 
     no_pred = {k: v for k, v in sd.items() if not k.startswith("decode_head.linear_pred.")}
     torch.save({"state_dict": no_pred}, tmp_path / "no_pred.pth")
     with pytest.raises(CheckpointError, match="decode_head.linear_pred.weight"):
-        semask.load_official_checkpoint(tmp_path / "no_pred.pth")
+        semask.load(tmp_path / "no_pred.pth", num_heads=TINY["num_heads"])
 
     mm = tiny_mit("mit_b0")
     encoder, head = split(mm)
@@ -462,7 +462,7 @@ def test_checkpoint_errors_name_the_key(tmp_path) -> None:
     mm_sd["backbone.layers.0.1.0.attn.attn.in_proj_weight"] = torch.zeros(20, 8)
     torch.save({"state_dict": mm_sd}, tmp_path / "mm.pth")
     with pytest.raises(CheckpointError, match=r"layers\.0\.1\.0\.attn\.attn\.in_proj_weight has 20 rows"):
-        semask.load_official_checkpoint(tmp_path / "mm.pth")
+        semask.load(tmp_path / "mm.pth", num_heads=TINY["num_heads"])
 
     encoder, head = split(model)
     hf = {
@@ -472,7 +472,7 @@ def test_checkpoint_errors_name_the_key(tmp_path) -> None:
     del hf["segformer.encoder.block.2.0.attention.self.value.weight"]
     torch.save(hf, tmp_path / "hf.bin")
     with pytest.raises(CheckpointError, match=r"block\.2\.0\.attention\.self\.value\.weight is missing"):
-        semask.load_official_checkpoint(tmp_path / "hf.bin")
+        semask.load(tmp_path / "hf.bin", num_heads=TINY["num_heads"])
 
 
 def test_detectors_do_not_confuse_swin_fpn_and_mit() -> None:
@@ -570,8 +570,8 @@ def test_save_load_round_trip(target: str, tmp_path) -> None:
             palette=PALETTE,
         )
     )
-    path = semask.save_model(model, tmp_path / target)
-    loaded = semask.load_model(path)
+    path = model.save_pretrained(tmp_path / target)
+    loaded = semask.load(path)
     assert loaded.config == model.config and isinstance(loaded, SeMaskMiT)
     assert loaded.backbone.semantic_layer["1"].global_attention
     assert_same_outputs(model, loaded)
@@ -592,9 +592,9 @@ def test_yaml_configs_follow_the_segformer_recipe() -> None:
         assert config.is_semask == cfg.model.name.startswith("semask_"), path
         if config.is_semask:
             assert config.semantic_loss_weight == 0.4
-        assert cfg.model.backbone_weights == f"pretrained/{cfg.model.name.removeprefix('semask_')}.pth"
+        assert cfg.model.backbone_weights == "imagenet"
         assert cfg.optim.lr * cfg.optim.backbone_lr_mult == pytest.approx(6e-5) and cfg.optim.lr == pytest.approx(6e-4)
-        assert cfg.optim.weight_decay == 0.01 and cfg.optim.no_decay_keys == ("norm",)
+        assert cfg.optim.weight_decay == 0.01 and cfg.optim.no_decay_keys is None  # SeMaskMiT: "norm"
         assert (cfg.schedule.iters, cfg.schedule.warmup_iters, cfg.schedule.power) == (160_000, 1500, 1.0)
         assert cfg.data.ratio_range == (0.5, 2.0) and cfg.data.ratios is None
         if path.stem.endswith("cityscapes"):

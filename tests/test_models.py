@@ -150,8 +150,8 @@ def test_save_load_round_trip(tmp_path, single_file: bool) -> None:
         )
     )
     path = tmp_path / ("m.safetensors" if single_file else "model_dir")
-    semask.save_model(model, path)
-    loaded = semask.load_model(path)
+    model.save_pretrained(path)
+    loaded = semask.load(path)
     assert loaded.config == model.config
     x = torch.randn(1, 3, 50, 50)
     with torch.inference_mode():
@@ -160,19 +160,19 @@ def test_save_load_round_trip(tmp_path, single_file: bool) -> None:
 
 
 def test_load_model_errors(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+    with pytest.raises(CheckpointError, match="a folder without config.json"):
         (tmp_path / "empty").mkdir()
-        semask.load_model(tmp_path / "empty")
+        semask.load(tmp_path / "empty")
     model = semask.create_model("semask_swin_t_fpn", num_classes=3, **TINY)
-    semask.save_model(model, tmp_path / "a")
+    model.save_pretrained(tmp_path / "a")
     other = semask.create_model("semask_swin_t_fpn", num_classes=4, **TINY)
-    semask.save_model(other, tmp_path / "b")
+    other.save_pretrained(tmp_path / "b")
     (tmp_path / "a" / "model.safetensors").replace(tmp_path / "b" / "model.safetensors")
     with pytest.raises(
         CheckpointError,
         match=r"18 mis-shaped keys:(\n.*)*layers.0.semantic_layer.class_injection.0.mlp_cls_q.weight: checkpoint \(3, 16\) vs model \(4, 16\)",
     ):
-        semask.load_model(tmp_path / "b")
+        semask.load(tmp_path / "b")
 
 
 def test_official_strict_load_lists_bad_keys(tmp_path) -> None:
@@ -182,7 +182,7 @@ def test_official_strict_load_lists_bad_keys(tmp_path) -> None:
     sd["decode_head.extra.weight"] = torch.zeros(1)
     torch.save({"state_dict": sd, "meta": {}}, tmp_path / "ck.pth")
     with pytest.raises(CheckpointError) as info:
-        semask.load_official_checkpoint(tmp_path / "ck.pth")
+        semask.load(tmp_path / "ck.pth")
     msg = str(info.value)
     assert "1 missing keys:\n    backbone.norm2.weight" in msg
     assert "1 unexpected keys:\n    decode_head.extra.weight" in msg
@@ -191,15 +191,15 @@ def test_official_strict_load_lists_bad_keys(tmp_path) -> None:
 def test_official_inference_of_architecture(tmp_path) -> None:
     sd = to_official(semask.create_model("semask_swin_t_fpn", num_classes=19, **{**TINY, "window_size": 12}))
     torch.save(sd, tmp_path / "bare.pth")  # a bare state dict also loads
-    model = semask.load_official_checkpoint(tmp_path / "bare.pth")
+    model = semask.load(tmp_path / "bare.pth")
     assert (model.config.num_classes, model.config.window_size, model.config.decoder_channels) == (19, 12, 16)
     assert model.config.semantic_global_stages == ()  # K = 19 -> windowed everywhere
-    assert semask.load_official_checkpoint(
+    assert semask.load(
         tmp_path / "bare.pth", semantic_global_stages=(3,)
     ).config.semantic_global_stages == (3,)
     base = to_official(semask.create_model("swin_t_fpn", num_classes=150, **TINY))
     torch.save({"state_dict": base}, tmp_path / "swin.pth")
-    assert not semask.load_official_checkpoint(tmp_path / "swin.pth").config.is_semask
+    assert not semask.load(tmp_path / "swin.pth").config.is_semask
 
 
 def test_refuses_to_unpickle_code(tmp_path) -> None:
@@ -208,11 +208,11 @@ def test_refuses_to_unpickle_code(tmp_path) -> None:
             return (print, ("pwned",))
 
     torch.save({"state_dict": {"w": torch.zeros(1)}, "meta": {"obj": Evil()}}, tmp_path / "evil.pth")
-    with pytest.raises(CheckpointError, match="refuses to unpickle"):
-        semask.load_official_checkpoint(tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="refused: it would run code"):
+        semask.load(tmp_path / "evil.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pth"):
-        semask.load_official_checkpoint(tmp_path / "junk.pth")
+        semask.load(tmp_path / "junk.pth")
 
 
 def _imagenet_swin_state_dict(window: int) -> dict[str, torch.Tensor]:

@@ -75,7 +75,7 @@ def test_official_checkpoint_file_round_trip(tmp_path) -> None:
     palette = [[i * 40, 255 - i * 40, 7] for i in range(5)]
     path = tmp_path / "semfpn_semask_swin_tiny_ade20k.pth"
     torch.save({"state_dict": sd, "meta": {"CLASSES": tuple(names), "PALETTE": palette, "iter": 80000}}, path)
-    loaded = semask.load_official_checkpoint(path, semantic_global_stages=(2, 3), drop_path_rate=0.0).eval()
+    loaded = semask.load(path, semantic_global_stages=(2, 3), drop_path_rate=0.0).eval()
     assert loaded.config.class_names == names and loaded.config.palette == palette
     assert loaded.config.embed_dim == 16 and loaded.config.depths == (2, 2, 2, 2)
     assert loaded.config.num_heads == (1, 2, 2, 4) and loaded.config.num_semantic_blocks == (1, 1, 1, 1)

@@ -21,7 +21,6 @@ from semask.engine.checkpoint import (
     CheckpointManager,
     TrainingCheckpointError,
     atomic_save,
-    load_model_from_checkpoint,
     load_training_checkpoint,
 )
 from semask.engine.distributed import ShardedBatchSampler
@@ -239,9 +238,9 @@ def test_resume_continues_exactly(data_root: Path, tmp_path: Path, monkeypatch: 
     assert straight["best"] == resumed["best"]
     assert straight["parameter_digests"] == resumed["parameter_digests"]
     # the exported model equals the final checkpoint weights
-    exported = semask.load_model(tmp_path / "resumed" / "model")
+    exported = semask.load(tmp_path / "resumed" / "model")
     assert all(torch.equal(v, b["model"][k]) for k, v in exported.state_dict().items())
-    best = load_model_from_checkpoint(tmp_path / "resumed" / "checkpoints" / "best.pth")
+    best = semask.load(tmp_path / "resumed" / "checkpoints" / "best.pth")
     assert best.config.num_classes == 5 and best.config.class_names == ["sea", "land", "boat", "car", "buoy"]
 
 
@@ -303,7 +302,7 @@ def test_two_process_gloo_training_keeps_replicas_identical(data_root: Path, tmp
     assert len(digests) == 2 and digests[0] == digests[1]
     state = load_training_checkpoint(tmp_path / "ddp" / "checkpoints" / "latest.pth")
     assert state["iteration"] == 3 and len(state["rng"]) == 2
-    model = load_model_from_checkpoint(tmp_path / "ddp" / "checkpoints" / "latest.pth")
+    model = semask.load(tmp_path / "ddp" / "checkpoints" / "latest.pth")
     digest = hashlib.sha256()
     for param in model.parameters():
         digest.update(param.detach().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -96,8 +96,10 @@ def resize_image(
     right -= out
     right *= wx[None, :, None]
     out += right
-    out += 0.5  # values stay in [0, 255]: truncating x + 0.5 rounds half up
-    return out.astype(np.uint8)
+    if image.dtype == np.float32:  # float bands are kept as they are
+        return out
+    out += 0.5  # values stay in the integer type's range: truncating x + 0.5 rounds half up
+    return out.astype(image.dtype)
 
 
 def _linear_taps(src: int, dst: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -258,9 +260,15 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
-def _check_image(image: np.ndarray, label: np.ndarray | None) -> None:
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image.dtype} array of shape {image.shape}")
+_PIXEL_TYPES = (np.uint8, np.uint16, np.float32)  # 8-bit RGB; multi-band/16-bit/float imagery
+
+
+def _check_image(image: np.ndarray, label: np.ndarray | None, channels: int = 3) -> None:
+    if image.dtype not in _PIXEL_TYPES or image.ndim != 3 or image.shape[2] != channels:
+        raise ValueError(
+            f"expected an HxWx{channels} uint8 image ({'RGB' if channels == 3 else 'bands'}; uint16 and float32 "
+            f"are read too), got {image.dtype} array of shape {image.shape}; mean/std give {channels} channel(s)"
+        )
     if label is not None and label.shape != image.shape[:2]:
         raise ValueError(f"label shape {label.shape} does not match image size {image.shape[:2]}")
 
@@ -305,8 +313,8 @@ class TrainTransform:
             raise ValueError(f"ratio_range must be (lo, hi) with 0 < lo <= hi, got {ratio_range!r}")
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values each (std > 0), got {mean!r}, {std!r}")
+        if not len(mean) or len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(f"mean and std need one value per input channel each (std > 0), got {mean!r}, {std!r}")
         self.crop_size = None if crop_size is None else _pair(crop_size, "crop_size")
         self.scale = _pair(scale, "scale")
         self.ratio_range = None if ratio_range is None else (float(ratio_range[0]), float(ratio_range[1]))
@@ -326,7 +334,7 @@ class TrainTransform:
         return self.ratios[int(rng.integers(len(self.ratios)))]
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        _check_image(image, label)
+        _check_image(image, label, len(self.mean))
         size = rescale_size(image.shape[:2], scaled(self.scale, self.sample_ratio(rng)))
         label = resize_label(label, size)
         window = (0, 0, *size)
@@ -338,6 +346,11 @@ class TrainTransform:
         if rng.random() < self.flip_prob:
             image, label = image[:, ::-1], label[:, ::-1]
         if self.photometric:
+            if image.dtype != np.uint8 or image.shape[2] != 3:
+                raise ValueError(
+                    f"the photometric distortion works on 8-bit RGB images, not {image.shape[2]}-channel "
+                    f"{image.dtype} ones; set data.photometric: false"
+                )
             image = photometric_distortion(image, rng)
         chw = normalize(image, self.mean, self.std)
         label = label.astype(np.int64)
@@ -373,8 +386,8 @@ class TestTransform:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values each (std > 0), got {mean!r}, {std!r}")
+        if not len(mean) or len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(f"mean and std need one value per input channel each (std > 0), got {mean!r}, {std!r}")
         self.scale = None if scale is None else _pair(scale, "scale")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -391,7 +404,7 @@ class TestTransform:
     def __call__(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        _check_image(image, label)
+        _check_image(image, label, len(self.mean))
         return normalize(self.resize(image), self.mean, self.std), label.astype(np.int64)
 
     def __repr__(self) -> str:

@@ -6,6 +6,8 @@ in overlays.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,7 +72,24 @@ def save_label_png(path: str | Path, label: np.ndarray) -> Path:
         raise ValueError(
             f"cannot save ids {int(label.min())}..{int(label.max())} to {path}: 8-bit PNG labels hold 0..255"
         )
+    return save_png(path, label.astype(np.uint8))
+
+
+def save_png(path: str | Path, array: np.ndarray) -> Path:
+    """Write a uint8 array as PNG atomically (a temporary file in the same folder, then
+    ``os.replace``): a crash or a second writer never leaves a half-written file at ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(label.astype(np.uint8)).save(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the usual permissions
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as handle:
+            Image.fromarray(array).save(handle, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

@@ -8,6 +8,7 @@ data position (epoch + batches consumed) and the RNG states of every rank.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -41,10 +42,17 @@ class TrainingCheckpointError(ValueError):
     """A training checkpoint that cannot be read or does not fit; the message names the file."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, ...); the message names the file and says
+    that the files written before are intact (writes are atomic)."""
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temp file in the target dir, fsync, then ``os.replace``.
 
-    A crash mid-write leaves the previous file intact instead of a truncated one.
+    A crash mid-write leaves the previous file intact instead of a truncated one; a failed
+    write (a full disk: ``OSError`` errno 28, or torch's ``RuntimeError`` "file write failed")
+    removes the temp file and raises :class:`CheckpointWriteError` naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,11 +63,31 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        kept = sorted(p.name for p in path.parent.glob("*.pth"))
+        error = CheckpointWriteError(
+            f"could not write checkpoint {path}: {exc}. The earlier checkpoints in {path.parent} are intact "
+            f"({', '.join(kept) or 'none yet'}); free some space and continue with --resume"
+        )
+        error.errno = getattr(exc, "errno", None) or errno.EIO
+        raise error from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the ``.*.tmp`` files an interrupted :func:`atomic_save` left in ``directory``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = sorted(p for p in directory.glob(".*.tmp") if p.is_file() or p.is_symlink())
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -78,15 +106,18 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise TrainingCheckpointError(f"training checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, truncated write, or pickled code we refuse to run
-        raise TrainingCheckpointError(f"cannot read training checkpoint {path}: {exc}") from exc
+    from ..models.base import CheckpointError
+    from ..models.io import torch_load
+
+    try:  # says why: an empty file, a truncated write, pickled code we refuse to run
+        state = torch_load(path)
+    except CheckpointError as exc:
+        raise TrainingCheckpointError(f"cannot read training checkpoint: {exc}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = sorted(state)[:10] if isinstance(state, dict) else type(state).__name__
         raise TrainingCheckpointError(
             f"{path} is not a semask training checkpoint (top-level keys: {found}); for an official "
-            "or exported model use semask.load_model / ModelConfig.pretrained instead"
+            "or exported model use semask.load / model.pretrained instead"
         )
     if state.get("version") != VERSION:
         raise TrainingCheckpointError(f"{path} has checkpoint version {state.get('version')}, expected {VERSION}")
@@ -98,18 +129,9 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_from_state(state: dict[str, Any], source: str) -> nn.Module:
     """Rebuild the model a training checkpoint holds (architecture from ``model_config``), strictly."""
-    from ..hub import config_from_dict
-    from ..models.base import load_state_dict_strict
-    from ..models.registry import build_model
+    from ..models.io import model_from_config_and_state
 
-    model = build_model(config_from_dict(state["model_config"]))
-    load_state_dict_strict(model, state["model"], source)
-    return model
-
-
-def load_model_from_checkpoint(path: str | Path) -> nn.Module:
-    """The model (eval mode) of a training checkpoint such as ``best.pth``, for evaluation or prediction."""
-    return model_from_state(load_training_checkpoint(path), str(path)).eval()
+    return model_from_config_and_state(state["model_config"], state["model"], source)
 
 
 # ----------------------------------------------------------------------------- RNG states

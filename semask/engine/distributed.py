@@ -58,9 +58,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but CUDA is not available; use device=cpu or auto")
+            raise ValueError("train.device=cuda but CUDA is not available here; use train.device=cpu or auto")
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(
+            raise ValueError(
                 f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible"
             )
         torch.cuda.set_device(local_rank)

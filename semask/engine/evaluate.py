@@ -47,6 +47,8 @@ def evaluate(
     num_workers: int = 0,
     pred_dir: str | Path | None = None,
     out_json: str | Path | None = None,
+    confusion_png: str | Path | None = None,
+    normalize_confusion: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """mIoU / mAcc / aAcc (percent) and per-class IoU / Acc of ``model`` on ``dataset``.
@@ -56,7 +58,10 @@ def evaluate(
     ``dataset`` is a :class:`semask.data.SegmentationDataset` (raw samples come from its
     ``load_sample``, so its own transform is not used). The model runs on the device of its
     parameters, in eval mode. ``pred_dir`` also saves the predicted class ids as PNGs named
-    like the images (for ``semask score``); ``out_json`` writes the returned dict.
+    like the images (for ``semask score``); ``out_json`` writes the returned dict (with the
+    ``confusion_matrix``, rows ground truth, columns prediction); ``confusion_png`` draws that
+    matrix as a heatmap with the class names on the axes (``normalize_confusion``: each row
+    divided by its pixel count). Pixels labelled ``dataset.ignore_index`` are not counted.
     Under DDP (``info``) every process takes a contiguous share and the counts are summed.
     """
     from ..data.visualize import save_label_png
@@ -75,7 +80,7 @@ def evaluate(
         num_workers=num_workers,
         generator=torch.Generator(),  # never touch the global RNG (its state is checkpointed)
     )
-    accumulator = IoUAccumulator(config.num_classes)
+    accumulator = IoUAccumulator(config.num_classes, getattr(dataset, "ignore_index", 255))
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -102,7 +107,9 @@ def evaluate(
             save_label_png(Path(pred_dir) / f"{dataset.name(int(index))}.png", pred)
     model.train(was_training)
     if info is not None:
-        accumulator.counts = all_reduce_sum({"counts": accumulator.counts}, info)["counts"].astype(np.int64)
+        summed = all_reduce_sum({"counts": accumulator.counts, "confusion": accumulator.confusion}, info)
+        accumulator.counts = summed["counts"].astype(np.int64)
+        accumulator.confusion = summed["confusion"].astype(np.int64)
     result = accumulator.compute()
     result.update(
         num_images=len(dataset),
@@ -120,6 +127,12 @@ def evaluate(
     if out_json is not None and is_main:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
+    if confusion_png is not None and is_main:
+        from .metrics import plot_confusion_matrix
+
+        plot_confusion_matrix(
+            result["confusion_matrix"], dataset.class_names, confusion_png, normalize_rows=normalize_confusion
+        )
     return result
 
 

@@ -17,6 +17,15 @@ already-normalised tensor, so it resizes that tensor bilinearly by each ratio (n
 ``int(side * ratio + 0.5)``), which can differ from the protocol by a pixel of size and by
 uint8 rounding.
 
+Memory: :func:`predict_image` with one scale and no flip never holds K x H x W scores at the
+original size. Slide mode at the original size (``scale=None``) sums windows into a band of
+``crop height`` rows and reduces finished rows to their argmax; otherwise the logits at the
+model's input size (bounded by ``scale``) are resized to the original size a few classes at a
+time with a running argmax. The class ids equal those of argmax(softmax(resized logits)) except
+where two classes' scores tie to float32 rounding (softmax can round distinct logits to equal
+probabilities; the logits' argmax then takes the larger one, softmax's the lower id). Multi-scale
+and flip testing average probabilities at the original size and do need K x H x W floats.
+
 The model is any callable mapping a (B, 3, h, w) tensor to an object with a ``.logits``
 (B, K, h', w') tensor; logits at another size than the input are resized to the input size.
 """
@@ -205,13 +214,93 @@ def predict_image(
     """
     _check_call(model, mode, crop_size, stride, scales)
     image = np.asarray(image_rgb_uint8)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+    bands = len(mean)  # 3 for RGB models; in_channels for multi-band ones (uint16/float32 allowed)
+    if bands == 3 and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3):
         raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {image.dtype} of shape {image.shape}")
+    if image.dtype not in (np.uint8, np.uint16, np.float32) or image.ndim != 3 or image.shape[2] != bands:
+        raise ValueError(
+            f"image must be an (H, W, {bands}) array of uint8, uint16 or float32 bands, got {image.dtype} "
+            f"of shape {image.shape}"
+        )
     transform = TestTransform(scale, mean, std)
     device = _model_device(model)
     inputs = (
         torch.from_numpy(normalize(transform.resize(image, ratio), mean, std))[None].to(device) for ratio in scales
     )
     size = (image.shape[0], image.shape[1])
+    if len(scales) == 1 and not flip:  # memory bounded (module docstring, "Memory")
+        x = next(iter(inputs))
+        if mode == "slide" and tuple(x.shape[-2:]) == size:
+            return _slide_argmax(model, x, crop_size, stride, num_classes).cpu().numpy()
+        logits = _forward(model, x, mode, crop_size, stride, num_classes)
+        return _resized_argmax(logits, size).cpu().numpy()
     probs = _average_probabilities(model, inputs, flip, size, mode, crop_size, stride, num_classes)
     return probs.argmax(dim=1)[0].cpu().numpy()
+
+
+#: Elements (float32) of one class chunk in :func:`_resized_argmax`: 2**25 = 128 MiB.
+RESIZE_CHUNK_ELEMENTS = 2**25
+
+
+def _resized_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """(H, W) argmax over classes of ``logits`` (1, K, h, w) bilinearly resized to ``size``.
+
+    The resize runs on a few classes at a time (each class is resized exactly as in one call)
+    and keeps a running maximum, so memory is ``RESIZE_CHUNK_ELEMENTS`` floats plus two (H, W)
+    maps instead of K x H x W. Ties go to the lower class id, as ``argmax`` does.
+    """
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits[0].argmax(dim=0)
+    num_classes = logits.shape[1]
+    chunk = max(1, min(num_classes, RESIZE_CHUNK_ELEMENTS // (size[0] * size[1])))
+    best_value: Tensor | None = None
+    best_index: Tensor | None = None
+    for start in range(0, num_classes, chunk):
+        part = _resize(logits[:, start : start + chunk], size)[0]
+        index = part.argmax(dim=0)
+        value = part.gather(0, index[None])[0]
+        if best_value is None or best_index is None:
+            best_value, best_index = value, index
+            continue
+        better = value > best_value
+        best_value = torch.where(better, value, best_value)
+        best_index = torch.where(better, index + start, best_index)
+    assert best_index is not None
+    return best_index
+
+
+def _slide_argmax(model: Model, x: Tensor, crop_size: Any, stride: Any, num_classes: int | None) -> Tensor:
+    """(H, W) argmax of sliding-window logits of one image (B = 1), band by band.
+
+    Windows are visited in the order :func:`_forward` visits them and summed into an
+    accumulator of only ``crop height`` rows: once a row of windows starts below a pixel row,
+    no later window covers it, so that row is averaged, reduced to its argmax and its memory
+    reused. Per pixel the sums are the same additions in the same order as the whole-image
+    accumulator, so the averages are bit-identical.
+    """
+    h, w = x.shape[-2:]
+    windows = slide_windows((h, w), crop_size, stride)
+    rows = min(_pair(crop_size, "crop_size")[0], h)
+    out = torch.empty((h, w), dtype=torch.int64, device=x.device)
+    total: Tensor | None = None
+    count = x.new_zeros((rows, w), dtype=torch.float32)
+    base = 0  # image row of the accumulator's first row
+    for y1, y2, x1, x2 in windows:
+        window = _logits(model, x[..., y1:y2, x1:x2], num_classes)[0]
+        if total is None:
+            total = x.new_zeros((window.shape[0], rows, w), dtype=torch.float32)
+        if y1 > base:  # rows base..y1 are complete: reduce them, shift the rest up
+            done = y1 - base
+            out[base:y1] = (total[:, :done] / count[:done]).argmax(dim=0)
+            keep = rows - done
+            for row in range(keep):  # shift up in place, row by row (no second buffer)
+                total[:, row] = total[:, row + done]
+            total[:, keep:] = 0
+            count[:keep] = count[done:].clone()
+            count[keep:] = 0
+            base = y1
+        total[:, y1 - base : y2 - base, x1:x2] += window
+        count[y1 - base : y2 - base, x1:x2] += 1
+    assert total is not None  # there is always at least one window
+    out[base:] = (total[:, : h - base] / count[: h - base]).argmax(dim=0)
+    return out

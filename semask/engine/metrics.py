@@ -183,29 +183,7 @@ def plot_confusion_matrix(
     ``normalize_rows`` divides each row by its sum (rows with no pixels stay 0), so a cell is
     the fraction of that ground-truth class predicted as the column class. Written atomically.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    values = np.asarray(matrix, dtype=np.float64)
-    k = len(class_names)
-    if values.shape != (k, k):
-        raise ValueError(f"confusion matrix has shape {values.shape} but there are {k} class names")
-    if normalize_rows:
-        totals = values.sum(axis=1, keepdims=True)
-        values = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
-    size = max(4.0, 0.35 * k + 2)
-    fig = Figure(figsize=(size + 1, size))
-    ax = fig.add_subplot()
-    image = ax.imshow(values, cmap="Blues", interpolation="nearest")
-    fig.colorbar(image, ax=ax)
-    ax.set_xticks(range(k), list(class_names), rotation=90, fontsize=8)
-    ax.set_yticks(range(k), list(class_names), fontsize=8)
-    ax.set_xlabel("prediction")
-    ax.set_ylabel("ground truth")
-    ax.set_title("confusion matrix" + (" (row-normalised)" if normalize_rows else ""))
-    fig.tight_layout()
+    fig = confusion_figure(matrix, class_names, normalize_rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -217,6 +195,46 @@ def plot_confusion_matrix(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def normalize_confusion_rows(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (the recall of that ground-truth class per column); empty rows stay 0."""
+    values = np.asarray(matrix, dtype=np.float64)
+    totals = values.sum(axis=1, keepdims=True)
+    return np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
+
+
+def confusion_figure(
+    matrix: Sequence[Sequence[float]] | np.ndarray, class_names: Sequence[str], normalize_rows: bool = False
+) -> Any:
+    """The matplotlib Figure that :func:`plot_confusion_matrix` saves (class names as tick labels)."""
+    from matplotlib.figure import Figure  # the object API needs no backend / pyplot state
+
+    values = np.asarray(matrix, dtype=np.float64)
+    k = len(class_names)
+    if values.shape != (k, k):
+        raise ValueError(f"confusion matrix has shape {values.shape} but there are {k} class names")
+    if normalize_rows:
+        values = normalize_confusion_rows(values)
+    size = max(4.0, 0.35 * k + 2)
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap="Blues", interpolation="nearest")
+    fig.colorbar(image, ax=ax)
+    ax.set_xticks(range(k), list(class_names), rotation=90, fontsize=8)
+    ax.set_yticks(range(k), list(class_names), fontsize=8)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title("confusion matrix" + (" (row-normalised)" if normalize_rows else ""))
+    if k <= 30:  # write the numbers into the cells while they stay readable
+        top = values.max() if values.size else 0
+        for i in range(k):
+            for j in range(k):
+                text = f"{values[i, j]:.2f}" if normalize_rows else f"{int(values[i, j])}"
+                colour = "white" if top and values[i, j] > top / 2 else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize=6, color=colour)
+    fig.tight_layout()
+    return fig
 
 
 def _index_pngs(folder: Path, suffix: str, what: str) -> dict[str, Path]:

@@ -13,8 +13,7 @@ from PIL import Image
 from torch import nn
 
 from ..config import ExperimentConfig
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from ..data.datasets import IMAGE_SUFFIXES  # one list for training folders, eval and predict
 
 
 def load_rgb(image: str | os.PathLike[str] | Image.Image | np.ndarray) -> np.ndarray:
@@ -23,8 +22,10 @@ def load_rgb(image: str | os.PathLike[str] | Image.Image | np.ndarray) -> np.nda
         from ..data.datasets import read_image
 
         return read_image(image)
-    if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
+    if isinstance(image, Image.Image):  # upright and 8-bit, as a file path would be read
+        from ..data.datasets import image_to_rgb
+
+        return image_to_rgb(image, "the PIL image")
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(
@@ -34,30 +35,55 @@ def load_rgb(image: str | os.PathLike[str] | Image.Image | np.ndarray) -> np.nda
     return array
 
 
-def load_model_any(path: str | os.PathLike[str]) -> tuple[nn.Module, ExperimentConfig | None]:
-    """A model (eval mode) from a semask model folder / ``.safetensors``, a training checkpoint or an
-    official ``.pth``.
+def load_input(image: str | os.PathLike[str] | Image.Image | np.ndarray, in_channels: int = 3) -> np.ndarray:
+    """What a model with ``in_channels`` inputs takes: :func:`load_rgb` for 3, else the (H, W, C)
+    bands of a file (:func:`semask.data.datasets.read_bands`) or of an array."""
+    if in_channels == 3:
+        return load_rgb(image)
+    if isinstance(image, (str, os.PathLike)):
+        from ..data.datasets import read_bands
 
-    For a training checkpoint the run's config comes too, so evaluation and prediction can use
-    its dataset and test protocol (``semask eval work_dir/checkpoints/best.pth``).
+        return read_bands(image, in_channels)
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] != in_channels:
+        raise ValueError(f"the model takes {in_channels} band(s); got an array of shape {array.shape}")
+    return array
+
+
+def preview_rgb(image: np.ndarray) -> np.ndarray:
+    """An 8-bit RGB picture of model input ``image`` for overlays: RGB uint8 as is; otherwise the
+    first three bands (one band: grey), each stretched from its min..max to 0..255."""
+    if image.dtype == np.uint8 and image.shape[2] == 3:
+        return image
+    bands = image[..., :3].astype(np.float64)
+    if bands.shape[2] < 3:
+        bands = np.repeat(bands[..., :1], 3, axis=2)
+    low, high = bands.min(axis=(0, 1)), bands.max(axis=(0, 1))
+    scaled = (bands - low) / np.where(high > low, high - low, 1.0) * 255.0
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def load_model_any(spec: str | os.PathLike[str]) -> tuple[nn.Module, ExperimentConfig | None]:
+    """A model (eval mode) from anything :func:`semask.models.load` reads, plus the run settings
+    that come with it: a training checkpoint's config, or a registered checkpoint's dataset and
+    test protocol (so ``semask eval semask_swin_t_fpn.ade20k --data-root R`` runs the paper's test).
     """
-    import semask
+    from ..models.io import load_with_meta
 
-    from .checkpoint import TrainingCheckpointError, load_training_checkpoint, model_from_state
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model {path} does not exist (expected a semask model folder or a checkpoint file)")
-    if path.is_dir() or path.suffix == ".safetensors":
-        return semask.load_model(path), None
-    try:
-        state = load_training_checkpoint(path)
-    except TrainingCheckpointError as exc:
-        if "is not a semask training checkpoint" not in str(exc):
-            raise
-        return semask.load_official_checkpoint(path).eval(), None
-    cfg = ExperimentConfig.from_dict(state["config"], source=f"{path} (embedded config)")
-    return model_from_state(state, str(path)).eval(), cfg
+    model, meta = load_with_meta(spec)
+    if "config" in meta:
+        return model, ExperimentConfig.from_dict(meta["config"], source=f"{spec} (embedded config)")
+    pretrained = meta.get("pretrained_cfg")
+    if pretrained is not None and pretrained.dataset is not None:
+        run = {
+            "model": {"name": pretrained.preset},
+            "data": {"type": pretrained.dataset, "val_split": "val", "num_classes": pretrained.num_classes},
+            "eval": dict(pretrained.eval),
+        }
+        return model, ExperimentConfig.from_dict(run, source=f"{spec} (registered test protocol)")
+    return model, None
 
 
 def predict(
@@ -84,7 +110,7 @@ def predict(
     config = model.config  # type: ignore[union-attr]
     return predict_image(
         model,
-        load_rgb(image),
+        load_input(image, getattr(config, "in_channels", 3)),
         config.mean,
         config.std,
         scale,
@@ -119,6 +145,19 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return found
 
 
+class UnreadableImagesError(ValueError):
+    """Some inputs of :func:`predict_folder` could not be read; the others were written.
+
+    ``written`` lists the written files (as :func:`predict_folder` returns them), ``failed``
+    the (image path, reason) pairs.
+    """
+
+    def __init__(self, message: str, written: list[dict[str, Path]], failed: list[tuple[Path, str]]) -> None:
+        super().__init__(message)
+        self.written = written
+        self.failed = failed
+
+
 def predict_folder(
     model: nn.Module,
     inputs: Sequence[str | os.PathLike[str]],
@@ -126,6 +165,7 @@ def predict_folder(
     *,
     alpha: float = 0.5,
     progress: bool = True,
+    strict: bool = False,
     **options: Any,
 ) -> list[dict[str, Path]]:
     """Predict every image of ``inputs`` (files or folders) and write, per image NAME:
@@ -133,29 +173,53 @@ def predict_folder(
     ``labels/NAME.png`` (class ids, 8-bit), ``color/NAME.png`` (palette colours) and
     ``overlay/NAME.png`` (colours blended over the image with opacity ``alpha``).
     ``options`` go to :func:`predict` (scale, mode, crop_size, stride, scales, flip).
+
+    Each file is written atomically (temporary file + rename), so an interrupted or concurrent
+    run never leaves a truncated PNG. An image that cannot be read is skipped and the others
+    are predicted; at the end an :class:`UnreadableImagesError` lists the skipped ones
+    (``strict=True``: the first unreadable image stops the run at once).
     """
     from tqdm import tqdm
 
+    from ..data.datasets import DataError
     from ..data.palettes import default_palette
-    from ..data.visualize import colorize, overlay, save_label_png
+    from ..data.visualize import colorize, overlay, save_label_png, save_png
 
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     config = model.config  # type: ignore[union-attr]
     palette = config.palette or default_palette(config.num_classes)
     out_dir = Path(out_dir)
+    images = collect_images(inputs)
     for sub in ("labels", "color", "overlay"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in tqdm(collect_images(inputs), desc="predict", unit="img", disable=not progress):
-        image = load_rgb(path)
+    written: list[dict[str, Path]] = []
+    failed: list[tuple[Path, str]] = []
+    for path in tqdm(images, desc="predict", unit="img", disable=not progress):
+        try:
+            image = load_input(path, getattr(config, "in_channels", 3))
+        except DataError as exc:
+            if strict:
+                raise
+            failed.append((path, str(exc)))
+            continue
         with torch.inference_mode():
             label = predict(model, image, **options)
         files = {
             "image": path,
             "labels": save_label_png(out_dir / "labels" / f"{path.stem}.png", label),
-            "color": out_dir / "color" / f"{path.stem}.png",
-            "overlay": out_dir / "overlay" / f"{path.stem}.png",
+            "color": save_png(out_dir / "color" / f"{path.stem}.png", colorize(label, palette)),
+            "overlay": save_png(
+                out_dir / "overlay" / f"{path.stem}.png", overlay(preview_rgb(image), label, palette, alpha)
+            ),
         }
-        Image.fromarray(colorize(label, palette)).save(files["color"])
-        Image.fromarray(overlay(image, label, palette, alpha)).save(files["overlay"])
         written.append(files)
+    if failed:
+        lines = "\n  ".join(reason for _, reason in failed)
+        raise UnreadableImagesError(
+            f"{len(failed)} of {len(images)} image(s) could not be read and were skipped "
+            f"({len(written)} predicted into {out_dir}):\n  {lines}",
+            written,
+            failed,
+        )
     return written

@@ -22,7 +22,8 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(log_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write ``loss.png`` (total, main and semantic loss + lr) and, if evaluated, ``miou.png``."""
+    """Write ``loss.png`` (total, main and semantic loss + lr), ``lambda.png`` (lambda per stage, SeMask
+    models) and, if evaluated, ``miou.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,6 +52,21 @@ def plot_curves(log_path: str | Path, out_dir: str | Path) -> list[Path]:
         ax.set_title("training loss")
         fig.tight_layout()
         written.append(out_dir / "loss.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+    with_lambda = [r for r in train if r.get("lambda")]
+    if with_lambda:  # the learned lambda per stage (issue 14)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key in with_lambda[-1]["lambda"]:
+            ax.plot([r["iter"] for r in with_lambda], [r["lambda"].get(key) for r in with_lambda], label=key)
+        ax.axhspan(0.05, 0.3, color="green", alpha=0.08, label="paper: 0.05-0.3")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("lambda")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_title("semantic-layer lambda per stage")
+        fig.tight_layout()
+        written.append(out_dir / "lambda.png")
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
     val = [r for r in records if r["type"] == "val"]

@@ -1,14 +1,19 @@
-"""Pieces every semask model family shares: the config base, strict weight loading."""
+"""Pieces every semask model family shares: the config and model base classes, strict weight loading."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
 
 # ImageNet statistics in 0-255 RGB, used by every official SeMask / Swin / SegFormer recipe.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -31,8 +36,9 @@ class ModelConfig:
     num_classes: int = 150
     class_names: list[str] | None = None
     palette: list[list[int]] | None = None
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN  # one value per input channel
+    std: tuple[float, ...] = IMAGENET_STD
+    in_channels: int = 3  # input bands; != 3 adapts the patch embedding (see layers.adapt_input_conv)
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
@@ -43,6 +49,13 @@ class ModelConfig:
             raise ValueError(f"palette has {len(self.palette)} colours for {self.num_classes} classes")
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels or min(self.std) <= 0:
+            raise ValueError(
+                f"in_channels={self.in_channels} needs mean and std with one value per channel (std > 0), got "
+                f"mean={list(self.mean)}, std={list(self.std)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": self.model_type, **dataclasses.asdict(self)}
@@ -84,6 +97,19 @@ def tuple_field(*values: Any) -> Any:
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Load every tensor or fail with a message naming missing, unexpected and mis-shaped keys."""
+    load_state_dict_checked(model, state_dict, source)
+
+
+def load_state_dict_checked(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    may_start_fresh: Callable[[str], bool] = lambda key: False,
+    unused: Iterable[str] = (),
+) -> BackboneLoadReport:
+    """The one strict loader: every key must match except those ``may_start_fresh`` allows to be
+    missing (e.g. semantic layers absent from ImageNet weights); ``unused`` keys dropped by the
+    caller are only reported."""
     own = model.state_dict()
     missing = sorted(k for k in own if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in own)
@@ -92,9 +118,11 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         for k in own
         if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
     )
-    if missing or unexpected or mis_shaped:
-        raise CheckpointError(format_key_report(source, missing, unexpected, mis_shaped))
-    model.load_state_dict(state_dict, strict=True)
+    bad_missing = [k for k in missing if not may_start_fresh(k)]
+    if bad_missing or unexpected or mis_shaped:
+        raise CheckpointError(format_key_report(source, bad_missing, unexpected, mis_shaped))
+    model.load_state_dict(state_dict, strict=not missing)
+    return BackboneLoadReport(loaded=len(state_dict), missing=missing, unexpected=sorted(unused))
 
 
 def format_key_report(source: str, missing: list[str], unexpected: list[str], mis_shaped: list[str]) -> str:
@@ -104,3 +132,93 @@ def format_key_report(source: str, missing: list[str], unexpected: list[str], mi
             shown = "\n    ".join(keys[:25]) + (f"\n    ... and {len(keys) - 25} more" if len(keys) > 25 else "")
             lines.append(f"  {len(keys)} {title} keys:\n    {shown}")
     return "\n".join(lines)
+
+
+@dataclass
+class BackboneLoadReport:
+    """What an ImageNet initialisation did not fill (new SeMask parts) or did not use."""
+
+    loaded: int
+    missing: list[str]
+    unexpected: list[str]
+
+    def __str__(self) -> str:
+        return (
+            f"loaded {self.loaded} tensors; {len(self.missing)} start fresh "
+            f"({', '.join(sorted({k.split('.')[0] if k.startswith('norm') else k.split('.class_injection')[0] for k in self.missing}))}); "
+            f"{len(self.unexpected)} unused ({', '.join(self.unexpected[:6])}{'...' if len(self.unexpected) > 6 else ''})"
+        )
+
+
+class SeMaskModel(nn.Module):
+    """Base of every family: typed ``config``, loading and saving, and the trainer's hooks.
+
+    Subclasses set ``config_class`` and build ``self.backbone`` (the encoder); their ``forward``
+    takes ``(pixel_values, labels=None, output_semantic_logits=False)`` and returns a
+    :class:`~semask.models.outputs.SegmentationOutput`.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    # the official recipes exempt parameters whose names contain these from weight decay
+    no_weight_decay_keys: ClassVar[tuple[str, ...]] = ("absolute_pos_embed", "relative_position_bias_table", "norm")
+    backbone: nn.Module
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    # -------------------------------------------------------------- loading and saving
+    @classmethod
+    def from_pretrained(cls, spec: str | os.PathLike[str], **overrides: Any) -> SeMaskModel:
+        """Any name ``preset.tag`` or file :func:`semask.models.io.load` reads, checked to be a ``cls``."""
+        from .io import load
+
+        model = load(spec, **overrides)
+        if not isinstance(model, cls):
+            raise TypeError(f"{spec} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
+        """Weights + config: a folder (``model.safetensors`` + ``config.json``), or one ``.safetensors`` file."""
+        from .io import save
+
+        return save(self, path)
+
+    def load_backbone_weights(self, weights: str | os.PathLike[str]) -> Any:
+        """Initialise the encoder from ImageNet weights: a tag (``"imagenet"``), a name or a file.
+
+        Returns (and logs) a report of what starts fresh; anything else missing is an error.
+        """
+        from .io import read_checkpoint
+        from .pretrained import get_pretrained, is_pretrained_name, resolve_weights
+
+        spec = str(weights)
+        if not Path(spec).exists() and not is_pretrained_name(spec) and "/" not in spec and "." not in spec:
+            spec = f"{self.imagenet_name()}.{spec}"  # a bare tag
+        path = resolve_weights(get_pretrained(spec)) if is_pretrained_name(spec) else Path(spec)
+        if not path.exists():
+            raise FileNotFoundError(f"backbone weights {weights} are neither a file nor a registered name")
+        state_dict, _ = read_checkpoint(path)
+        report = self.load_backbone_state(state_dict, source=str(path))
+        logger.info("backbone initialised from %s: %s", weights, report)
+        return report
+
+    def load_backbone_state(self, state_dict: dict[str, Tensor], source: str) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} has no ImageNet loader")
+
+    def imagenet_name(self) -> str:
+        """Registry name of the encoder's ImageNet weights (e.g. ``swin_t``); families override."""
+        raise NotImplementedError(f"{type(self).__name__} has no ImageNet weights by name")
+
+    # -------------------------------------------------------------- trainer hooks
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters the official recipe trains without weight decay."""
+        return {n for n, _ in self.named_parameters() if any(k in n for k in self.no_weight_decay_keys)}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory in training: the encoder recomputes each stage in backward."""
+        self.backbone.set_grad_checkpointing(enable)  # type: ignore[operator]
+
+    def freeze_encoder(self, freeze: bool = True) -> None:
+        """Train only the decoder: the encoder's parameters get no gradients (none are computed)."""
+        self.backbone.requires_grad_(not freeze)

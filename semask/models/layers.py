@@ -115,3 +115,41 @@ def to_tensor_tuple(value: int | tuple[int, ...] | list[int], n: int, name: str)
     if len(value) != n:
         raise ValueError(f"{name} needs {n} values (one per stage), got {value}")
     return value
+
+
+def adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
+    """A first-layer conv weight (O, 3, kh, kw) trained on RGB, adapted to ``in_channels`` inputs
+    (the rule of timm's ``adapt_input_conv``):
+
+    * 1 channel: the sum over R, G, B (a grey image gives the activations of its RGB copy);
+    * C > 3 (e.g. 4-band or 12-band imagery): the RGB filters repeated ceil(C / 3) times along
+      the input axis, cut to C, then scaled by 3 / C so that the response to an input of equal
+      bands keeps its magnitude;
+    * 2 channels: the same repeat-and-scale rule (R, G scaled by 3/2);
+    * 3 channels: unchanged.
+    """
+    if weight.ndim != 4:
+        raise ValueError(f"expected a (out, in, kh, kw) conv weight, got shape {tuple(weight.shape)}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    if weight.shape[1] == in_channels:
+        return weight
+    if weight.shape[1] != 3:
+        raise ValueError(f"can only adapt RGB (3-channel) weights, got {weight.shape[1]} input channels")
+    dtype = weight.dtype
+    w = weight.float()
+    if in_channels == 1:
+        out = w.sum(dim=1, keepdim=True)
+    else:
+        repeat = -(-in_channels // 3)
+        out = w.repeat(1, repeat, 1, 1)[:, :in_channels] * (3.0 / in_channels)
+    return out.to(dtype)
+
+
+def adapt_first_conv_in_state(state_dict: dict[str, Tensor], own: dict[str, Tensor], key: str) -> None:
+    """Replace RGB weights ``state_dict[key]`` by :func:`adapt_input_conv` ones when the model's
+    ``own[key]`` takes another number of input channels (in place; nothing else changes)."""
+    if key in state_dict and key in own and state_dict[key].ndim == 4 and own[key].ndim == 4:
+        have, want = state_dict[key].shape[1], own[key].shape[1]
+        if have == 3 and want != 3:
+            state_dict[key] = adapt_input_conv(state_dict[key], want)

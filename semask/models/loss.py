@@ -1,10 +1,15 @@
-"""Cross-entropy for dense labels, with the two averaging conventions people compare against."""
+"""Losses for dense labels: the paper's cross-entropy (two averaging conventions) and, chosen by
+name from a config, weighted / label-smoothed CE, OHEM CE, focal, Dice, Lovasz-softmax and
+weighted sums of them (see :func:`build_loss`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .outputs import SegmentationOutput
 
@@ -60,3 +65,338 @@ def add_semantic_prior_loss(
         out.loss_semantic = segmentation_cross_entropy(out.semantic_logits, labels, reduction)
         out.loss = out.loss + semantic_loss_weight * out.loss_semantic
     return out
+
+
+# ----------------------------------------------------------------------------- configurable losses
+#
+# Every loss below maps (B, K, h, w) logits and (B, H, W) integer labels to a scalar; logits at
+# another size than the labels are bilinearly resized to them first, and pixels labelled
+# ``ignore_index`` never contribute. Pixel-averaged losses take ``reduction``: "all" divides
+# the summed pixel losses by all B*H*W pixels (mmseg 0.x, the paper's CE), "valid" by the
+# summed weights of the non-ignored pixels (torch's weighted mean; without class weights,
+# the number of non-ignored pixels).
+
+
+def _at_label_size(logits: Tensor, labels: Tensor) -> Tensor:
+    if logits.shape[-2:] != labels.shape[-2:]:
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    return logits.float()
+
+
+def _class_weight_tensor(class_weight: Sequence[float] | None, num_classes: int, like: Tensor) -> Tensor | None:
+    if class_weight is None:
+        return None
+    if len(class_weight) != num_classes:
+        raise ValueError(f"class_weight has {len(class_weight)} values for {num_classes} classes")
+    return torch.as_tensor(list(class_weight), dtype=torch.float32, device=like.device)
+
+
+class SegLoss(nn.Module):
+    """Base class: ``forward(logits, labels)`` -> scalar; see the section comment above."""
+
+    name = ""
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def _reduce(self, per_pixel: Tensor, weights: Tensor, reduction: str) -> Tensor:
+        """``per_pixel`` (B, H, W) losses (0 where ignored); ``weights`` the matching pixel weights."""
+        if reduction == "all":
+            return per_pixel.mean()
+        if reduction == "valid":
+            return per_pixel.sum() / weights.sum().clamp(min=1e-12)
+        raise ValueError(f"unknown loss reduction {reduction!r}; use 'all' or 'valid'")
+
+    def _pixel_weights(self, labels: Tensor, class_weight: Tensor | None) -> Tensor:
+        valid = labels != self.ignore_index
+        if class_weight is None:
+            return valid.float()
+        return class_weight[labels.long().clamp(0, len(class_weight) - 1)] * valid
+
+
+class CrossEntropyLoss(SegLoss):
+    """Softmax cross-entropy with optional per-class weights and label smoothing (torch's rule:
+    target ``(1 - eps) * onehot + eps / K``, each class's term weighted by its class weight)."""
+
+    name = "ce"
+
+    def __init__(
+        self,
+        class_weight: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        reduction: str = "all",
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__(ignore_index)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        check_reduction(reduction)
+        self.class_weight = None if class_weight is None else [float(w) for w in class_weight]
+        self.label_smoothing = float(label_smoothing)
+        self.reduction = reduction
+
+    def pixel_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """(B, H, W) per-pixel CE (0 on ignored pixels), logits already at the label size."""
+        weight = _class_weight_tensor(self.class_weight, logits.shape[1], logits)
+        return F.cross_entropy(
+            logits,
+            labels.long(),
+            weight=weight,
+            ignore_index=self.ignore_index,
+            reduction="none",
+            label_smoothing=self.label_smoothing,
+        )
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        logits = _at_label_size(logits, labels)
+        weight = _class_weight_tensor(self.class_weight, logits.shape[1], logits)
+        return self._reduce(self.pixel_losses(logits, labels), self._pixel_weights(labels, weight), self.reduction)
+
+
+class OhemCrossEntropyLoss(CrossEntropyLoss):
+    """Cross-entropy on the hard pixels only, as mmseg's ``OHEMPixelSampler(thresh, min_kept)``.
+
+    Per batch, with p the softmax probability of each valid pixel's true class, sorted
+    ascending: ``threshold = max(thresh, p_sorted[min(min_kept * B, n_valid - 1)])``, and the
+    pixels with ``p < threshold`` are kept (weight 1), all others get weight 0. So at least
+    about ``min_kept`` pixels per image are trained on, plus every pixel less confident than
+    ``thresh``. The CE of the kept pixels is then reduced as ``reduction`` says ("all": over
+    all pixels, as mmseg; "valid": over the kept pixels' weights).
+    """
+
+    name = "ohem"
+
+    def __init__(
+        self,
+        thresh: float = 0.7,
+        min_kept: int = 100000,
+        class_weight: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        reduction: str = "all",
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__(class_weight, label_smoothing, reduction, ignore_index)
+        if not 0.0 < thresh <= 1.0 or min_kept < 0:
+            raise ValueError(f"OHEM needs 0 < thresh <= 1 and min_kept >= 0, got {thresh}, {min_kept}")
+        self.thresh = float(thresh)
+        self.min_kept = int(min_kept)
+
+    def kept(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """(B, H, W) float mask of the pixels OHEM trains on (logits at the label size)."""
+        with torch.no_grad():
+            valid = labels != self.ignore_index
+            target = torch.where(valid, labels.long(), torch.zeros_like(labels, dtype=torch.long))
+            prob = logits.softmax(1).gather(1, target.unsqueeze(1)).squeeze(1)
+            valid_prob = prob[valid]
+            keep = torch.zeros_like(prob)
+            if valid_prob.numel() == 0:
+                return keep
+            ordered = valid_prob.sort().values
+            floor = ordered[min(self.min_kept * labels.shape[0], ordered.numel() - 1)]
+            threshold = torch.clamp(floor, min=self.thresh)
+            keep[valid] = (valid_prob < threshold).float()
+            return keep
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        logits = _at_label_size(logits, labels)
+        keep = self.kept(logits, labels)
+        weight = _class_weight_tensor(self.class_weight, logits.shape[1], logits)
+        return self._reduce(
+            self.pixel_losses(logits, labels) * keep, self._pixel_weights(labels, weight) * keep, self.reduction
+        )
+
+
+class FocalLoss(SegLoss):
+    """Softmax focal loss (Lin et al. 2017): ``-w_y * (1 - p_y) ** gamma * log p_y`` per pixel,
+    ``w`` the optional class weights (the alpha of the paper); ``gamma=0`` is plain CE."""
+
+    name = "focal"
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        class_weight: Sequence[float] | None = None,
+        reduction: str = "all",
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__(ignore_index)
+        if gamma < 0:
+            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+        check_reduction(reduction)
+        self.gamma = float(gamma)
+        self.class_weight = None if class_weight is None else [float(w) for w in class_weight]
+        self.reduction = reduction
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        logits = _at_label_size(logits, labels)
+        valid = labels != self.ignore_index
+        target = torch.where(valid, labels.long(), torch.zeros_like(labels, dtype=torch.long))
+        log_p = logits.log_softmax(1).gather(1, target.unsqueeze(1)).squeeze(1)
+        weight = _class_weight_tensor(self.class_weight, logits.shape[1], logits)
+        pixel_weight = self._pixel_weights(labels, weight)
+        per_pixel = torch.where(valid, -((1 - log_p.exp()) ** self.gamma) * log_p * pixel_weight, 0.0)
+        return self._reduce(per_pixel, pixel_weight, self.reduction)
+
+
+class DiceLoss(SegLoss):
+    """Soft Dice on softmax probabilities p and one-hot targets t over the non-ignored pixels:
+    per image b and class c, ``d = (2 * sum p*t + smooth) / (sum p**exponent + sum t**exponent + smooth)``,
+    loss = ``1 - mean over b and c of d`` (class weights, if given, weight that mean:
+    ``sum_c w_c d / sum_c w_c``)."""
+
+    name = "dice"
+
+    def __init__(
+        self,
+        smooth: float = 1.0,
+        exponent: float = 2.0,
+        class_weight: Sequence[float] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__(ignore_index)
+        if smooth < 0 or exponent <= 0:
+            raise ValueError(f"dice needs smooth >= 0 and exponent > 0, got {smooth}, {exponent}")
+        self.smooth = float(smooth)
+        self.exponent = float(exponent)
+        self.class_weight = None if class_weight is None else [float(w) for w in class_weight]
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        logits = _at_label_size(logits, labels)
+        k = logits.shape[1]
+        valid = (labels != self.ignore_index).unsqueeze(1).float()
+        prob = logits.softmax(1) * valid
+        onehot = F.one_hot(labels.long().clamp(0, k - 1), k).permute(0, 3, 1, 2).float() * valid
+        num = 2 * (prob * onehot).flatten(2).sum(-1) + self.smooth
+        den = (prob**self.exponent).flatten(2).sum(-1) + (onehot**self.exponent).flatten(2).sum(-1) + self.smooth
+        dice = num / den  # (B, K)
+        weight = _class_weight_tensor(self.class_weight, k, logits)
+        if weight is None:
+            return 1 - dice.mean()
+        return 1 - (dice * weight).sum(-1).mean() / weight.sum()
+
+
+class LovaszSoftmaxLoss(SegLoss):
+    """Lovasz-softmax (Berman et al. 2018), over the whole batch, classes present in the labels.
+
+    For each class c present among the valid pixels: errors ``e_i = |[y_i = c] - p_i(c)|`` sorted
+    descending, and the loss is ``sum_i e_(i) * g_i`` where g is the discrete gradient of the
+    Jaccard loss ``1 - |gt & pred_top_i| / |gt | pred_top_i|`` along that order. The result is
+    the mean over present classes (0 when no pixel is valid).
+    """
+
+    name = "lovasz"
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        logits = _at_label_size(logits, labels)
+        k = logits.shape[1]
+        prob = logits.softmax(1).permute(0, 2, 3, 1).reshape(-1, k)
+        flat = labels.reshape(-1)
+        valid = flat != self.ignore_index
+        prob, flat = prob[valid], flat[valid].long()
+        losses = []
+        for c in torch.unique(flat).tolist():
+            fg = (flat == c).float()
+            errors = (fg - prob[:, c]).abs()
+            errors, order = errors.sort(descending=True)
+            losses.append(torch.dot(errors, lovasz_grad(fg[order])))
+        if not losses:
+            return logits.sum() * 0.0
+        return torch.stack(losses).mean()
+
+
+def lovasz_grad(gt_sorted: Tensor) -> Tensor:
+    """Discrete gradient of the Jaccard loss for ground truth sorted by descending error."""
+    total = gt_sorted.sum()
+    intersection = total - gt_sorted.cumsum(0)
+    union = total + (1 - gt_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    if gt_sorted.numel() > 1:
+        jaccard = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+    return jaccard
+
+
+class WeightedSum(SegLoss):
+    """``sum_i w_i * loss_i``; ``terms`` are (weight, loss) pairs."""
+
+    name = "sum"
+
+    def __init__(self, terms: Sequence[tuple[float, SegLoss]]) -> None:
+        if not terms:
+            raise ValueError("a loss sum needs at least one term")
+        super().__init__(terms[0][1].ignore_index)
+        if any(loss.ignore_index != self.ignore_index for _, loss in terms):
+            raise ValueError("every term of a loss sum must use the same ignore_index")
+        self.weights = [float(w) for w, _ in terms]
+        self.terms = nn.ModuleList(loss for _, loss in terms)
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        total = None
+        for weight, loss in zip(self.weights, self.terms):
+            value = weight * loss(logits, labels)
+            total = value if total is None else total + value
+        return total  # type: ignore[return-value]
+
+
+# Loss name -> class; the config's LossName literal must list exactly these names.
+LOSSES: dict[str, type[SegLoss]] = {
+    cls.name: cls for cls in (CrossEntropyLoss, OhemCrossEntropyLoss, FocalLoss, DiceLoss, LovaszSoftmaxLoss)
+}
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"unknown loss reduction {reduction!r}; use one of {LOSS_REDUCTIONS}")
+
+
+def build_loss(terms: Sequence[Mapping[str, Any]], ignore_index: int = IGNORE_INDEX) -> SegLoss:
+    """A loss from specs ``{"name": ..., "weight": 1.0, **options}`` (options: the class's
+    keyword arguments); one term of weight 1 is that loss itself, several are a :class:`WeightedSum`."""
+    built = []
+    for spec in terms:
+        options = dict(spec)
+        name = options.pop("name")
+        weight = float(options.pop("weight", 1.0))
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
+        try:
+            built.append((weight, LOSSES[name](ignore_index=ignore_index, **options)))
+        except TypeError as exc:
+            raise ValueError(f"loss {name!r}: {exc}") from None
+    if len(built) == 1 and built[0][0] == 1.0:
+        return built[0][1]
+    return WeightedSum(built)
+
+
+def enet_class_weights(pixel_counts: Sequence[int] | Tensor, c: float = 1.02) -> list[float]:
+    """Class weights from pixel frequencies, the ENet rule (Paszke et al. 2016):
+    ``w_k = 1 / ln(c + f_k)``, ``f_k = pixels_k / sum(pixels)``. A class with no pixels gets
+    the largest weight ``1 / ln(c)`` (50.5 for c = 1.02); a class covering everything ~1.44."""
+    counts = torch.as_tensor(list(pixel_counts) if not isinstance(pixel_counts, Tensor) else pixel_counts)
+    counts = counts.double()
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("cannot compute class weights: the training labels hold no labelled pixel")
+    return (1.0 / torch.log(c + counts / total)).tolist()
+
+
+class SegmentationCriterion(nn.Module):
+    """L = main(logits) + semantic_weight * semantic(semantic_logits): the paper's eq. 5 with any
+    losses. The semantic term is skipped without prior maps or with weight 0, as in
+    :func:`add_semantic_prior_loss`, which this reproduces with two ``CrossEntropyLoss``."""
+
+    def __init__(self, main: SegLoss, semantic: SegLoss, semantic_weight: float, num_classes: int) -> None:
+        super().__init__()
+        self.main = main
+        self.semantic = semantic
+        self.semantic_weight = float(semantic_weight)
+        self.num_classes = num_classes
+
+    def forward(self, out: SegmentationOutput, labels: Tensor) -> SegmentationOutput:
+        check_labels(labels, self.num_classes, self.main.ignore_index)
+        out.loss_main = self.main(out.logits, labels)
+        out.loss = out.loss_main
+        if out.semantic_logits is not None and self.semantic_weight:
+            out.loss_semantic = self.semantic(out.semantic_logits, labels)
+            out.loss = out.loss + self.semantic_weight * out.loss_semantic
+        return out

@@ -29,20 +29,23 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import (
+    BackboneLoadReport,
     CheckpointError,
     ModelConfig,
+    SeMaskModel,
     check_choice,
-    format_key_report,
+    load_state_dict_checked,
     load_state_dict_strict,
     stage_indices,
     tuple_field,
 )
-from .layers import DropPath, init_transformer_weights, to_tensor_tuple
+from .layers import DropPath, adapt_first_conv_in_state, init_transformer_weights, to_tensor_tuple
 from .loss import LOSS_REDUCTIONS, add_semantic_prior_loss, check_labels
 from .outputs import SegmentationOutput
+from .pretrained import PretrainedCfg, register_pretrained
 from .registry import register_architecture, register_converter, register_preset
 from .semantic_layer import SemanticLayer
-from .semask_fpn import BackboneLoadReport, resize, semantic_decoder
+from .semask_fpn import resize, semantic_decoder
 from .swin import EncoderOutput
 
 DECODE_HEADS = ("mmseg", "nvlabs")
@@ -245,13 +248,13 @@ class MixTransformer(nn.Module):
         semantic_global_stages: tuple[int, ...] = (),
         semantic_dropout: float = 0.1,
         learnable_lambda: bool = True,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         self.num_features = list(embed_dims)
         self.semantic_placement = semantic_placement
         total = sum(depths)
         rates = [drop_path_rate * j / max(total - 1, 1) for j in range(total)]  # linear, as torch.linspace
-        in_channels = 3
         for i, dim in enumerate(embed_dims):
             self.add_module(f"patch_embed{i + 1}", OverlapPatchEmbed(in_channels, dim, patch_sizes[i], strides[i]))
             start = sum(depths[:i])
@@ -331,6 +334,74 @@ class ConvBNReLU(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
+def observes_modules(head: nn.Module) -> bool:
+    """Whether something watches the head's individual conv/linear calls: forward hooks (the
+    paper-convention MAC count of ``semask info``, feature hooks) or torch's FlopCounterMode.
+    The heads then run their literal module-by-module path, so every count stays the paper's."""
+    if torch.compiler.is_compiling():
+        return False
+    module_hooks = torch.nn.modules.module
+    if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
+        return True
+    if any(m._forward_hooks or m._forward_pre_hooks for m in head.modules()):
+        return True
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+    from torch.utils.flop_counter import _FlopCounterMode
+
+    return any(isinstance(mode, _FlopCounterMode) for mode in _get_current_dispatch_mode_stack())
+
+
+def fused_sum(maps: list[tuple[Tensor, Tensor]], size: torch.Size, bias: Tensor, fuse: ConvBNReLU) -> Tensor:
+    """``fuse.act(fuse.bn(sum_i resize(W_i x_i) + bias))`` for (W_i (E, C_i), x_i (B, C_i, h_i, w_i)).
+
+    Equal to fusing the concatenation of the resized maps: a 1x1 conv is per-pixel linear and
+    bilinear resizing mixes pixels with weights summing to 1, so the two commute (bias included),
+    and each stage pays an E x C_i product at its own resolution instead of (n E) x E at stride 4.
+    The BatchNorm stays after the sum; in eval mode (running statistics) it is folded into W_i.
+    """
+    bn = fuse.bn
+    if not bn.training and bn.running_mean is not None and bn.running_var is not None:
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0.0)
+        maps = [(scale[:, None] * w, x) for w, x in maps]
+        bias, bn = scale * bias + shift, None
+    out: Tensor | None = None
+    for w, x in maps:
+        b, c, h, wd = x.shape
+        if out is None:  # the stride-4 stage, plus the bias
+            out = torch.baddbmm(bias[:, None], w.expand(b, -1, -1), x.reshape(b, c, h * wd)).view(b, -1, h, wd)
+        else:
+            out = add_resized(out, torch.matmul(w, x.reshape(b, c, h * wd)).view(b, -1, h, wd))
+    assert out is not None and out.shape[-2:] == size
+    return fuse.act(out if bn is None else bn(out))
+
+
+def bilinear_matrix(n_in: int, n_out: int, like: Tensor) -> Tensor:
+    """(n_out, n_in) matrix of 1-D bilinear resizing, align_corners False: output o samples
+    ``max((o + 0.5) n_in / n_out - 0.5, 0)`` between its two neighbours (torch's rule)."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    lo = src.floor().long()
+    frac = src - lo
+    rows = torch.arange(n_out)
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    m.index_put_((rows, lo), 1 - frac, accumulate=True)
+    m.index_put_((rows, (lo + 1).clamp(max=n_in - 1)), frac, accumulate=True)
+    return m.to(dtype=like.dtype, device=like.device)
+
+
+def add_resized(out: Tensor, y: Tensor) -> Tensor:
+    """``out + resize(y, out.shape[-2:])`` as two GEMMs, the second accumulating into ``out``
+    (in place): rows first at the low width, then one (B E H, w) x (w, W) product. About twice
+    as fast on CPU as the interpolation kernel plus a separate add for E = 256..768 maps."""
+    b, e, h, w = y.shape
+    big_h, big_w = out.shape[-2:]
+    rows = torch.matmul(bilinear_matrix(h, big_h, y), y.reshape(b * e, h, w))  # (B E, H, w)
+    cols = bilinear_matrix(w, big_w, y).T
+    return out.view(b * e * big_h, big_w).addmm_(rows.view(-1, w), cols).view(b, e, big_h, big_w)
+
+
 def _classifier(channels: int, num_classes: int) -> nn.Conv2d:
     conv = nn.Conv2d(channels, num_classes, 1)
     nn.init.normal_(conv.weight, std=0.01)
@@ -350,6 +421,17 @@ class MMSegSegFormerHead(nn.Module):
         self.conv_seg = _classifier(channels, num_classes)
 
     def forward(self, features: list[Tensor]) -> Tensor:
+        if observes_modules(self):
+            return self.reference_forward(features)
+        # The fuse conv's slice i acts on stage i's E channels: apply it before the resize.
+        e = self.fusion_conv.conv.out_channels
+        fuse = self.fusion_conv.conv.weight.flatten(1)
+        maps = [(fuse[:, i * e : (i + 1) * e], conv(f)) for i, (conv, f) in enumerate(zip(self.convs, features))]
+        fused = fused_sum(maps, features[0].shape[-2:], fuse.new_zeros(e), self.fusion_conv)
+        return self.conv_seg(self.dropout(fused))
+
+    def reference_forward(self, features: list[Tensor]) -> Tensor:
+        """The literal mmseg order: resize every stage to stride 4, concatenate, fuse."""
         size = features[0].shape[-2:]
         maps = [resize(conv(f), size) for conv, f in zip(self.convs, features)]
         return self.conv_seg(self.dropout(self.fusion_conv(torch.cat(maps, dim=1))))
@@ -382,6 +464,22 @@ class AllMLPHead(nn.Module):
         self.apply(init_transformer_weights)
 
     def forward(self, features: list[Tensor]) -> Tensor:
+        if observes_modules(self):
+            return self.reference_forward(features)
+        # Slice j of the fuse conv composed with stage i's Linear (concat order c4..c1: j = n-1-i).
+        e = self.linear_fuse.conv.out_channels
+        fuse = self.linear_fuse.conv.weight.flatten(1)
+        maps, bias = [], fuse.new_zeros(e)
+        for i, f in enumerate(features):
+            j = self.num_stages - 1 - i
+            part = fuse[:, j * e : (j + 1) * e]
+            proj = getattr(self, f"linear_c{i + 1}").proj
+            maps.append((part @ proj.weight, f))
+            bias = bias + part @ proj.bias
+        return self.linear_pred(self.dropout(fused_sum(maps, features[0].shape[-2:], bias, self.linear_fuse)))
+
+    def reference_forward(self, features: list[Tensor]) -> Tensor:
+        """The literal NVlabs order: project, resize to stride 4, concatenate [c4..c1], fuse."""
         size = features[0].shape[-2:]
         maps = [resize(getattr(self, f"linear_c{i + 1}")(features[i]), size) for i in reversed(range(self.num_stages))]
         return self.linear_pred(self.dropout(self.linear_fuse(torch.cat(maps, dim=1))))
@@ -389,14 +487,16 @@ class AllMLPHead(nn.Module):
 
 # ------------------------------------------------------------------------------- model
 @register_architecture
-class SeMaskMiT(nn.Module):
+class SeMaskMiT(SeMaskModel):
     """(SeMask) MiT encoder + SegFormer head; ``forward(pixel_values, labels=None)``."""
 
     config_class = SeMaskMiTConfig
+    config: SeMaskMiTConfig
+    backbone: MixTransformer
+    no_weight_decay_keys = ("norm",)  # the SegFormer recipe
 
     def __init__(self, config: SeMaskMiTConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.backbone = MixTransformer(
             embed_dims=config.embed_dims,
             depths=config.depths,
@@ -413,6 +513,7 @@ class SeMaskMiT(nn.Module):
             semantic_global_stages=config.semantic_global_stages,  # type: ignore[arg-type]
             semantic_dropout=config.semantic_dropout,
             learnable_lambda=config.learnable_lambda,
+            in_channels=config.in_channels,
         )
         head_cls = MMSegSegFormerHead if config.decode_head == "mmseg" else AllMLPHead
         self.decode_head = head_cls(
@@ -421,10 +522,6 @@ class SeMaskMiT(nn.Module):
             config.num_classes,
             config.decoder_dropout,  # type: ignore[arg-type]
         )
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Trade compute for memory in training: the encoder recomputes each stage in backward."""
-        self.backbone.set_grad_checkpointing(enable)
 
     def forward(
         self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
@@ -443,12 +540,16 @@ class SeMaskMiT(nn.Module):
             add_semantic_prior_loss(out, labels, self.config.semantic_loss_weight, self.config.loss_reduction)
         return out
 
-    def load_backbone_weights(self, path: str) -> BackboneLoadReport:
-        """Initialise the encoder from an ImageNet MiT checkpoint (see :func:`load_mit_imagenet`)."""
-        from ..hub import read_checkpoint
+    def load_backbone_state(self, state_dict: dict[str, Tensor], source: str) -> BackboneLoadReport:
+        return load_mit_imagenet(self.backbone, state_dict, source)
 
-        state_dict, _ = read_checkpoint(path)
-        return load_mit_imagenet(self.backbone, state_dict, source=str(path))
+    def imagenet_name(self) -> str:
+        for size, arch in _VARIANTS.items():
+            if self.config.embed_dims == arch["embed_dims"] and self.config.depths == arch["depths"]:
+                return f"mit_{size}"
+        raise ValueError(
+            f"no released ImageNet MiT has embed_dims={self.config.embed_dims}, depths={self.config.depths}"
+        )
 
 
 # ----------------------------------------------------------------------------- presets
@@ -464,6 +565,54 @@ _VARIANTS = {
 for _v, _arch in _VARIANTS.items():
     register_preset(f"mit_{_v}", "semask_mit", num_semantic_blocks=0, **_arch)
     register_preset(f"semask_mit_{_v}", "semask_mit", num_semantic_blocks=1, **_arch)
+    # the released SegFormer models (NVlabs / Hugging Face): the all-MLP head
+    register_preset(f"segformer_{_v}", "semask_mit", num_semantic_blocks=0, decode_head="nvlabs", **_arch)
+
+# ------------------------------------------------------------------ released weights
+_HF_LICENSE = "NVIDIA SegFormer license (research, non-commercial)"
+_ADE_TEST = dict(mode="whole", scale=(2048, 512))
+_CITYSCAPES_TEST = dict(mode="slide", scale=(2048, 1024), crop_size=(1024, 1024), stride=(768, 768))
+register_pretrained(
+    *(
+        PretrainedCfg(
+            f"mit_{v}",
+            "imagenet",
+            file_name="pytorch_model.bin",
+            hf_repo=f"nvidia/mit-{v}",
+            kind="backbone",
+            license=_HF_LICENSE,
+        )
+        for v in _VARIANTS
+    ),
+    *(
+        PretrainedCfg(
+            f"segformer_{v}",
+            "ade20k",
+            file_name="pytorch_model.bin",
+            hf_repo=f"nvidia/segformer-{v}-finetuned-ade-{crop}-{crop}",
+            dataset="ade20k",
+            num_classes=150,
+            crop_size=(crop, crop),
+            eval={**_ADE_TEST, "scale": (4 * crop, crop)},
+            license=_HF_LICENSE,
+        )
+        for v, crop in (("b0", 512), ("b1", 512), ("b2", 512), ("b3", 512), ("b4", 512), ("b5", 640))
+    ),
+    *(
+        PretrainedCfg(
+            f"segformer_{v}",
+            "cityscapes",
+            file_name="pytorch_model.bin",
+            hf_repo=f"nvidia/segformer-{v}-finetuned-cityscapes-1024-1024",
+            dataset="cityscapes",
+            num_classes=19,
+            crop_size=(1024, 1024),
+            eval=_CITYSCAPES_TEST,
+            license=_HF_LICENSE,
+        )
+        for v in _VARIANTS
+    ),
+)
 
 
 # --------------------------------------------------------------- key schemes -> ours
@@ -607,21 +756,10 @@ def load_mit_imagenet(backbone: MixTransformer, state_dict: dict[str, Tensor], s
     or mis-shaped key is an error naming the key.
     """
     sd, dropped = imagenet_encoder_to_ours(state_dict, source)
-    own = backbone.state_dict()
-    missing = sorted(k for k in own if k not in sd)
-    unexpected = sorted(k for k in sd if k not in own)
-    mis_shaped = sorted(
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and sd[k].shape != own[k].shape
+    adapt_first_conv_in_state(sd, backbone.state_dict(), "patch_embed1.proj.weight")  # in_channels != 3
+    return load_state_dict_checked(
+        backbone, sd, f"ImageNet MiT checkpoint {source}", lambda k: k.startswith("semantic_layer."), dropped
     )
-    bad_missing = [k for k in missing if not k.startswith("semantic_layer.")]
-    if bad_missing or unexpected or mis_shaped:
-        raise CheckpointError(
-            format_key_report(f"ImageNet MiT checkpoint {source}", bad_missing, unexpected, mis_shaped)
-        )
-    backbone.load_state_dict(sd, strict=False)
-    return BackboneLoadReport(loaded=len(sd), missing=missing, unexpected=dropped)
 
 
 # ------------------------------------------------------------------ official checkpoints
@@ -689,10 +827,18 @@ def _class_metadata(meta: dict[str, Any], num_classes: int) -> dict[str, Any]:
     return values
 
 
+_RELEASED_WIDTHS = {_MIT_WIDE, (32, 64, 160, 256)}  # B0 and B1-B5: heads C_i / C_1 = (1, 2, 5, 8)
+
+
 def _build_and_load(ours: dict[str, Tensor], meta: dict[str, Any], source: str, overrides: dict[str, Any]) -> SeMaskMiT:
     from .registry import build_model
 
     values = infer_mit_config(ours, source)
+    if "num_heads" not in overrides and values["embed_dims"] not in _RELEASED_WIDTHS:
+        raise CheckpointError(
+            f"{source}: attention heads are not stored in the weights, and widths {values['embed_dims']} are not "
+            f"a released MiT size; pass num_heads=(...) (a Hugging Face folder's config.json carries them)"
+        )
     values.update(_class_metadata(meta, values["num_classes"]))
     model = build_model(SeMaskMiTConfig(**{**values, **overrides}))
     # BatchNorm's step counter is not a weight; some exports omit it.
@@ -731,18 +877,83 @@ def convert_mmseg_segformer(
     return _build_and_load(ours, meta, source, overrides)
 
 
+# transformers 5 renamed the SegFormer weights (its conversion_mapping.py); these rules map them
+# back to the transformers 4 names, which the converter below reads.
+_HF5_TO_HF4 = _rules(
+    (r"^segformer\.stages\.(?P<i>\d+)\.patch_embeddings\.(?P<r>.+)$", "segformer.encoder.patch_embeddings.{i}.{r}"),
+    (r"^segformer\.stages\.(?P<i>\d+)\.layer_norm\.(?P<r>.+)$", "segformer.encoder.layer_norm.{i}.{r}"),
+    (r"^segformer\.stages\.(?P<i>\d+)\.blocks\.(?P<r>.+)$", "segformer.encoder.block.{i}.{r}"),
+    (r"^decode_head\.linear_projections\.(?P<r>.+)$", "decode_head.linear_c.{r}"),
+)
+_HF5_TO_HF4_PARTS = (
+    ("attention.q_proj.", "attention.self.query."),
+    ("attention.k_proj.", "attention.self.key."),
+    ("attention.v_proj.", "attention.self.value."),
+    ("attention.o_proj.", "attention.output.dense."),
+    ("attention.sequence_reduction.sequence_reduction.", "attention.self.sr."),
+    ("attention.sequence_reduction.layer_norm.", "attention.self.layer_norm."),
+    ("mlp.fc1.", "mlp.dense1."),
+    ("mlp.fc2.", "mlp.dense2."),
+    ("layernorm_before.", "layer_norm_1."),
+    ("layernorm_after.", "layer_norm_2."),
+)
+
+
+def hf5_to_hf4_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """transformers 5 SegFormer key names -> transformers 4 ones (a no-op on 4 names)."""
+    out = {}
+    for key, value in state_dict.items():
+        new = _apply_rules(key, _HF5_TO_HF4)
+        if new != key and new.startswith("segformer.encoder.block."):
+            for old_part, part in _HF5_TO_HF4_PARTS:
+                new = new.replace(old_part, part)
+        out[new] = value
+    return out
+
+
 def _is_hf_segformer(state_dict: dict[str, Any]) -> bool:
     return (
         "segformer.encoder.patch_embeddings.0.proj.weight" in state_dict
-        and "decode_head.linear_fuse.weight" in state_dict
-    )
+        or "segformer.stages.0.patch_embeddings.proj.weight" in state_dict
+    ) and "decode_head.linear_fuse.weight" in state_dict
+
+
+_HF_CONFIG_FIELDS = {  # Hugging Face SegformerConfig -> ours
+    "hidden_sizes": "embed_dims",
+    "depths": "depths",
+    "num_attention_heads": "num_heads",
+    "sr_ratios": "sr_ratios",
+    "patch_sizes": "patch_sizes",
+    "strides": "strides",
+    "decoder_hidden_size": "decoder_channels",
+}
+
+
+def hf_segformer_config(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """Our config fields from a Hugging Face SegFormer ``config.json`` (heads and strides are only there)."""
+    missing = [k for k in (*_HF_CONFIG_FIELDS, "mlp_ratios") if k not in config]
+    if missing:
+        raise CheckpointError(f"{source} lacks the SegFormer settings {missing}")
+    values: dict[str, Any] = {
+        ours: tuple(config[hf]) if isinstance(config[hf], list) else config[hf]
+        for hf, ours in _HF_CONFIG_FIELDS.items()
+    }
+    ratios = set(config["mlp_ratios"])
+    if len(ratios) != 1:
+        raise CheckpointError(f"{source}: mlp_ratios {config['mlp_ratios']} differ per stage, which MiT here does not")
+    values["mlp_ratio"] = float(ratios.pop())
+    values["decode_head"] = "nvlabs"
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        values["class_names"] = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    return values
 
 
 def convert_hf_segformer(
     state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any
 ) -> SeMaskMiT:
     """Hugging Face ``SegformerForSemanticSegmentation`` weights (same maths as NVlabs)."""
-    encoder, rest = _split_prefix("segformer.encoder.", state_dict)
+    encoder, rest = _split_prefix("segformer.encoder.", hf5_to_hf4_keys(state_dict))
     head, rest = _split_prefix("decode_head.", rest)
     ours = {
         **_with_prefix("backbone.", hf_encoder_to_ours(encoder, source)),

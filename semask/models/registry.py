@@ -62,8 +62,21 @@ def build_model(config: ModelConfig) -> nn.Module:
     return _ARCHITECTURES[config.model_type](config)
 
 
-def create_model(name: str, *, backbone_weights: str | None = None, **overrides: Any) -> nn.Module:
-    """Build preset ``name``; ``backbone_weights`` initialises the encoder from an ImageNet checkpoint."""
+def create_model(
+    name: str, *, pretrained: str | None = None, backbone_weights: str | None = None, **overrides: Any
+) -> nn.Module:
+    """Build preset ``name`` (timm style).
+
+    ``pretrained`` is a tag of the preset's released weights (``"ade20k"``; see
+    :func:`semask.list_pretrained`): downloaded once, verified and loaded strictly.
+    ``backbone_weights`` initialises only the encoder: a tag (``"imagenet"``) or a file.
+    """
+    if pretrained is not None:
+        if backbone_weights is not None:
+            raise ValueError("pass pretrained (the whole model) or backbone_weights (the encoder), not both")
+        from .io import load
+
+        return load(f"{name}.{pretrained}", **overrides)
     model = build_model(get_config(name, **overrides))
     if backbone_weights is not None:
         model.load_backbone_weights(backbone_weights)  # type: ignore[operator]
@@ -77,7 +90,7 @@ _CONVERTERS: list[tuple[str, Detector, Converter]] = []
 
 
 def register_converter(family: str, detect: Detector, convert: Converter) -> None:
-    """Teach :func:`semask.load_official_checkpoint` a family's official key layout."""
+    """Teach :func:`semask.load` a family's official key layout."""
     _CONVERTERS.append((family, detect, convert))
 
 

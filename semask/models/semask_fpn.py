@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import (
-    CheckpointError,
+    BackboneLoadReport,
     ModelConfig,
+    SeMaskModel,
     check_choice,
-    format_key_report,
     load_state_dict_strict,
     stage_indices,
     tuple_field,
@@ -28,8 +28,9 @@ from .base import (
 from .layers import to_tensor_tuple
 from .loss import LOSS_REDUCTIONS, add_semantic_prior_loss, check_labels
 from .outputs import SegmentationOutput
+from .pretrained import PretrainedCfg, register_pretrained
 from .registry import register_architecture, register_converter, register_preset
-from .swin import SwinTransformer, resample_relative_position_bias, swin_from_config
+from .swin import SwinTransformer, load_swin_imagenet, swin_from_config, swin_imagenet_name
 
 
 def official_global_stages(embed_dim: int, num_classes: int) -> tuple[int, ...]:
@@ -220,14 +221,15 @@ def semantic_decoder(priors: list[Tensor]) -> Tensor:
 
 
 @register_architecture
-class SeMaskFPN(nn.Module):
+class SeMaskFPN(SeMaskModel):
     """(SeMask) Swin encoder + Semantic-FPN decoder; ``forward(pixel_values, labels=None)``."""
 
     config_class = SeMaskFPNConfig
+    config: SeMaskFPNConfig
+    backbone: SwinTransformer
 
     def __init__(self, config: SeMaskFPNConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.backbone = swin_from_config(
             config,
             learnable_lambda=config.learnable_lambda,
@@ -237,10 +239,6 @@ class SeMaskFPN(nn.Module):
         self.decode_head = SemanticFPNHead(
             self.backbone.num_features, config.decoder_channels, config.num_classes, config.decoder_dropout
         )
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Trade compute for memory in training: the encoder recomputes each stage in backward."""
-        self.backbone.set_grad_checkpointing(enable)
 
     def forward(
         self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
@@ -260,12 +258,11 @@ class SeMaskFPN(nn.Module):
             add_semantic_prior_loss(out, labels, self.config.semantic_loss_weight, self.config.loss_reduction)
         return out
 
-    def load_backbone_weights(self, path: str) -> BackboneLoadReport:
-        """Initialise the encoder from a public ImageNet Swin checkpoint (see :func:`load_swin_imagenet`)."""
-        from ..hub import read_checkpoint
+    def load_backbone_state(self, state_dict: dict[str, Tensor], source: str) -> BackboneLoadReport:
+        return load_swin_imagenet(self.backbone, state_dict, source)
 
-        state_dict, _ = read_checkpoint(path)
-        return load_swin_imagenet(self.backbone, state_dict, source=str(path))
+    def imagenet_name(self) -> str:
+        return swin_imagenet_name(self.config)
 
 
 # ----------------------------------------------------------------------------- presets
@@ -289,56 +286,52 @@ register_preset(
 register_preset("query_swin_t_fpn", "semask_fpn", num_semantic_blocks=0, auxiliary_source="queries", **_VARIANTS["t"])
 
 
-# ------------------------------------------------------------ ImageNet backbone weights
-@dataclass
-class BackboneLoadReport:
-    """What an ImageNet initialisation did not fill (new SeMask parts) or did not use."""
+# ------------------------------------------------------------------ released weights
+# The official SeMask-FPN checkpoints (Google Drive, mmseg 0.x .pth; spec model_zoo.md section 1).
+MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+_DATASETS = {  # tag: (data.type, classes, official config suffix)
+    "ade20k": ("ade20k", 150, "ade20k"),
+    "cityscapes": ("cityscapes", 19, "cityscapes"),
+    "coco_stuff10k": ("coco_stuff10k", 171, "coco10k"),
+}
+_SIZES = {"t": ("tiny", 7), "s": ("small", 7), "b": ("base", 12), "l": ("large", 12)}
+_FPN_RELEASES = (  # (size, tag, crop, paper mIoU s.s. / m.s., Drive file id)
+    ("t", "ade20k", 512, (42.06, 43.36), "1L0daUHWQGNGCXHF-cKWEauPSyBV0GLOR"),
+    ("s", "ade20k", 512, (45.92, 47.63), "1QhDG4SyGFtWL5kP9BbBoyPqTuFu7fH_y"),
+    ("b", "ade20k", 512, (49.35, 50.98), "1PXCEhrrUy5TJC4dUp7YDQvaapnMzGT6C"),
+    ("l", "ade20k", 640, (51.89, 53.52), "1u5flfAQCiQJbMZbZPIlGUGTYBz9Ca7rE"),
+    ("t", "cityscapes", 768, (74.92, 76.56), "1_JBOJQSUVes-CWs075XyPnuNfG5psELr"),
+    ("s", "cityscapes", 768, (77.13, 79.14), "1WyT207dZmdwETBUR6aeiqOVfQdUIV_fN"),
+    ("b", "cityscapes", 768, (77.70, 79.73), "1-LzVB6XzD7IR0zzE5qmE0EM4ZTv429b4"),
+    ("l", "cityscapes", 768, (78.53, 80.39), "1R9DDCmucQ_a_6ZkMGufEZCzJ-_qVMqCB"),
+    ("t", "coco_stuff10k", 512, (37.53, 38.88), "1qhXsJ8H64JPI_DW7CNzhxpHSEG2sKaIl"),
+    ("s", "coco_stuff10k", 512, (40.72, 42.27), "1ddXSMQu5ClkbLNMyQdyT0ATaOr86vIkL"),
+    ("b", "coco_stuff10k", 512, (44.63, 46.30), "1pGWI7U9bZJoe4ZaDx7ktWELx-uVN7rL0"),
+    ("l", "coco_stuff10k", 640, (47.47, 48.54), "1F6B9x9pX-SYEth7hdtxeNUeQ3XncOH7G"),
+)
 
-    loaded: int
-    missing: list[str]
-    unexpected: list[str]
 
-    def __str__(self) -> str:
-        return (
-            f"loaded {self.loaded} tensors; {len(self.missing)} start fresh "
-            f"({', '.join(sorted({k.split('.')[0] if k.startswith('norm') else k.split('.class_injection')[0] for k in self.missing}))}); "
-            f"{len(self.unexpected)} unused ({', '.join(self.unexpected[:6])}{'...' if len(self.unexpected) > 6 else ''})"
-        )
-
-
-_FRESH_IN_SEGMENTATION = re.compile(r"^(norm\d+\.|layers\.\d+\.(semantic_layer|aux_classifier)\.)")
-_CLASSIFIER_ONLY = re.compile(r"^(head\.|norm\.|.*\.attn_mask$|.*relative_position_index$)")
-
-
-def load_swin_imagenet(backbone: SwinTransformer, state_dict: dict[str, Tensor], source: str) -> BackboneLoadReport:
-    """Load ImageNet Swin weights, dropping the classifier and resampling bias tables.
-
-    Only the semantic layers and the stage norms may stay uninitialised; any other
-    missing, unexpected or mis-shaped key is an error, so a wrong checkpoint never
-    fails silently (a known pitfall of the original release).
-    """
-    sd = {k[len("backbone.") :] if k.startswith("backbone.") else k: v for k, v in state_dict.items()}
-    unused = sorted(k for k in sd if _CLASSIFIER_ONLY.match(k))
-    sd = {k: v for k, v in sd.items() if not _CLASSIFIER_ONLY.match(k)}
-    own = backbone.state_dict()
-    for key, value in list(sd.items()):
-        if key.endswith("relative_position_bias_table") and key in own and value.shape != own[key].shape:
-            window = round((own[key].shape[0] ** 0.5 + 1) / 2)
-            sd[key] = resample_relative_position_bias(value, window)
-    missing = sorted(k for k in own if k not in sd)
-    unexpected = sorted(k for k in sd if k not in own)
-    mis_shaped = sorted(
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and sd[k].shape != own[k].shape
+def _fpn_release(size: str, tag: str, crop: int, miou: tuple[float, float], drive_id: str) -> PretrainedCfg:
+    dataset, classes, suffix = _DATASETS[tag]
+    name, window = _SIZES[size]
+    config = f"semfpn_semask_swin_{name}_patch4_window{window}_{crop}x{crop}_80k_{suffix}"
+    scale = (2048, 1024) if dataset == "cityscapes" else (4 * crop, crop)  # the test resize (fit, keep ratio)
+    return PretrainedCfg(
+        f"semask_swin_{size}_fpn",
+        tag,
+        file_name=f"{config}.pth",
+        gdrive_id=drive_id,
+        dataset=dataset,
+        num_classes=classes,
+        crop_size=(crop, crop),
+        eval=dict(mode="whole", scale=scale),
+        ms_scales=MS_RATIOS,
+        paper_miou=miou,
+        official_config=config,
     )
-    bad_missing = [k for k in missing if not _FRESH_IN_SEGMENTATION.match(k)]
-    if bad_missing or unexpected or mis_shaped:
-        raise CheckpointError(
-            format_key_report(f"ImageNet Swin checkpoint {source}", bad_missing, unexpected, mis_shaped)
-        )
-    backbone.load_state_dict(sd, strict=False)
-    return BackboneLoadReport(loaded=len(sd), missing=missing, unexpected=unused)
+
+
+register_pretrained(*(_fpn_release(*release) for release in _FPN_RELEASES))
 
 
 # ------------------------------------------------------------------ official checkpoints

@@ -8,6 +8,7 @@ Module and parameter names follow the official checkpoints (``patch_embed``,
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,15 +17,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .base import BackboneLoadReport, load_state_dict_checked
 from .layers import (
     DropPath,
     Mlp,
+    adapt_first_conv_in_state,
     init_transformer_weights,
     round_up,
     tokens_to_windows,
     window_token_index,
     windows_to_tokens,
 )
+from .pretrained import PretrainedCfg, register_pretrained
 from .semantic_layer import SemanticLayer
 
 # Additive mask value between tokens of different regions in shifted windows (official value).
@@ -191,10 +195,10 @@ class PatchMerging(nn.Module):
 class PatchEmbed(nn.Module):
     """Pad to a multiple of 4, 4x4/4 convolution, LayerNorm over channels."""
 
-    def __init__(self, embed_dim: int, patch_size: int = 4) -> None:
+    def __init__(self, embed_dim: int, patch_size: int = 4, in_channels: int = 3) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
@@ -311,10 +315,11 @@ class SwinTransformer(nn.Module):
         learnable_lambda: bool = True,
         semantic_attention: str = "semantic",
         auxiliary_source: str | None = None,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         num_stages = len(depths)
-        self.patch_embed = PatchEmbed(embed_dim)
+        self.patch_embed = PatchEmbed(embed_dim, in_channels=in_channels)
         total = sum(depths)
         rates = [drop_path_rate * j / max(total - 1, 1) for j in range(total)]  # linear, as torch.linspace
         self.num_features = [embed_dim * 2**i for i in range(num_stages)]
@@ -390,6 +395,7 @@ def swin_from_config(config: Any, **extra: Any) -> SwinTransformer:
         semantic_window_size=config.semantic_window_size,
         semantic_global_stages=config.semantic_global_stages,
         semantic_dropout=config.semantic_dropout,
+        in_channels=getattr(config, "in_channels", 3),
         **extra,
     )
 
@@ -404,3 +410,61 @@ def resample_relative_position_bias(table: Tensor, window_size: int) -> Tensor:
     grid = table.T.reshape(1, heads, old, old).float()
     grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
     return grid.reshape(heads, new * new).T.to(table.dtype)
+
+
+# ------------------------------------------------------------ ImageNet backbone weights
+_FRESH_IN_SEGMENTATION = re.compile(r"^(norm\d+\.|layers\.\d+\.(semantic_layer|aux_classifier)\.)")
+_CLASSIFIER_ONLY = re.compile(r"^(head\.|norm\.|.*\.attn_mask$|.*relative_position_index$)")
+
+
+def load_swin_imagenet(backbone: SwinTransformer, state_dict: dict[str, Tensor], source: str) -> BackboneLoadReport:
+    """Load ImageNet Swin weights, dropping the classifier and resampling bias tables.
+
+    Only the semantic layers and the stage norms may stay uninitialised; any other
+    missing, unexpected or mis-shaped key is an error, so a wrong checkpoint never
+    fails silently (a known pitfall of the original release).
+    """
+    sd = {k[len("backbone.") :] if k.startswith("backbone.") else k: v for k, v in state_dict.items()}
+    unused = [k for k in sd if _CLASSIFIER_ONLY.match(k)]
+    sd = {k: v for k, v in sd.items() if not _CLASSIFIER_ONLY.match(k)}
+    own = backbone.state_dict()
+    for key, value in list(sd.items()):
+        if key.endswith("relative_position_bias_table") and key in own and value.shape != own[key].shape:
+            window = round((own[key].shape[0] ** 0.5 + 1) / 2)
+            sd[key] = resample_relative_position_bias(value, window)
+    adapt_first_conv_in_state(sd, own, "patch_embed.proj.weight")  # in_channels != 3
+    return load_state_dict_checked(
+        backbone, sd, f"ImageNet Swin checkpoint {source}", lambda k: bool(_FRESH_IN_SEGMENTATION.match(k)), unused
+    )
+
+
+_IMAGENET_FILES = {  # what the official configs start from (B and L: ImageNet-22k at 384)
+    "t": "swin_tiny_patch4_window7_224.pth",
+    "s": "swin_small_patch4_window7_224.pth",
+    "b": "swin_base_patch4_window12_384_22k.pth",
+    "l": "swin_large_patch4_window12_384_22k.pth",
+}
+_RELEASE = "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
+SWIN_SIZES = {  # (embed_dim, depths) of the released encoders
+    "t": (96, (2, 2, 6, 2)),
+    "s": (96, (2, 2, 18, 2)),
+    "b": (128, (2, 2, 18, 2)),
+    "l": (192, (2, 2, 18, 2)),
+}
+register_pretrained(
+    *(
+        PretrainedCfg(f"swin_{size}", "imagenet", file_name=name, url=_RELEASE + name, kind="backbone", license="MIT")
+        for size, name in _IMAGENET_FILES.items()
+    )
+)
+
+
+def swin_imagenet_name(config: Any) -> str:
+    """``swin_t`` ... ``swin_l`` for a config of a released width and depth."""
+    for size, (dim, depths) in SWIN_SIZES.items():
+        if config.embed_dim == dim and tuple(config.depths) == depths:
+            return f"swin_{size}"
+    raise ValueError(
+        f"no released ImageNet Swin has embed_dim={config.embed_dim}, depths={tuple(config.depths)}; "
+        "pass backbone_weights as a file path"
+    )

@@ -9,6 +9,7 @@ checkpoints (``backbone``, ``sem_seg_head.pixel_decoder``, ``sem_seg_head.predic
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -17,16 +18,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import CheckpointError, ModelConfig, check_choice, load_state_dict_strict, stage_indices, tuple_field
+from ..base import (
+    BackboneLoadReport,
+    CheckpointError,
+    ModelConfig,
+    SeMaskModel,
+    check_choice,
+    load_state_dict_strict,
+    stage_indices,
+    tuple_field,
+)
 from ..layers import to_tensor_tuple
 from ..loss import check_labels, segmentation_cross_entropy
 from ..outputs import SegmentationOutput
+from ..pretrained import PretrainedCfg, register_pretrained
 from ..registry import register_architecture, register_converter, register_preset
 from ..semantic_layer import SemanticLayer
-from ..swin import swin_from_config
+from ..swin import load_swin_imagenet, swin_from_config, swin_imagenet_name
 from .criterion import SetCriterion
 from .pixel_decoders import FPNPixelDecoder, MSDeformAttnPixelDecoder
 from .transformer_decoders import MaskedAttentionDecoder, MaskFormerPredictor, Predictions
+
+logger = logging.getLogger(__name__)
 
 FAMILIES = ("maskformer", "mask2former", "fapn", "msfapn")
 # Official inputs are padded to a multiple of the coarsest stride (detectron2 ImageList).
@@ -233,16 +246,16 @@ class SemSegHead(nn.Module):
 
 
 @register_architecture
-class SeMaskMaskFormer(nn.Module):
+class SeMaskMaskFormer(SeMaskModel):
     """SeMask Swin + mask-classification head; ``forward(pixel_values, labels=None)``."""
 
     config_class = MaskFormerConfig
+    config: MaskFormerConfig
     # ms+flip test averages the class x mask scores themselves (spec section 3), no softmax
     aug_test_average = "scores"
 
     def __init__(self, config: MaskFormerConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.backbone = swin_from_config(config)
         init_semantic_layers_d2(self.backbone)
         self.sem_seg_head = SemSegHead(config, self.backbone.num_features)
@@ -257,9 +270,10 @@ class SeMaskMaskFormer(nn.Module):
             config.importance_sample_ratio,
         )
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Trade compute for memory in training: the encoder recomputes each stage in backward."""
-        self.backbone.set_grad_checkpointing(enable)
+    def no_weight_decay(self) -> set[str]:
+        """The official recipes' no-decay names: MaskFormer's short list, Mask2Former's longer one."""
+        keys = _NO_DECAY_MASKFORMER if self.config.family == "maskformer" else _NO_DECAY_MASK2FORMER
+        return {n for n, _ in self.named_parameters() if any(k in n for k in keys)}
 
     def forward(
         self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
@@ -310,13 +324,25 @@ class SeMaskMaskFormer(nn.Module):
         out.loss_semantic = segmentation_cross_entropy(semantic, labels, reduction="valid")
         out.loss = out.loss_main + cfg.semantic_loss_weight * out.loss_semantic
 
-    def load_backbone_weights(self, path: str) -> Any:
-        """Initialise the encoder from a public ImageNet Swin checkpoint (semantic layers stay D2-initialised)."""
-        from ...hub import read_checkpoint
-        from ..semask_fpn import load_swin_imagenet
+    def load_backbone_state(self, state_dict: dict[str, Tensor], source: str) -> BackboneLoadReport:
+        """Public ImageNet Swin weights (the semantic layers stay D2-initialised)."""
+        return load_swin_imagenet(self.backbone, state_dict, source)
 
-        state_dict, _ = read_checkpoint(path)
-        return load_swin_imagenet(self.backbone, state_dict, source=str(path))
+    def imagenet_name(self) -> str:
+        return swin_imagenet_name(self.config)
+
+
+_NO_DECAY_MASKFORMER = ("norm", "relative_position_bias_table", "predictor.query_embed")
+_NO_DECAY_MASK2FORMER = (
+    "norm",
+    "relative_position_bias_table",
+    "predictor.query_feat",
+    "predictor.query_embed",
+    "predictor.level_embed",
+    "pixel_decoder.input_proj.0.1.",
+    "pixel_decoder.input_proj.1.1.",
+    "pixel_decoder.input_proj.2.1.",
+)
 
 
 @torch.no_grad()
@@ -477,13 +503,90 @@ def convert_official_maskformer(
     """Build the model a detectron2 SeMask checkpoint describes and load it strictly."""
     from ..registry import build_model
 
-    values = {**infer_maskformer_config(state_dict, overrides.get("decoder_heads", 8)), **overrides}
+    inferred = infer_maskformer_config(state_dict, overrides.get("decoder_heads", 8))
+    assumed = {
+        k: v
+        for k, v in (("decoder_heads", 8), ("semantic_window_size", inferred["semantic_window_size"]))
+        if k not in overrides
+    }
+    if assumed:
+        logger.warning(
+            "%s: not stored in the weights, assumed as in the official configs: %s (pass them to change)",
+            source,
+            ", ".join(f"{k}={v}" for k, v in assumed.items()),
+        )
+    values = {**inferred, **overrides}
     model = build_model(MaskFormerConfig(**values))
     load_state_dict_strict(model, official_to_semask_keys(state_dict, source), source)
     return model  # type: ignore[return-value]
 
 
 register_converter("semask_maskformer", _is_official_mask_classification, convert_official_maskformer)
+
+# ------------------------------------------------------------------ released weights
+# The official SeMask mask-classification checkpoints (Google Drive, detectron2 .pth; model_zoo.md).
+_ADE = dict(
+    dataset="ade20k",
+    num_classes=150,
+    crop_size=(640, 640),
+    eval=dict(mode="whole", scale=(2560, 640)),
+    ms_sizes=(320, 480, 640, 800, 960, 1120),
+    ms_max_size=4480,
+)
+_MASK_RELEASES = (  # (preset, paper mIoU s.s. / m.s., Drive file id, official config)
+    (
+        "semask_swin_l_maskformer",
+        (54.75, 56.15),
+        "1KgKQLGv9CcBqeEvOEDdxQ-O6lpMfHBLw",
+        "maskformer_semask_swin_large_IN21k_384_bs16_160k_res640",
+    ),
+    (
+        "semask_swin_l_mask2former",
+        (56.41, 57.52),
+        "1hN1I4Wv7_1FCPOsfA-5PELn6Xn3b_R8a",
+        "maskformer2_semask_swin_large_IN21k_384_bs16_160k_res640",
+    ),
+    (
+        "semask_swin_l_mask2former_fapn",
+        (56.88, 58.25),
+        "1njy_RSEXiyx29O_xFraHqsItTHOtw_qc",
+        "fapn_maskformer2_semask_swin_large_IN21k_384_bs16_160k_res640",
+    ),
+    (
+        "semask_swin_l_mask2former_msfapn",
+        (57.00, 58.25),
+        "1DQ9KltSLDj47H2jYnCtVwyBf7KPR9SM_",
+        "msfapn_maskformer2_semask_swin_large_IN21k_384_bs16_160k_res640",
+    ),
+)
+register_pretrained(
+    *(
+        PretrainedCfg(
+            preset,
+            "ade20k",
+            file_name=f"{config}.pth",
+            gdrive_id=drive_id,
+            paper_miou=miou,
+            official_config=config,
+            **_ADE,
+        )
+        for preset, miou, drive_id, config in _MASK_RELEASES
+    ),
+    PretrainedCfg(
+        "semask_swin_l_mask2former_cityscapes",
+        "cityscapes",
+        file_name="maskformer2_semask_swin_large_IN21k_384_bs16_90k.pth",
+        gdrive_id="14fZQWQuBUu2qlpy3wyQ42xs6gQNg2DZX",
+        dataset="cityscapes",
+        num_classes=19,
+        crop_size=(512, 1024),
+        eval=dict(mode="whole", scale=(2048, 1024)),
+        ms_sizes=(512, 768, 1024, 1280, 1536, 1792),
+        ms_max_size=4096,
+        paper_miou=(83.97, 84.98),
+        official_config="maskformer2_semask_swin_large_IN21k_384_bs16_90k",
+    ),
+)
 
 __all__ = [
     "MaskClassificationOutput",

@@ -1,0 +1,326 @@
+"""One loader for every way a SeMask model is stored: :func:`load`.
+
+Reads (never unpickling code): registered names ``preset.tag``; our model folders and
+``.safetensors`` files; our training checkpoints; official mmseg 0.x ``.pth`` files (with their
+``meta``, ``optimizer`` and numpy scalars), detectron2 ``.pth`` and model-zoo ``.pkl`` files;
+Hugging Face SegFormer folders and bare state dicts (transformers 4 and 5 key names).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import logging
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from .base import CheckpointError, load_state_dict_strict
+from .pretrained import PretrainedCfg, get_pretrained, is_pretrained_name, resolve_weights
+from .registry import build_model, config_class, converters, get_config
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CONFIG_METADATA_KEY = "semask_config"
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".pkl", ".safetensors")
+FORMATS = (
+    "a registered name preset.tag (semask.list_pretrained())",
+    "a semask model folder (config.json + model.safetensors) or .safetensors file",
+    "a semask training checkpoint (checkpoints/*.pth)",
+    "an official SeMask / mmseg .pth (state_dict + meta)",
+    "a detectron2 .pth ({'model': ...}) or model-zoo .pkl (numpy arrays)",
+    "a Hugging Face SegFormer folder (config.json + model.safetensors / pytorch_model.bin) or state dict",
+)
+
+
+# ----------------------------------------------------------------------------- reading files
+def _numpy_safe_globals() -> list[Any]:
+    """numpy types official mmseg files hold in ``meta`` (scalars, small arrays); plain data, no code."""
+    from numpy.dtypes import Float32DType, Float64DType, Int32DType, Int64DType
+
+    core = getattr(np, "_core", None) or np.core
+    return [
+        core.multiarray.scalar,
+        core.multiarray._reconstruct,
+        # files written with numpy 1.x (every released mmseg checkpoint) name the old module path
+        (core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+        (core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        Float32DType,
+        Float64DType,
+        Int32DType,
+        Int64DType,
+    ]
+
+
+def torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` admitting numpy data, with errors that say what the file is."""
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).split("\n")[0].split(". ")[0]
+        if "Unsupported global" in str(err) or "GLOBAL" in str(err):
+            found = re.search(r"GLOBAL (\S+)", str(err))  # the callable it would call, e.g. posix.system
+            what = f"it pickles a call of {found.group(1)}" if found else first
+            raise CheckpointError(f"{path} refused: it would run code when unpickled ({what})") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or another format: {err})"
+        ) from None
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays, dtypes and builtin containers only: a model-zoo ``.pkl`` needs no more."""
+
+    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("collections", "OrderedDict"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def read_pkl(path: Path) -> Any:
+    """A detectron2 model-zoo ``.pkl``: plain pickle of numpy arrays, read without running code."""
+    try:
+        with open(path, "rb") as f:
+            return _ArraysOnly(io.BufferedReader(f), encoding="latin1").load()
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path} refused: it would run code when unpickled (it needs {err})") from None
+    except (EOFError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable pickle (truncated? {err})") from None
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable .safetensors file (truncated? {err})") from None
+
+
+def _tensors(obj: dict[str, Any]) -> dict[str, Tensor]:
+    return {
+        k: v if isinstance(v, Tensor) else torch.from_numpy(np.asarray(v))
+        for k, v in obj.items()
+        if isinstance(v, (Tensor, np.ndarray))
+    }
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(state_dict, meta) of a weights file: ``.safetensors``, ``.pkl``, or a ``.pth`` / ``.bin`` that is
+    an mmseg dict (``state_dict`` + ``meta``), a detectron2 / training dict (``model``) or bare."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    obj = read_pkl(path) if path.suffix == ".pkl" else torch_load(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} does not contain a state dict (found {type(obj).__name__})")
+    meta = dict(obj["meta"]) if isinstance(obj.get("meta"), dict) else {}
+    for ours in ("model_config", "config"):  # a semask training checkpoint: the model's and the run's config
+        if isinstance(obj.get(ours), dict) and isinstance(obj.get("model"), dict):
+            meta[ours] = obj[ours]
+    for key in ("state_dict", "model"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    state_dict = _tensors(obj)
+    if not state_dict:
+        raise CheckpointError(f"{path} contains no tensors (top-level keys: {sorted(obj)[:10]})")
+    return state_dict, meta
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} should hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------- building models
+def config_from_dict(data: dict[str, Any]) -> Any:
+    data = dict(data)
+    model_type = data.pop("model_type", None)
+    if model_type is None:
+        raise CheckpointError("config has no 'model_type'")
+    return config_class(model_type).from_dict(data)
+
+
+def model_from_config_and_state(config: dict[str, Any], state_dict: dict[str, Tensor], source: str) -> nn.Module:
+    """Our own format: the config says the architecture, the weights must fit it exactly."""
+    model = build_model(config_from_dict(config))
+    load_state_dict_strict(model, state_dict, source)
+    return model
+
+
+def convert_official(state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any) -> nn.Module:
+    """Build the model an official (mmseg / detectron2 / NVlabs / HF) state dict describes."""
+    for _family, detect, convert in converters():
+        if detect(state_dict):
+            return convert(state_dict, meta, source=source, **overrides)
+    sample = ", ".join(sorted(state_dict)[:5])
+    raise CheckpointError(_unknown(source, f"a state dict whose first keys are {sample}"))
+
+
+def _unknown(source: str, looked_like: str) -> str:
+    tried = "\n  ".join(FORMATS)
+    return f"{source} is none of the formats semask reads:\n  {tried}\nIt looked like {looked_like}."
+
+
+def _load_folder(path: Path, overrides: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        found = sorted(p.name for p in path.iterdir())[:10]
+        raise CheckpointError(_unknown(str(path), f"a folder without {CONFIG_NAME} (holding {found})"))
+    config = read_json(config_file)
+    if config.get("model_type") == "segformer":
+        from .mit import hf_segformer_config
+
+        weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"{path} has a SegFormer config.json but no model.safetensors or pytorch_model.bin")
+        state_dict, meta = read_checkpoint(weights)
+        values = {**hf_segformer_config(config, str(config_file)), **overrides}
+        return convert_official(state_dict, meta, str(weights), **values), meta
+    if "model_type" not in config:
+        raise CheckpointError(f"{config_file} has no 'model_type': neither a semask nor a Hugging Face config")
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing; is {path} a folder written by save_pretrained?")
+    _refuse_overrides(overrides, path)
+    state_dict, meta = read_safetensors(weights)
+    return model_from_config_and_state(config, state_dict, str(path)), meta
+
+
+def _refuse_overrides(overrides: dict[str, Any], path: Path) -> None:
+    if overrides:
+        raise ValueError(f"{sorted(overrides)} cannot change the saved model {path}: its config.json decides")
+
+
+def _load_file(path: Path, overrides: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    state_dict, meta = read_checkpoint(path)
+    if CONFIG_METADATA_KEY in meta:  # our single-file .safetensors
+        _refuse_overrides(overrides, path)
+        return model_from_config_and_state(json.loads(meta[CONFIG_METADATA_KEY]), state_dict, str(path)), meta
+    if "model_config" in meta:  # our training checkpoint
+        _refuse_overrides(overrides, path)
+        return model_from_config_and_state(meta["model_config"], state_dict, str(path)), meta
+    return convert_official(state_dict, meta, str(path), **overrides), meta
+
+
+def pretrained_overrides(cfg: PretrainedCfg) -> dict[str, Any]:
+    """The preset's settings for the entry's classes: they decide what the weights cannot show
+    (semantic window, which stages attend globally, heads). Class names come from the file."""
+    values = get_config(cfg.preset, num_classes=cfg.num_classes).to_dict()
+    for key in ("model_type", "class_names", "palette"):
+        values.pop(key)
+    return values
+
+
+def load(spec: str | os.PathLike[str], **overrides: Any) -> nn.Module:
+    """A model, in eval mode, from a name ``preset.tag`` or any file or folder in :data:`FORMATS`.
+
+    ``overrides`` (config fields) settle what official weights cannot show; our own formats
+    carry their config and refuse them.
+    """
+    return load_with_meta(spec, **overrides)[0]
+
+
+def load_with_meta(spec: str | os.PathLike[str], **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load`, plus what the file says besides the weights: an mmseg ``meta``, a training
+    checkpoint's ``config`` and ``model_config``, or ``pretrained_cfg`` for a registered name."""
+    if is_pretrained_name(os.fspath(spec)) and not Path(spec).exists():
+        cfg = get_pretrained(os.fspath(spec))
+        if cfg.kind != "model":
+            raise ValueError(f"{spec} are encoder weights: use create_model(..., backbone_weights={cfg.tag!r})")
+        path = resolve_weights(cfg)
+        values = {**pretrained_overrides(cfg), **overrides}
+        model, meta = _load_folder(path, values) if path.is_dir() else _load_file(path, values)
+        return model.eval(), {**meta, "pretrained_cfg": cfg}
+    path = Path(spec)
+    if not path.exists():
+        hint = ""
+        if "/" not in os.fspath(spec) and path.suffix not in WEIGHT_SUFFIXES:
+            try:
+                get_pretrained(os.fspath(spec))
+            except KeyError as err:
+                hint = f"; as a name: {err.args[0]}"
+        raise FileNotFoundError(f"model {spec} is neither a registered name nor an existing file or folder{hint}")
+    model, meta = _load_folder(path, overrides) if path.is_dir() else _load_file(path, overrides)
+    return model.eval(), meta
+
+
+# ----------------------------------------------------------------------------- writing
+def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
+    """``write(tmp_path)`` into a temporary file beside ``path``, fsync, rename: a crash or a full
+    disk never leaves half a file under ``path``, and an older file there stays intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:
+            raise OSError(
+                err.errno, f"no space left on the device to write {path}; an earlier {path.name} (if any) is intact"
+            ) from err
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if os.name == "posix":  # persist the rename itself
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Weights + config; ``path`` ending in ``.safetensors`` gives one file, else a folder."""
+    path = Path(path)
+    config = json.dumps(model.config.to_dict(), indent=2)  # type: ignore[operator]
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={CONFIG_METADATA_KEY: config}))
+    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp))
+    atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config))
+    return path

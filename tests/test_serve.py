@@ -1,0 +1,245 @@
+"""semask serve: the JSON endpoint, its limits and error answers, and the page in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import semask
+from semask.cli import build_parser
+from semask.serve import ModelService, make_server
+from semask.serve.page import PAGE
+
+K = 4
+NAMES = ["sea", "land", "boat", "car"]
+MAX_BYTES = 200_000
+MAX_PIXELS = 120 * 120
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = semask.create_model(
+        "semask_swin_t_fpn",
+        num_classes=K,
+        embed_dim=16,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 1, 1),
+        window_size=4,
+        decoder_channels=16,
+        class_names=NAMES,
+    )
+    return model.eval()
+
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def scene(h: int = 60, w: int = 80, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[Any, ModelService]]:
+    service = ModelService(tiny_model(), max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, name="tiny")
+    httpd = make_server(service, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd, service
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def request(
+    httpd: Any, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+) -> tuple[int, dict[str, Any] | str]:
+    conn = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1], timeout=60)
+    headers = {"Content-Type": content_type} if content_type else {}
+    conn.request(method, path, body=body, headers=headers)
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    if response.getheader("Content-Type", "").startswith("application/json"):
+        return response.status, json.loads(data)
+    return response.status, data.decode()
+
+
+def decode_png(text: str) -> np.ndarray:
+    return np.array(Image.open(io.BytesIO(base64.b64decode(text))))
+
+
+def test_predict_returns_the_label_png_of_semask_predict(server: Any) -> None:
+    httpd, service = server
+    image = scene()
+    status, answer = request(httpd, "POST", "/predict", png_bytes(image), "image/png")
+    assert status == 200, answer
+    label = decode_png(answer["label_png"])
+    expected = semask.predict(service.model, image)
+    np.testing.assert_array_equal(label, expected)
+    assert (answer["width"], answer["height"]) == (80, 60)
+    counts = np.bincount(expected.ravel(), minlength=K)
+    assert {c["name"]: c["share"] for c in answer["classes"]} == pytest.approx(
+        {NAMES[i]: counts[i] / expected.size for i in range(K) if counts[i]}
+    )
+    shares = [c["share"] for c in answer["classes"]]
+    assert shares == sorted(shares, reverse=True)
+    colours = decode_png(answer["color_png"])
+    palette = np.asarray(service.palette, np.uint8)
+    np.testing.assert_array_equal(colours, palette[expected])
+    assert "priors" not in answer
+
+
+def test_priors_multipart_and_jpeg(server: Any) -> None:
+    httpd, service = server
+    image = scene(seed=3)
+    status, answer = request(httpd, "POST", "/predict?priors=1&top_k=2", png_bytes(image), "image/png")
+    assert status == 200
+    assert [s["stage"] for s in answer["priors"]] == [0, 1, 2, 3]
+    present = len(np.unique(semask.predict(service.model, image)))
+    for stage in answer["priors"]:
+        assert decode_png(stage["argmax_png"]).shape == (60, 80, 3)
+        assert len(stage["heatmaps"]) == min(2, present) and decode_png(stage["heatmaps"][0]["png"]).shape == (
+            60,
+            80,
+            3,
+        )
+    np.testing.assert_array_equal(decode_png(answer["label_png"]), semask.predict(service.model, image))
+    boundary = "semaskboundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png_bytes(image)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, multi = request(httpd, "POST", "/predict", body, f"multipart/form-data; boundary={boundary}")
+    assert status == 200
+    assert multi["label_png"] == answer["label_png"]
+    jpeg = png_bytes(image, "JPEG")
+    status, answer = request(httpd, "POST", "/predict", jpeg, "image/jpeg")
+    assert status == 200
+    decoded = np.array(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    np.testing.assert_array_equal(decode_png(answer["label_png"]), semask.predict(service.model, decoded))
+
+
+def test_error_answers(server: Any) -> None:
+    httpd, _ = server
+    status, answer = request(httpd, "POST", "/predict", b"\x89PNG\r\n\x1a\n" + b"broken" * 50, "image/png")
+    assert status == 400 and "could not decode" in answer["error"]
+    status, answer = request(httpd, "POST", "/predict", b"x" * (MAX_BYTES + 1), "image/png")
+    assert status == 413 and f"{MAX_BYTES:,}" in answer["error"]
+    big = np.zeros((121, 120, 3), np.uint8)  # 14,520 pixels > 14,400, a tiny file
+    assert len(png_bytes(big)) < MAX_BYTES
+    status, answer = request(httpd, "POST", "/predict", png_bytes(big), "image/png")
+    assert status == 422 and "121 = 14,520 pixels" in answer["error"]
+    status, answer = request(httpd, "POST", "/predict", b"hello", "text/plain")
+    assert status == 415 and "'text/plain' is not an image" in answer["error"]
+    status, answer = request(httpd, "POST", "/predict", png_bytes(scene()))  # no Content-Type
+    assert status == 415
+    status, answer = request(httpd, "POST", "/nowhere", b"", "image/png")
+    assert status == 404
+    # the server still works after the errors
+    status, answer = request(httpd, "POST", "/predict", png_bytes(scene()), "image/png")
+    assert status == 200
+
+
+def test_concurrent_requests_are_queued(server: Any) -> None:
+    httpd, service = server
+    images = [scene(seed=s) for s in range(4)]
+    results: dict[int, Any] = {}
+
+    def post(i: int) -> None:
+        results[i] = request(httpd, "POST", "/predict", png_bytes(images[i]), "image/png")
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (status, answer) in results.items():
+        assert status == 200
+        np.testing.assert_array_equal(decode_png(answer["label_png"]), semask.predict(service.model, images[i]))
+
+
+def test_page_info_and_defaults(server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    httpd, _ = server
+    monkeypatch.chdir(tmp_path)
+    status, page = request(httpd, "GET", "/")
+    assert status == 200 and 'id="opacity"' in page and "/predict" in page
+    assert "http://" not in PAGE and "https://" not in PAGE and "<link" not in PAGE  # no CDN assets
+    status, info = request(httpd, "GET", "/info")
+    assert status == 200 and info["class_names"] == NAMES and info["has_priors"]
+    assert sorted(info["lambda"]) == ["stage0", "stage1", "stage2", "stage3"]
+    request(httpd, "POST", "/predict?priors=1", png_bytes(scene()), "image/png")
+    assert list(tmp_path.iterdir()) == []  # nothing written to the working folder
+    args = build_parser().parse_args(["serve", "model_dir"])
+    assert (args.host, args.port) == ("127.0.0.1", 8000)
+
+
+def _browser() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def drive_page(url: str, image_path: Path, screenshot: Path, opacity: int = 35) -> dict[str, Any]:
+    """Upload ``image_path`` on the page at ``url`` in headless Chromium, move the slider, screenshot."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_browser(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(url)
+        page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+        page.set_input_files("#file", str(image_path))
+        page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        page.fill("#opacity", str(opacity))  # moves the range input and fires 'input'
+        state = page.evaluate(
+            """() => ({
+                opacity: document.getElementById('mask').style.opacity,
+                label: document.getElementById('opacity-value').textContent,
+                legendRows: document.querySelectorAll('#legend tr').length - 1,
+                stages: document.querySelectorAll('#priors .stage').length,
+                maskLoaded: document.getElementById('mask').naturalWidth,
+                status: document.getElementById('status').textContent,
+            })"""
+        )
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    return state
+
+
+@pytest.mark.slow
+def test_page_in_headless_chromium(server: Any, tmp_path: Path) -> None:
+    if _browser() is None:
+        pytest.skip("no chromium / chromium-browser / google-chrome on PATH (Debian: apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    httpd, _ = server
+    image_path = tmp_path / "scene.png"
+    Image.fromarray(scene(90, 120)).save(image_path)
+    shot = Path(os.environ.get("SEMASK_SCREENSHOT", tmp_path / "page.png"))
+    state = drive_page(f"http://127.0.0.1:{httpd.server_address[1]}/", image_path, shot, opacity=35)
+    assert state["opacity"] == "0.35" and state["label"] == "35%"
+    assert state["maskLoaded"] == 120
+    assert state["stages"] == 4
+    label = semask.predict(tiny_model(), np.array(Image.open(image_path)))
+    assert state["legendRows"] == len(np.unique(label))
+    assert "segmented" in state["status"]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
