@@ -173,6 +173,11 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             to_markdown(results["train_memory"]),
         ]
+    if results.get("data_pipeline"):
+        from data_pipeline import suite_markdown
+
+        lines += ["", "## Data pipeline (numpy TrainTransform + PIL JPEG decode, one thread per worker)", ""]
+        lines += [suite_markdown(results["data_pipeline"])]
     lines += ["", f"Total benchmark wall time: {results.get('wall_s', 0):.0f} s."]
     return "\n".join(lines)
 

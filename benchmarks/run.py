@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
 
         sizes = [512] if args.quick else [512, 1024]
         results["train_memory"] = train_memory.measure(args.models[0], sizes, batch=2)
+        import data_pipeline
+
+        results["data_pipeline"] = data_pipeline.suite_rows(quick=args.quick)
     results["wall_s"] = time.time() - started
     import report
 

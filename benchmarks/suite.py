@@ -207,7 +207,7 @@ def benchmark_training(runner: Runner, name: str) -> dict[str, Any]:
     batch = 8 if device.type == "cuda" else 2
     torch.manual_seed(0)
     model = runner.build(name).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)  # as the trainer
     scaler = torch.amp.GradScaler(device.type, enabled=runner.amp_dtype is torch.float16)
     x = runner.images(batch, 512)
     labels = torch.randint(0, runner.num_classes, (batch, 512, 512), device=device)

@@ -1,7 +1,7 @@
 """The README's model-zoo table, generated from the weights registry (never written by hand).
 
-    python scripts/zoo_table.py            # print the table
-    python scripts/zoo_table.py --write    # replace the table between the markers in README.md
+python scripts/zoo_table.py            # print the table
+python scripts/zoo_table.py --write    # replace the table between the markers in README.md
 """
 
 from __future__ import annotations
@@ -26,8 +26,12 @@ def table() -> str:
         miou = f"{cfg.paper_miou[0]:.2f} / {cfg.paper_miou[1]:.2f}" if cfg.paper_miou else "-"
         crop = "x".join(str(v) for v in cfg.crop_size) if cfg.crop_size else "-"
         where = f"[Drive]({cfg.source})" if cfg.gdrive_id else f"[HF]({cfg.source.rsplit('/resolve', 1)[0]})"
-        lines.append(f"| `{name}` | {cfg.dataset} | {crop} | {miou} | {where} | `semask.load(\"{name}\")` |")
-    lines += ["", "ImageNet encoders (`create_model(..., backbone_weights=\"imagenet\")`, what the recipes start from):", ""]
+        lines.append(f'| `{name}` | {cfg.dataset} | {crop} | {miou} | {where} | `semask.load("{name}")` |')
+    lines += [
+        "",
+        'ImageNet encoders (`create_model(..., backbone_weights="imagenet")`, what the recipes start from):',
+        "",
+    ]
     lines.append(", ".join(f"`{n}`" for n in list_pretrained(kind="backbone")))
     return "\n".join(lines)
 

@@ -60,7 +60,9 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
         "'--scale 0' keeps the original size",
     )
     parser.add_argument(
-        "--aug-test", action="store_true", help=f"multi-scale {AUG_TEST_RATIOS} + flip testing (averaged softmax)"
+        "--aug-test",
+        action="store_true",
+        help=f"the model's multi-scale + flip test (ratios {AUG_TEST_RATIOS}; mask classification: its short-edge sizes)",
     )
     parser.add_argument("--flip", action="store_true", help="also run mirrored images (averaged softmax)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
@@ -73,8 +75,9 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _eval_settings(args: argparse.Namespace, base: Any) -> Any:
-    """``base`` (an EvalConfig) with the inference flags applied."""
+def _eval_settings(args: argparse.Namespace, base: Any, model: Any) -> Any:
+    """``base`` (an EvalConfig) with the inference flags applied; ``--aug-test`` is the model
+    family's own multi-scale + flip protocol (``model.aug_test()``)."""
     import dataclasses
 
     changes: dict[str, Any] = {}
@@ -87,7 +90,7 @@ def _eval_settings(args: argparse.Namespace, base: Any) -> Any:
     if args.scale is not _UNSET:
         changes["scale"] = args.scale
     if args.aug_test:
-        changes.update(scales=list(AUG_TEST_RATIOS), flip=True)
+        changes.update(model.aug_test())
     if args.flip:
         changes["flip"] = True
     return dataclasses.replace(base, **changes)
@@ -210,7 +213,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = evaluate(
             model,
             dataset,
-            _eval_settings(args, cfg.eval),
+            _eval_settings(args, cfg.eval, model),
             num_workers=args.num_workers,
             pred_dir=args.pred_dir,
             out_json=args.out,
@@ -233,13 +236,12 @@ def _base_dataset_kwargs(data: Any) -> dict[str, Any]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .config import EvalConfig
     from .engine.amp import autocast, resolve_amp_dtype
-    from .engine.predict import UnreadableImagesError, collect_images, load_model_any, predict_folder
+    from .engine.predict import UnreadableImagesError, load_model_any, predict_folder
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be between 0 and 1 (overlay opacity), got {args.alpha}")
     if Path(args.out).is_file():
         raise ValueError(f"--out {args.out} is a file; give a folder for the labels/, color/ and overlay/ PNGs")
-    collect_images(args.images)  # missing inputs are reported before the model loads
     device = _device(args.device)
     model, embedded = load_model_any(args.model)
     if args.save_priors:
@@ -249,7 +251,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ValueError(f"--save-priors: {args.model} has no semantic layers (a baseline), so no prior maps")
     model = model.to(device)
     base = embedded.eval if embedded is not None else EvalConfig(scale=None)
-    settings = _eval_settings(args, base)
+    settings = _eval_settings(args, base, model)
     failure = None
     with autocast(device, resolve_amp_dtype(device, args.amp)):
         try:
@@ -265,6 +267,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 stride=settings.stride,
                 scales=settings.scales,
                 flip=settings.flip,
+                sizes=settings.sizes,
+                max_size=settings.max_size,
             )
         except UnreadableImagesError as exc:  # the readable images are written; say so, then fail
             written, failure = exc.written, exc
@@ -382,7 +386,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
-    serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        scale=args.scale,
+    )
     return 0
 
 
@@ -470,11 +481,11 @@ def run_demo(out: Path, quick: bool = False, progress: bool = True) -> dict[str,
     """
     from .data.datasets import build_dataset
     from .data.synthetic import make_context_dataset
-    from .models import load
     from .engine.evaluate import evaluate
     from .engine.predict import predict_folder
     from .engine.report import write_report
     from .engine.trainer import holds_run, train
+    from .models import load
 
     if holds_run(out / "work"):
         raise FileExistsError(
@@ -600,6 +611,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get 413")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="larger images get 422")
+    p.add_argument(
+        "--scale",
+        type=_size,
+        metavar="LONGxSHORT",
+        help="resize uploads to fit first (default: a training checkpoint's eval.scale, else the original size)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("score", help="mIoU of predicted label PNGs against ground-truth PNGs")
@@ -684,6 +701,8 @@ _LOOKUP_MODULES = {("models", "registry.py"), ("models", "pretrained.py"), ("mod
 def _is_user_error(exc: BaseException) -> bool:
     """Errors about the user's input, files or machine: printed as one line, exit code 1."""
     if isinstance(exc, (ValueError, OSError, FloatingPointError)):
+        return True
+    if type(exc).__module__ in ("semask.hub.download", "semask.export"):  # DownloadError, ExportError
         return True
     if isinstance(exc, ImportError):
         return "pip install" in str(exc)  # a missing optional dependency, with the install line

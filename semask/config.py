@@ -17,6 +17,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .models.base import MS_RATIOS
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key and the value."""
@@ -73,7 +75,7 @@ class DataConfig:
     reduce_zero_label: bool | None = None
     crop_size: tuple[int, int] = (512, 512)
     scale: tuple[int, int] = (2048, 512)
-    ratios: list[float] | None = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
+    ratios: list[float] | None = field(default_factory=lambda: list(MS_RATIOS))
     ratio_range: tuple[float, float] | None = None
     cat_max_ratio: float = 0.75
     flip_prob: float = 0.5
@@ -271,7 +273,9 @@ class EvalConfig:
     """Test protocol: resize to fit ``scale`` (keep ratio), whole or sliding-window inference.
 
     ``scales`` are the multi-scale ratios (``[1.0]`` = single scale); with ``flip`` each scale is
-    also run mirrored and the softmax probabilities are averaged at the original size.
+    also run mirrored and the probabilities are averaged at the original size. ``sizes`` replace
+    the ratios by short-edge sizes (long edge at most ``max_size``): the mask-classification
+    models' official multi-scale test (``model.aug_test()`` gives each family's setting).
     """
 
     mode: Literal["whole", "slide"] = "whole"
@@ -280,10 +284,14 @@ class EvalConfig:
     scale: tuple[int, int] | None = (2048, 512)
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False
+    sizes: list[int] | None = None
+    max_size: int | None = None
 
     def __post_init__(self) -> None:
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"scales must be a non-empty list of positive ratios, got {self.scales}")
+        if self.sizes is not None and (not self.sizes or min(self.sizes) < 1 or not self.max_size):
+            raise ValueError(f"sizes needs positive short-edge sizes and a max_size, got {self.sizes}, {self.max_size}")
 
 
 @dataclass
@@ -343,7 +351,7 @@ class ExperimentConfig:
         return _build(cls, raw, source, "")
 
 
-AUG_TEST_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+AUG_TEST_RATIOS = list(MS_RATIOS)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:

@@ -9,7 +9,8 @@ layers (the model code is unchanged), and returns an :class:`Explanation` with
 
 * per stage: the raw S_Q map (K, h_i, w_i) and its argmax as a class-id picture;
 * per selected class (named ones, or the ``top_k`` most frequent in the prediction): the
-  stage heatmaps, i.e. the softmax over classes of S_Q, bilinearly upsampled to the image;
+  stage heatmaps, i.e. the softmax over classes of S_Q, bilinearly upsampled to the image
+  (the probabilities are upsampled, so the maps of all K classes still sum to 1);
 * the decoded semantic prediction (argmax of the semantic decoder's logits), the final
   prediction (argmax of the main logits), and a *disagreement map*:
   ``[semantic argmax != final argmax] * p_semantic_max * p_final_max``, high where two
@@ -220,9 +221,18 @@ def _prior_to_image(
     return _resize(prior, out)
 
 
-def prior_heatmaps(prior: Tensor, size: tuple[int, int]) -> Tensor:
-    """(1, K, h, w) raw S_Q -> (K, *size) class probabilities: bilinear upsampling, then softmax over K."""
-    return _resize(prior.float(), size).softmax(dim=1)[0]
+def prior_heatmaps(
+    prior: Tensor,
+    classes: Sequence[int],
+    input_size: tuple[int, int],
+    padded: tuple[int, int],
+    size: tuple[int, int],
+) -> Tensor:
+    """(1, K, h, w) raw S_Q -> (len(classes), *size): softmax over the K classes at the stage's
+    resolution, then the chosen classes' maps bilinearly upsampled to the image (only those:
+    upsampling all K maps of a 150-class model to the image would cost far more)."""
+    probs = prior.float().softmax(dim=1)[:, list(classes)]
+    return _prior_to_image(probs, input_size, padded, size)[0]
 
 
 def _model_label(model: nn.Module) -> str:
@@ -323,10 +333,8 @@ def explain(
     size = (rgb.shape[0], rgb.shape[1])
     logits = _resize(out.logits.float(), input_size)
     logits = _resize(logits, size)
-    if getattr(model, "aug_test_average", "softmax") == "scores":
-        probs = logits / logits.sum(dim=1, keepdim=True).clamp_min(1e-12)  # class x mask scores
-    else:
-        probs = logits.softmax(dim=1)
+    probs = model.probabilities(logits)  # softmax, or a mask-classification model's class x mask scores
+    probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)  # scores need not sum to 1
     confidence, prediction = probs.max(dim=1)
     semantic_logits = _resize(_resize(out.semantic_logits.float(), input_size), size)
     semantic_confidence, semantic = semantic_logits.softmax(dim=1).max(dim=1)
@@ -338,11 +346,10 @@ def explain(
     prediction_np = prediction[0].cpu().numpy().astype(np.int64)
     chosen = _resolve_classes(classes, names, prediction_np, top_k)
     stages = sorted(caught)
-    upsampled = [prior_heatmaps(_prior_to_image(caught[s], input_size, padded, size), size) for s in stages]
     heatmaps = np.zeros((len(chosen), len(stages), *size), np.float32)
-    for j, maps in enumerate(upsampled):
-        for r, c in enumerate(chosen):
-            heatmaps[r, j] = maps[c].cpu().numpy()
+    if chosen:
+        for j, s in enumerate(stages):
+            heatmaps[:, j] = prior_heatmaps(caught[s], chosen, input_size, padded, size).cpu().numpy()
     priors = [caught[s][0].cpu().numpy().astype(np.float32) for s in stages]
     return Explanation(
         image=rgb,

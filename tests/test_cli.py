@@ -178,8 +178,9 @@ def test_user_errors_are_one_line_messages(trained: dict[str, Path], capsys: pyt
     assert "train.batch_sise" in capsys.readouterr().err
     assert main(["eval", str(trained["config"])]) == 1
     assert "needs --checkpoint" in capsys.readouterr().err
-    assert main(["predict", str(trained["root"] / "no_model"), "x.png", "--out", "o"]) == 1
-    assert "no_model does not exist" in capsys.readouterr().err
+    image = trained["data"] / "images" / "val" / "00000.png"
+    assert main(["predict", str(trained["root"] / "no_model"), str(image), "--out", "o"]) == 1
+    assert "no_model is neither a registered name nor an existing file or folder" in capsys.readouterr().err
     assert main(["score", str(trained["root"] / "nothing"), str(trained["data"]), "--num-classes", "5"]) == 1
     assert "nothing does not exist" in capsys.readouterr().err
 

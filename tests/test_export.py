@@ -77,3 +77,17 @@ def test_dynamic_export_any_size_and_batch(tmp_path) -> None:
         with torch.inference_mode():
             want = model(x).logits
         torch.testing.assert_close(run_onnx(path, x), want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+@pytest.mark.export
+def test_torch_export_of_the_model_itself_returns_its_output_dataclass() -> None:
+    """The output dataclass is a registered pytree: no wrapper module is needed for torch.export."""
+    from semask.models.outputs import SegmentationOutput
+
+    model = small_model()
+    x = torch.randn(1, 3, 37, 45, generator=torch.Generator().manual_seed(0))
+    program = torch.export.export(model, (x,))
+    out = program.module()(x)
+    assert isinstance(out, SegmentationOutput) and out.semantic_logits is None
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits, model(x).logits, rtol=0, atol=1e-5)

@@ -8,6 +8,8 @@ batch statistics) and in eval mode (running statistics folded into the weights).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import semask
-from semask.models.mit import add_resized, bilinear_matrix
+from semask.models.mit import add_resized
+from semask.models.upsampled_ce import bilinear_matrix, upsampled_cross_entropy
 
 TINY = dict(embed_dims=(8, 16, 24, 32), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1), decoder_channels=12)
 
@@ -104,3 +107,52 @@ def test_flop_counter_sees_the_reference_head() -> None:
     assert calls == ["fuse"]
     with torch.no_grad():
         assert torch.allclose(hooked, model.decode_head(features), rtol=0, atol=1e-10)
+
+
+def test_upsampled_cross_entropy_by_hand() -> None:
+    # 1x1 logits upsample to a constant map: every pixel has CE = log(e^0 + e^ln3) - z_label.
+    logits = torch.tensor([0.0, math.log(3.0)], dtype=torch.float64).view(1, 2, 1, 1)
+    labels = torch.tensor([[[0, 1, 255], [1, 1, 0]]])
+    loss = upsampled_cross_entropy(logits, labels)
+    expected = 2 * math.log(4.0) + 3 * (math.log(4.0) - math.log(3.0))  # two 0s, three 1s, one ignored
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_upsampled_cross_entropy_equals_literal(dtype: torch.dtype) -> None:
+    torch.manual_seed(2)
+    x = torch.randn(2, 7, 9, 13, dtype=dtype, requires_grad=True)
+    labels = torch.randint(0, 7, (2, 36, 50))
+    labels[:, :3] = 255
+    fused = upsampled_cross_entropy(x, labels, band_elements=7 * 50 * 5)  # several bands of 5 rows
+    (fused_grad,) = torch.autograd.grad(fused, x)
+    up = F.interpolate(x, size=(36, 50), mode="bilinear", align_corners=False)
+    literal = F.cross_entropy(up, labels, ignore_index=255, reduction="sum")
+    (literal_grad,) = torch.autograd.grad(literal, x)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert abs(fused.item() - literal.item()) <= tol * abs(literal.item())
+    assert torch.allclose(fused_grad, literal_grad, rtol=0, atol=tol * literal_grad.abs().max().item())
+
+
+@pytest.mark.parametrize("name", ["semask_mit_b0", "semask_swin_t_fpn"])
+def test_memory_efficient_loss_equals_literal(name: str) -> None:
+    torch.manual_seed(3)
+    small = TINY if "mit" in name else dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=4)
+    model = semask.create_model(name, num_classes=5, **small).double().eval()  # eval: no dropout / drop path
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    labels = torch.randint(0, 5, (2, 64, 64))
+    labels[0, :5] = 255
+    results = []
+    for efficient in (False, True):
+        model.set_memory_efficient_loss(efficient)
+        model.zero_grad()
+        out = model(x, labels)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((out.loss_main.item(), out.loss_semantic.item(), grads))
+    (main_a, sem_a, grads_a), (main_b, sem_b, grads_b) = results
+    # the literal CE runs in float32 even for a float64 model; the banded one keeps float64
+    assert main_b == pytest.approx(main_a, rel=1e-6) and sem_b == pytest.approx(sem_a, rel=1e-6)
+    assert len(grads_a) == len(grads_b) > 0
+    for a, b in zip(grads_a, grads_b):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6 * max(1.0, a.abs().max().item()))

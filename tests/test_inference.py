@@ -174,3 +174,24 @@ def test_real_semask_model_whole_slide_and_predict():
     rgb = np.random.default_rng(1).integers(0, 256, (45, 61, 3), dtype=np.uint8)
     label = predict_image(model, rgb, model.config.mean, model.config.std, scale=(64, 48))
     assert label.shape == (45, 61) and label.max() < 5
+
+
+def test_predict_and_evaluate_give_the_model_back_in_the_callers_mode(tmp_path) -> None:
+    from conftest import TINY
+
+    from semask.config import EvalConfig
+    from semask.data import make_context_dataset
+    from semask.data.datasets import build_dataset
+    from semask.engine.evaluate import evaluate
+
+    model = semask.create_model("semask_swin_t_fpn", num_classes=5, **TINY).train()
+    image = np.zeros((40, 48, 3), np.uint8)
+    semask.predict(model, image)
+    assert model.training  # the caller's training mode is restored
+    data = make_context_dataset(tmp_path, num_train=0, num_val=1, size=48, seed=0)
+    dataset = build_dataset("folder", data, "val", num_classes=5)
+    evaluate(model, dataset, EvalConfig(scale=None), progress=False)
+    assert model.training
+    with pytest.raises(ValueError, match="slide mode needs crop_size"):
+        evaluate(model, dataset, EvalConfig(scale=None, mode="slide", crop_size=None), progress=False)
+    assert model.training  # also when the evaluation fails

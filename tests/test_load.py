@@ -111,6 +111,10 @@ def test_each_entry_fits_its_preset_and_recipe(name: str) -> None:
     assert cfg.preset in list_models()
     config = get_config(cfg.preset, num_classes=cfg.num_classes)  # builds: classes fit the preset
     assert config.num_classes == {"ade20k": 150, "cityscapes": 19, "coco_stuff10k": 171}[cfg.dataset]
+    if cfg.ms_sizes is not None:  # the registered m.s. protocol is what --aug-test runs for the model
+        assert (list(cfg.ms_sizes), cfg.ms_max_size) == (config.test_sizes, config.test_max_size)
+    elif cfg.ms_scales is not None:
+        assert cfg.ms_scales == semask.models.base.MS_RATIOS
     recipes = [p for d in ("configs", "configs/mask2former") for p in (ROOT / d).glob(f"{cfg.preset}*.yaml")]
     recipe = next((p for p in recipes if p.stem in (f"{cfg.preset}_{cfg.tag}", cfg.preset)), None)
     if recipe is None:  # the SegFormer releases come from NVIDIA's recipes, not ours

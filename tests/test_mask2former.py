@@ -6,6 +6,7 @@ import itertools
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -450,16 +451,26 @@ def test_save_and_load_model_roundtrip(tmp_path) -> None:  # type: ignore[no-unt
     torch.testing.assert_close(loaded(x).logits, model(x).logits)
 
 
-def test_multi_scale_flip_inference() -> None:
+def test_multi_scale_flip_test_averages_scores_at_short_edge_sizes() -> None:
+    """--aug-test of a mask-classification model: detectron2's short-edge sizes, scores averaged as they are."""
+    from semask.data.transforms import normalize
+    from semask.engine.inference import predict_image
+
     torch.manual_seed(0)
     model = tiny_model("mask2former").eval()
-    x = torch.randn(1, 3, 64, 96)
+    assert model.aug_test() == {"sizes": [320, 480, 640, 800, 960, 1120], "max_size": 4480, "flip": True}
+    cityscapes = semask.create_model("semask_swin_t_mask2former_cityscapes", **{**TINY, "num_classes": 19})
+    assert cityscapes.aug_test()["sizes"] == [512, 768, 1024, 1280, 1536, 1792]
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    mean, std = model.config.mean, model.config.std
+    x = torch.from_numpy(normalize(image, mean, std))[None]
     with torch.no_grad():
         plain = model(x).logits
         mirrored = model(x.flip(-1)).logits.flip(-1)
-    torch.testing.assert_close(m2f.multi_scale_flip_inference(model, x, sizes=[64], flip=False), plain)
-    torch.testing.assert_close(m2f.multi_scale_flip_inference(model, x, sizes=[64]), (plain + mirrored) / 2)
-    assert m2f.multi_scale_flip_inference(model, x, sizes=[48, 80]).shape == (1, 5, 64, 96)
+    got = predict_image(model, image, mean, std, None, sizes=[64], max_size=4480, flip=True)
+    np.testing.assert_array_equal(got, ((plain + mirrored) / 2).argmax(1)[0].numpy())  # no softmax
+    two = predict_image(model, image, mean, std, None, sizes=[48, 80], max_size=4480, flip=True)
+    assert two.shape == (64, 96)
 
 
 def test_tiny_overfit_loss_decreases() -> None:

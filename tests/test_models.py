@@ -194,9 +194,7 @@ def test_official_inference_of_architecture(tmp_path) -> None:
     model = semask.load(tmp_path / "bare.pth")
     assert (model.config.num_classes, model.config.window_size, model.config.decoder_channels) == (19, 12, 16)
     assert model.config.semantic_global_stages == ()  # K = 19 -> windowed everywhere
-    assert semask.load(
-        tmp_path / "bare.pth", semantic_global_stages=(3,)
-    ).config.semantic_global_stages == (3,)
+    assert semask.load(tmp_path / "bare.pth", semantic_global_stages=(3,)).config.semantic_global_stages == (3,)
     base = to_official(semask.create_model("swin_t_fpn", num_classes=150, **TINY))
     torch.save({"state_dict": base}, tmp_path / "swin.pth")
     assert not semask.load(tmp_path / "swin.pth").config.is_semask
@@ -287,3 +285,25 @@ def test_ablation_presets() -> None:
             torch.testing.assert_close(out.loss, out.loss_main + 0.4 * out.loss_semantic)
         else:
             torch.testing.assert_close(out.loss, out.loss_main)
+
+
+def test_mask_and_index_caches_are_bounded_by_bytes() -> None:
+    from semask.models.layers import TensorCache
+
+    cache = TensorCache(max_bytes=1000)
+    built = []
+
+    def make(n: int):
+        built.append(n)
+        return torch.zeros(n, dtype=torch.uint8)
+
+    a = cache.get("a", lambda: make(400))
+    assert cache.get("a", lambda: make(400)) is a and built == [400]  # a hit builds nothing
+    cache.get("b", lambda: make(400))
+    cache.get("a", lambda: make(400))  # a becomes the most recent
+    cache.get("c", lambda: make(400))  # 1200 bytes > 1000: the least recent (b) goes
+    assert set(cache._items) == {"a", "c"}
+    cache.get("big", lambda: make(5000))  # larger than the budget: returned, never kept
+    assert "big" not in cache._items and set(cache._items) == {"a", "c"}
+    cache.clear()
+    assert not cache._items

@@ -176,7 +176,7 @@ def test_loading_errors_name_the_file_and_problem(tmp_path: Path) -> None:
     with pytest.raises(TrainingCheckpointError, match="missing.pth does not exist"):
         load_training_checkpoint(tmp_path / "missing.pth")
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainingCheckpointError, match="cannot read training checkpoint .*garbage.pth"):
+    with pytest.raises(TrainingCheckpointError, match="cannot read training checkpoint.*garbage.pth"):
         load_training_checkpoint(tmp_path / "garbage.pth")
     torch.save({"state_dict": {}}, tmp_path / "official.pth")
     with pytest.raises(TrainingCheckpointError, match="official.pth is not a semask training checkpoint"):
@@ -263,7 +263,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         model.forward = poisoned
         return model
 
-    monkeypatch.setattr(semask, "create_model", create_model_going_nan)
+    monkeypatch.setattr(semask.models, "create_model", create_model_going_nan)  # what the trainer calls
     cfg = tiny_config(data_root, "train.ckpt_interval=2", "train.eval_interval=100")
     work = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError, match=r"iteration 5: loss=nan.*iter_00000004\.pth is untouched"):

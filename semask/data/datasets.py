@@ -697,10 +697,11 @@ class FolderDataset(SegmentationDataset):
         if in_channels < 1:
             raise DataError(f"{root}: in_channels must be >= 1, got {in_channels}")
         self.in_channels = int(in_channels)
-        if palette is not None:
-            colours = {tuple(int(v) for v in c): i for i, c in enumerate(palette)}
-            if len(colours) != len(palette):
+        colours = {tuple(int(v) for v in c): i for i, c in enumerate(palette or [])}
+        if palette is not None and len(colours) != len(palette):  # ids only: colour masks would be ambiguous
+            if ignore_color is not None:
                 raise DataError(f"{root / 'palette.txt'}: two classes share a colour, so colour masks are ambiguous")
+        elif palette is not None:
             if ignore_color is not None:
                 key = tuple(int(v) for v in ignore_color)
                 if key in colours:

@@ -39,10 +39,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
-IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
-ADE20K_RATIOS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-IGNORE_INDEX = 255
+from ..models.base import IMAGENET_MEAN, IMAGENET_STD, MS_RATIOS
+from ..models.loss import IGNORE_INDEX
+
+ADE20K_RATIOS: tuple[float, ...] = MS_RATIOS
 
 # A transform maps (RGB uint8 HxWx3 image, HxW label, rng) to a normalised float32 (3, h, w)
 # image and an int64 (h, w) label.

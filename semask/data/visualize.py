@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IGNORE_INDEX = 255
+from ..models.loss import IGNORE_INDEX
 
 
 def _as_label(label: np.ndarray) -> np.ndarray:

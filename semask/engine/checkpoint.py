@@ -112,7 +112,7 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     try:  # says why: an empty file, a truncated write, pickled code we refuse to run
         state = torch_load(path)
     except CheckpointError as exc:
-        raise TrainingCheckpointError(f"cannot read training checkpoint: {exc}") from None
+        raise TrainingCheckpointError(f"cannot read training checkpoint {exc}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = sorted(state)[:10] if isinstance(state, dict) else type(state).__name__
         raise TrainingCheckpointError(

@@ -60,9 +60,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
         if not torch.cuda.is_available():
             raise ValueError("train.device=cuda but CUDA is not available here; use train.device=cpu or auto")
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(
-                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible"
-            )
+            raise ValueError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible")
         torch.cuda.set_device(local_rank)
         torch_device = torch.device("cuda", local_rank)
     elif device == "cpu":

@@ -65,7 +65,7 @@ def evaluate(
     Under DDP (``info``) every process takes a contiguous share and the counts are summed.
     """
     from ..data.visualize import save_label_png
-    from .inference import predict_image
+    from .inference import eval_mode, predict_image
     from .metrics import IoUAccumulator, format_table
 
     eval_cfg = EvalConfig() if eval_cfg is None else eval_cfg
@@ -81,31 +81,31 @@ def evaluate(
         generator=torch.Generator(),  # never touch the global RNG (its state is checkpointed)
     )
     accumulator = IoUAccumulator(config.num_classes, getattr(dataset, "ignore_index", 255))
-    was_training = model.training
-    model.eval()
     start = time.perf_counter()
     from tqdm import tqdm
 
-    for index, image, label in tqdm(
-        loader, total=len(indices), desc="eval", unit="img", disable=not (progress and is_main)
-    ):
-        pred = predict_image(
-            model,
-            image.numpy(),
-            config.mean,
-            config.std,
-            eval_cfg.scale,
-            mode=eval_cfg.mode,
-            crop_size=eval_cfg.crop_size,
-            stride=eval_cfg.stride,
-            scales=eval_cfg.scales,
-            flip=eval_cfg.flip,
-            num_classes=config.num_classes,
-        )
-        accumulator.update(pred, label.numpy())
-        if pred_dir is not None:
-            save_label_png(Path(pred_dir) / f"{dataset.name(int(index))}.png", pred)
-    model.train(was_training)
+    with eval_mode(model):
+        for index, image, label in tqdm(
+            loader, total=len(indices), desc="eval", unit="img", disable=not (progress and is_main)
+        ):
+            pred = predict_image(
+                model,
+                image.numpy(),
+                config.mean,
+                config.std,
+                eval_cfg.scale,
+                mode=eval_cfg.mode,
+                crop_size=eval_cfg.crop_size,
+                stride=eval_cfg.stride,
+                scales=eval_cfg.scales,
+                flip=eval_cfg.flip,
+                num_classes=config.num_classes,
+                sizes=eval_cfg.sizes,
+                max_size=eval_cfg.max_size,
+            )
+            accumulator.update(pred, label.numpy())
+            if pred_dir is not None:
+                save_label_png(Path(pred_dir) / f"{dataset.name(int(index))}.png", pred)
     if info is not None:
         summed = all_reduce_sum({"counts": accumulator.counts, "confusion": accumulator.confusion}, info)
         accumulator.counts = summed["counts"].astype(np.int64)

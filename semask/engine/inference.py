@@ -32,7 +32,8 @@ The model is any callable mapping a (B, 3, h, w) tensor to an object with a ``.l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.transforms import TestTransform, normalize
+from ..models.base import SeMaskModel
 
 Model = Callable[[Tensor], Any]
 Mode = Literal["whole", "slide"]
@@ -105,6 +107,21 @@ def _forward(model: Model, x: Tensor, mode: Mode, crop_size: Any, stride: Any, n
     return total / count
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode for the block, then back in the mode the caller had it in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _softmax(logits: Tensor) -> Tensor:
+    return logits.softmax(dim=1)
+
+
 def _average_probabilities(
     model: Model,
     inputs: Iterable[Tensor],
@@ -117,17 +134,17 @@ def _average_probabilities(
 ) -> Tensor:
     """Mean softmax at ``out_size`` over every input, each also mirrored when ``flip``.
 
-    Models whose ``aug_test_average`` is ``"scores"`` (mask classification: the class x mask
-    scores are already probabilities) are averaged as they are, as their official test does.
+    A :class:`SeMaskModel` says what its probabilities are (``model.probabilities``: the mask
+    classification models' class x mask scores are averaged as they are, as their official test
+    does); any other callable's logits get a softmax.
     """
-    softmax = getattr(model, "aug_test_average", "softmax") == "softmax"
+    to_probabilities = model.probabilities if isinstance(model, SeMaskModel) else _softmax
     total: Tensor | None = None
     n = 0
     for x in inputs:
         for mirrored in (False, True) if flip else (False,):
             logits = _forward(model, x.flip(-1) if mirrored else x, mode, crop_size, stride, num_classes)
-            probs = _resize(logits, out_size)
-            probs = probs.softmax(dim=1) if softmax else probs
+            probs = to_probabilities(_resize(logits, out_size))
             probs = probs.flip(-1) if mirrored else probs
             total = probs if total is None else total + probs
             n += 1
@@ -205,12 +222,16 @@ def predict_image(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     num_classes: int | None = None,
+    sizes: Sequence[int] | None = None,
+    max_size: int | None = None,
 ) -> np.ndarray:
     """Class-id map (H, W) int64 of one RGB uint8 image, at its original size.
 
     For each ratio in ``scales`` the original image is resized to fit ``scale * ratio``
     (``scale=None``: the original size times the ratio), normalised with ``mean``/``std`` (RGB,
     0-255) and run on the model's device; the argmax of the averaged probabilities is returned.
+    ``sizes`` (with ``max_size``) replace ``scale`` and the ratios: the short edge is resized to
+    each size, the long edge kept at most ``max_size`` (detectron2's multi-scale test).
     """
     _check_call(model, mode, crop_size, stride, scales)
     image = np.asarray(image_rgb_uint8)
@@ -222,11 +243,16 @@ def predict_image(
             f"image must be an (H, W, {bands}) array of uint8, uint16 or float32 bands, got {image.dtype} "
             f"of shape {image.shape}"
         )
-    transform = TestTransform(scale, mean, std)
     device = _model_device(model)
-    inputs = (
-        torch.from_numpy(normalize(transform.resize(image, ratio), mean, std))[None].to(device) for ratio in scales
-    )
+    if sizes is not None:  # fitting (max_size, s) is detectron2's short edge s, long edge <= max_size
+        if not sizes or max_size is None:
+            raise ValueError(f"sizes needs at least one size and a max_size, got {sizes}, {max_size}")
+        resized = (TestTransform((max_size, s), mean, std).resize(image) for s in sizes)
+        scales = tuple(sizes)
+    else:
+        transform = TestTransform(scale, mean, std)
+        resized = (transform.resize(image, ratio) for ratio in scales)
+    inputs = (torch.from_numpy(normalize(x, mean, std))[None].to(device) for x in resized)
     size = (image.shape[0], image.shape[1])
     if len(scales) == 1 and not flip:  # memory bounded (module docstring, "Memory")
         x = next(iter(inputs))
@@ -291,7 +317,7 @@ def _slide_argmax(model: Model, x: Tensor, crop_size: Any, stride: Any, num_clas
             total = x.new_zeros((window.shape[0], rows, w), dtype=torch.float32)
         if y1 > base:  # rows base..y1 are complete: reduce them, shift the rest up
             done = y1 - base
-            out[base:y1] = (total[:, :done] / count[:done]).argmax(dim=0)
+            _band_argmax(total, count, done, out[base:y1])
             keep = rows - done
             for row in range(keep):  # shift up in place, row by row (no second buffer)
                 total[:, row] = total[:, row + done]
@@ -302,5 +328,12 @@ def _slide_argmax(model: Model, x: Tensor, crop_size: Any, stride: Any, num_clas
         total[:, y1 - base : y2 - base, x1:x2] += window
         count[y1 - base : y2 - base, x1:x2] += 1
     assert total is not None  # there is always at least one window
-    out[base:] = (total[:, : h - base] / count[: h - base]).argmax(dim=0)
+    _band_argmax(total, count, h - base, out[base:])
     return out
+
+
+def _band_argmax(total: Tensor, count: Tensor, rows: int, out: Tensor, step: int = 16) -> None:
+    """``out[:rows] = argmax(total[:, :rows] / count[:rows])``, ``step`` rows at a time (small temporaries)."""
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        out[start:stop] = (total[:, start:stop] / count[start:stop]).argmax(dim=0)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,31 +97,36 @@ def predict(
     stride: tuple[int, int] | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    sizes: Sequence[int] | None = None,
+    max_size: int | None = None,
 ) -> np.ndarray:
     """(H, W) int64 class ids of one image at its original size.
 
     The image is normalised with ``model.config.mean/std``. ``scale`` = (long, short) resizes
     it to fit first, as the benchmark test protocols do (e.g. (2048, 512) for ADE20K models);
-    ``None`` runs at the original size. ``scales``/``flip`` give multi-scale + flip testing.
-    The model runs on the device of its parameters and is put in eval mode.
+    ``None`` runs at the original size. ``scales``/``flip`` give multi-scale + flip testing
+    (``sizes``/``max_size``: short-edge sizes instead of ratios, the mask-classification protocol).
+    The model runs on the device of its parameters, in eval mode (the caller's mode is restored).
     """
-    from .inference import predict_image
+    from .inference import eval_mode, predict_image
 
-    model.eval()
     config = model.config  # type: ignore[union-attr]
-    return predict_image(
-        model,
-        load_input(image, getattr(config, "in_channels", 3)),
-        config.mean,
-        config.std,
-        scale,
-        mode=mode,  # type: ignore[arg-type]
-        crop_size=crop_size,
-        stride=stride,
-        scales=scales,
-        flip=flip,
-        num_classes=config.num_classes,
-    )
+    with eval_mode(model):
+        return predict_image(
+            model,
+            load_input(image, getattr(config, "in_channels", 3)),
+            config.mean,
+            config.std,
+            scale,
+            mode=mode,  # type: ignore[arg-type]
+            crop_size=crop_size,
+            stride=stride,
+            scales=scales,
+            flip=flip,
+            num_classes=config.num_classes,
+            sizes=sizes,
+            max_size=max_size,
+        )
 
 
 def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -143,6 +149,52 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             raise ValueError(f"two inputs share the output name {path.stem!r}: {stems[path.stem]} and {path}")
         stems[path.stem] = path
     return found
+
+
+LOCK_NAME = ".semask-predict.lock"
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir/.semask-predict.lock`` (holding this process's id) while predicting into it.
+
+    Another live process holding it is refused with a message naming it; a lock left by a
+    process that no longer runs (kill -9) is taken over.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = out_dir / LOCK_NAME
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _alive(owner):
+                raise FileExistsError(
+                    f"another semask predict (process {owner}) is writing into {out_dir}; wait for it or use "
+                    f"another --out (its lock file is {lock})"
+                ) from None
+            lock.unlink(missing_ok=True)  # left by a process that is gone
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 class UnreadableImagesError(ValueError):
@@ -193,33 +245,34 @@ def predict_folder(
     images = collect_images(inputs)
     for sub in ("labels", "color", "overlay"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    written: list[dict[str, Path]] = []
-    failed: list[tuple[Path, str]] = []
-    for path in tqdm(images, desc="predict", unit="img", disable=not progress):
-        try:
-            image = load_input(path, getattr(config, "in_channels", 3))
-        except DataError as exc:
-            if strict:
-                raise
-            failed.append((path, str(exc)))
-            continue
-        with torch.inference_mode():
-            label = predict(model, image, **options)
-        files = {
-            "image": path,
-            "labels": save_label_png(out_dir / "labels" / f"{path.stem}.png", label),
-            "color": save_png(out_dir / "color" / f"{path.stem}.png", colorize(label, palette)),
-            "overlay": save_png(
-                out_dir / "overlay" / f"{path.stem}.png", overlay(preview_rgb(image), label, palette, alpha)
-            ),
-        }
-        written.append(files)
-    if failed:
-        lines = "\n  ".join(reason for _, reason in failed)
-        raise UnreadableImagesError(
-            f"{len(failed)} of {len(images)} image(s) could not be read and were skipped "
-            f"({len(written)} predicted into {out_dir}):\n  {lines}",
-            written,
-            failed,
-        )
+    with output_lock(out_dir):  # a second predict into this folder would mix two models' files
+        written: list[dict[str, Path]] = []
+        failed: list[tuple[Path, str]] = []
+        for path in tqdm(images, desc="predict", unit="img", disable=not progress):
+            try:
+                image = load_input(path, getattr(config, "in_channels", 3))
+            except DataError as exc:
+                if strict:
+                    raise
+                failed.append((path, str(exc)))
+                continue
+            with torch.inference_mode():
+                label = predict(model, image, **options)
+            files = {
+                "image": path,
+                "labels": save_label_png(out_dir / "labels" / f"{path.stem}.png", label),
+                "color": save_png(out_dir / "color" / f"{path.stem}.png", colorize(label, palette)),
+                "overlay": save_png(
+                    out_dir / "overlay" / f"{path.stem}.png", overlay(preview_rgb(image), label, palette, alpha)
+                ),
+            }
+            written.append(files)
+        if failed:
+            lines = "\n  ".join(reason for _, reason in failed)
+            raise UnreadableImagesError(
+                f"{len(failed)} of {len(images)} image(s) could not be read and were skipped "
+                f"({len(written)} predicted into {out_dir}):\n  {lines}",
+                written,
+                failed,
+            )
     return written

@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 # ImageNet statistics in 0-255 RGB, used by every official SeMask / Swin / SegFormer recipe.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+# mmseg's ratio list: the ADE20K / COCO-Stuff training resize choices and the multi-scale test ratios.
+MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 class CheckpointError(ValueError):
@@ -209,6 +211,15 @@ class SeMaskModel(nn.Module):
     def imagenet_name(self) -> str:
         """Registry name of the encoder's ImageNet weights (e.g. ``swin_t``); families override."""
         raise NotImplementedError(f"{type(self).__name__} has no ImageNet weights by name")
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """Class probabilities from ``forward``'s logits (B, K, H, W): what multi-scale and flip
+        testing average, and what confidences are read from."""
+        return logits.softmax(dim=1)
+
+    def aug_test(self) -> dict[str, Any]:
+        """The family's official multi-scale + flip test, as :class:`semask.config.EvalConfig` fields."""
+        return {"scales": list(MS_RATIOS), "flip": True, "sizes": None}
 
     # -------------------------------------------------------------- trainer hooks
     def no_weight_decay(self) -> set[str]:

@@ -243,7 +243,7 @@ def _load_file(path: Path, overrides: dict[str, Any]) -> tuple[nn.Module, dict[s
 def pretrained_overrides(cfg: PretrainedCfg) -> dict[str, Any]:
     """The preset's settings for the entry's classes: they decide what the weights cannot show
     (semantic window, which stages attend globally, heads). Class names come from the file."""
-    values = get_config(cfg.preset, num_classes=cfg.num_classes).to_dict()
+    values = get_config(cfg.preset, num_classes=cfg.num_classes, mean=cfg.mean, std=cfg.std).to_dict()
     for key in ("model_type", "class_names", "palette"):
         values.pop(key)
     return values

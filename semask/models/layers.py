@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import functools
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -90,10 +92,43 @@ def _roll(grid: Tensor, shift: int) -> Tensor:
     return torch.cat([grid[:, shift:], grid[:, :shift]], dim=1)
 
 
-@functools.lru_cache(maxsize=64)
+class TensorCache:
+    """A least-recently-used cache of tensors bounded by their total bytes, not their count: index
+    tables and masks for large inputs would otherwise pin a lot of (GPU) memory. ``clear()`` frees it."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._sizes: dict[Any, int] = {}
+
+    def get(self, key: Any, build: Callable[[], Any]) -> Any:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        with torch.inference_mode(False), torch.no_grad():  # usable later with autograd on
+            value = build()
+        tensors = value if isinstance(value, tuple) else (value,)
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if size <= self.max_bytes:
+            self._items[key], self._sizes[key] = value, size
+            while sum(self._sizes.values()) > self.max_bytes:
+                old, _ = self._items.popitem(last=False)
+                del self._sizes[old]
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._sizes.clear()
+
+
+CACHE_BYTES = 64 << 20  # per cache; a 2048x2048 input needs about 10 MiB of index tables
+_WINDOW_INDEX_CACHE = TensorCache(CACHE_BYTES)
+
+
 def _cached_window_token_index(h: int, w: int, window: int, shift: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    with torch.inference_mode(False), torch.no_grad():  # usable later with autograd on
-        return _window_token_index(h, w, window, shift, device)
+    return _WINDOW_INDEX_CACHE.get(
+        (h, w, window, shift, device), lambda: _window_token_index(h, w, window, shift, device)
+    )
 
 
 def tokens_to_windows(x: Tensor, to_windows: Tensor, window: int) -> Tensor:

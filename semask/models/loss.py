@@ -35,34 +35,52 @@ def segmentation_cross_entropy(
     labels: Tensor,
     reduction: str = "all",
     ignore_index: int = IGNORE_INDEX,
+    memory_efficient: bool = False,
 ) -> Tensor:
     """CE between (B,K,h,w) logits and (B,H,W) labels; logits are resized to the labels.
 
     ``reduction="all"`` divides by all pixels, ignored ones counting as zero: the
     mmseg 0.x behaviour behind the paper's numbers (eq. 3-4, 1/(H x W)).
     ``reduction="valid"`` divides by the number of non-ignored pixels.
+    ``memory_efficient=True`` (smaller logits only) computes the same value band by band
+    without the full-size logits (:func:`semask.models.upsampled_ce.upsampled_cross_entropy`).
     """
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"unknown loss reduction {reduction!r}; use 'all' or 'valid'")
+    if memory_efficient and logits.shape[-2:] != labels.shape[-2:]:
+        from .upsampled_ce import upsampled_cross_entropy
+
+        total = upsampled_cross_entropy(logits, labels, ignore_index)
+        if reduction == "all":
+            return total / labels.numel()
+        return total / (labels != ignore_index).sum().clamp(min=1)
     if logits.shape[-2:] != labels.shape[-2:]:
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     per_pixel = F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="none")
     if reduction == "all":
         return per_pixel.mean()
-    if reduction == "valid":
-        return per_pixel.sum() / (labels != ignore_index).sum().clamp(min=1)
-    raise ValueError(f"unknown loss reduction {reduction!r}; use 'all' or 'valid'")
+    return per_pixel.sum() / (labels != ignore_index).sum().clamp(min=1)
 
 
 def add_semantic_prior_loss(
-    out: SegmentationOutput, labels: Tensor, semantic_loss_weight: float, reduction: str = "all"
+    out: SegmentationOutput,
+    labels: Tensor,
+    semantic_loss_weight: float,
+    reduction: str = "all",
+    low_res: tuple[Tensor, Tensor | None] | None = None,
 ) -> SegmentationOutput:
     """Fill ``out``'s losses: L = L1 + semantic_loss_weight * L2 (paper eq. 3-5).
 
     L2 is skipped when there is no prior map (baselines) or its weight is 0 (ablation).
+    ``low_res`` = (logits, semantic logits) before their resize to the input: the losses are
+    then taken from them with ``memory_efficient=True`` (same values, less memory).
     """
-    out.loss_main = segmentation_cross_entropy(out.logits, labels, reduction)
+    main, semantic = (out.logits, out.semantic_logits) if low_res is None else low_res
+    efficient = low_res is not None
+    out.loss_main = segmentation_cross_entropy(main, labels, reduction, memory_efficient=efficient)
     out.loss = out.loss_main
-    if out.semantic_logits is not None and semantic_loss_weight:
-        out.loss_semantic = segmentation_cross_entropy(out.semantic_logits, labels, reduction)
+    if semantic is not None and semantic_loss_weight:
+        out.loss_semantic = segmentation_cross_entropy(semantic, labels, reduction, memory_efficient=efficient)
         out.loss = out.loss + semantic_loss_weight * out.loss_semantic
     return out
 

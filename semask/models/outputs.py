@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -24,3 +25,7 @@ class SegmentationOutput:
     loss: Tensor | None = None
     loss_main: Tensor | None = None
     loss_semantic: Tensor | None = None
+
+
+# Outputs are pytrees, so ``torch.export.export(model, ...)`` works on the model itself.
+torch.export.register_dataclass(SegmentationOutput, serialized_type_name="semask.SegmentationOutput")

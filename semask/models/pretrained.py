@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .base import IMAGENET_MEAN, IMAGENET_STD
+
 
 @dataclass(frozen=True)
 class PretrainedCfg:
@@ -39,6 +41,8 @@ class PretrainedCfg:
     ms_scales: tuple[float, ...] | None = None
     ms_sizes: tuple[int, ...] | None = None
     ms_max_size: int | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # the input normalisation the weights were trained with
+    std: tuple[float, float, float] = IMAGENET_STD
     paper_miou: tuple[float, float] | None = None
     official_config: str | None = None
     license: str = "Apache-2.0"

@@ -81,8 +81,9 @@ class SelfAttentionBlock(nn.Module):
     """The paper's Table 3 ablation ("Trans Swin"): plain single-head self-attention in place
     of the SeMask block, same placement, windows, lambda and dropout; it yields no prior."""
 
-    def __init__(self, dim: int, dropout: float = 0.1, learnable_lambda: bool = True) -> None:
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.1, learnable_lambda: bool = True) -> None:
         super().__init__()
+        del num_classes  # the point of the ablation: no class projections
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -104,7 +105,8 @@ class SemanticLayer(nn.Module):
 
     ``window_size`` windows the attention (non-shifted, zero padding taking part, as the
     official code); ``global_attention`` lets every pixel of an image attend to every other.
-    ``attention="self"`` swaps in :class:`SelfAttentionBlock` (ablation; no prior map).
+    ``block`` is the block class: :class:`SemanticAttentionBlock`, or :class:`SelfAttentionBlock`
+    for the Table 3 ablation (no prior map).
     """
 
     def __init__(
@@ -116,19 +118,14 @@ class SemanticLayer(nn.Module):
         global_attention: bool = False,
         dropout: float = 0.1,
         learnable_lambda: bool = True,
-        attention: str = "semantic",
+        block: type[SemanticAttentionBlock | SelfAttentionBlock] = SemanticAttentionBlock,
     ) -> None:
         super().__init__()
-        if attention not in ("semantic", "self"):
-            raise ValueError(f"attention must be 'semantic' or 'self', got {attention!r}")
         self.window_size = window_size
         self.global_attention = global_attention
         self.norm1 = nn.LayerNorm(dim)
         self.class_injection = nn.ModuleList(
-            SemanticAttentionBlock(dim, num_classes, dropout, learnable_lambda)
-            if attention == "semantic"
-            else SelfAttentionBlock(dim, dropout, learnable_lambda)
-            for _ in range(num_blocks)
+            block(dim, num_classes, dropout, learnable_lambda) for _ in range(num_blocks)
         )
 
     def forward(self, x: Tensor, h: int, w: int, output_prior: bool = True) -> tuple[Tensor, Tensor | None]:

@@ -8,15 +8,17 @@ Baselines are the same model with ``num_semantic_blocks=0``.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import (
+    MS_RATIOS,
     BackboneLoadReport,
     ModelConfig,
     SeMaskModel,
@@ -30,12 +32,30 @@ from .loss import LOSS_REDUCTIONS, add_semantic_prior_loss, check_labels
 from .outputs import SegmentationOutput
 from .pretrained import PretrainedCfg, register_pretrained
 from .registry import register_architecture, register_converter, register_preset
-from .swin import SwinTransformer, load_swin_imagenet, swin_from_config, swin_imagenet_name
+from .semantic_layer import SelfAttentionBlock, SemanticAttentionBlock
+from .swin import (
+    QueryAuxStage,
+    StageOutputAuxStage,
+    SwinStage,
+    SwinTransformer,
+    load_swin_imagenet,
+    swin_from_config,
+    swin_imagenet_name,
+)
 
 
 def official_global_stages(embed_dim: int, num_classes: int) -> tuple[int, ...]:
     """The released checkpoints' rule: C in {96, 192} and K > 19 -> stages 2, 3 global."""
     return (2, 3) if embed_dim in (96, 192) and num_classes > 19 else ()
+
+
+# The paper's ablations as classes, chosen once from the config's names (Tables 3 and 5).
+SEMANTIC_BLOCKS = {"semantic": SemanticAttentionBlock, "self": SelfAttentionBlock}
+AUXILIARY_STAGES: dict[str | None, type[SwinStage]] = {
+    None: SwinStage,
+    "stage_output": StageOutputAuxStage,
+    "queries": QueryAuxStage,
+}
 
 
 @dataclass
@@ -64,12 +84,12 @@ class SeMaskFPNConfig(ModelConfig):
     semantic_global_stages: tuple[int, ...] | None = None
     semantic_dropout: float = 0.1
     learnable_lambda: bool = True
-    semantic_attention: str = "semantic"
-    auxiliary_source: str | None = None
+    semantic_attention: Literal["semantic", "self"] = "semantic"
+    auxiliary_source: Literal["stage_output", "queries"] | None = None
     decoder_channels: int = 256
     decoder_dropout: float = 0.1
     semantic_loss_weight: float = 0.4
-    loss_reduction: str = "all"
+    loss_reduction: Literal["all", "valid"] = "all"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,6 +103,10 @@ class SeMaskFPNConfig(ModelConfig):
             self.semantic_global_stages = official_global_stages(self.embed_dim, self.num_classes)
         self.semantic_global_stages = stage_indices(self.semantic_global_stages, n, "semantic_global_stages")
         check_choice("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
+        check_choice("semantic_attention", self.semantic_attention, tuple(SEMANTIC_BLOCKS))
+        check_choice("auxiliary_source", self.auxiliary_source, tuple(AUXILIARY_STAGES))
+        if self.auxiliary_source is not None and self.is_semask:
+            raise ValueError("auxiliary_source is an ablation of the baselines: set num_semantic_blocks=0")
 
     @property
     def is_semask(self) -> bool:
@@ -230,15 +254,17 @@ class SeMaskFPN(SeMaskModel):
 
     def __init__(self, config: SeMaskFPNConfig) -> None:
         super().__init__(config)
+        stage = AUXILIARY_STAGES[config.auxiliary_source]
         self.backbone = swin_from_config(
             config,
             learnable_lambda=config.learnable_lambda,
-            semantic_attention=config.semantic_attention,
-            auxiliary_source=config.auxiliary_source,
+            semantic_block=SEMANTIC_BLOCKS[config.semantic_attention],
+            stage=stage if stage is SwinStage else functools.partial(stage, num_classes=config.num_classes),
         )
         self.decode_head = SemanticFPNHead(
             self.backbone.num_features, config.decoder_channels, config.num_classes, config.decoder_dropout
         )
+        self.memory_efficient_loss = False
 
     def forward(
         self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
@@ -249,14 +275,22 @@ class SeMaskFPN(SeMaskModel):
             check_labels(labels, self.config.num_classes)  # before any compute is spent
         size = pixel_values.shape[-2:]
         encoded = self.backbone(pixel_values, output_priors=labels is not None or output_semantic_logits)
-        logits = resize(self.decode_head(encoded.features), size)
-        semantic_logits = None
-        if encoded.semantic_priors:
-            semantic_logits = resize(semantic_decoder(encoded.semantic_priors), size)
+        low = self.decode_head(encoded.features)
+        semantic_low = semantic_decoder(encoded.semantic_priors) if encoded.semantic_priors else None
+        logits = resize(low, size)
+        semantic_logits = None if semantic_low is None else resize(semantic_low, size)
         out = SegmentationOutput(logits=logits, semantic_logits=semantic_logits)
         if labels is not None:
-            add_semantic_prior_loss(out, labels, self.config.semantic_loss_weight, self.config.loss_reduction)
+            low_res = (low, semantic_low) if self.memory_efficient_loss else None
+            add_semantic_prior_loss(
+                out, labels, self.config.semantic_loss_weight, self.config.loss_reduction, low_res=low_res
+            )
         return out
+
+    def set_memory_efficient_loss(self, enable: bool = True) -> None:
+        """Training losses from the stride-4 maps, band by band (same values; at 512^2, K=150,
+        batch 2 about 1 GB less peak memory, the loss about 1.7x slower on CPU)."""
+        self.memory_efficient_loss = enable
 
     def load_backbone_state(self, state_dict: dict[str, Tensor], source: str) -> BackboneLoadReport:
         return load_swin_imagenet(self.backbone, state_dict, source)
@@ -288,7 +322,6 @@ register_preset("query_swin_t_fpn", "semask_fpn", num_semantic_blocks=0, auxilia
 
 # ------------------------------------------------------------------ released weights
 # The official SeMask-FPN checkpoints (Google Drive, mmseg 0.x .pth; spec model_zoo.md section 1).
-MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 _DATASETS = {  # tag: (data.type, classes, official config suffix)
     "ade20k": ("ade20k", 150, "ade20k"),
     "cityscapes": ("cityscapes", 19, "cityscapes"),

@@ -7,8 +7,8 @@ Module and parameter names follow the official checkpoints (``patch_embed``,
 
 from __future__ import annotations
 
-import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +19,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .base import BackboneLoadReport, load_state_dict_checked
 from .layers import (
+    CACHE_BYTES,
     DropPath,
     Mlp,
+    TensorCache,
     adapt_first_conv_in_state,
     init_transformer_weights,
     round_up,
@@ -29,7 +31,7 @@ from .layers import (
     windows_to_tokens,
 )
 from .pretrained import PretrainedCfg, register_pretrained
-from .semantic_layer import SemanticLayer
+from .semantic_layer import SelfAttentionBlock, SemanticAttentionBlock, SemanticLayer
 
 # Additive mask value between tokens of different regions in shifted windows (official value).
 SHIFT_MASK_VALUE = -100.0
@@ -65,10 +67,13 @@ def _shift_window_mask(hp: int, wp: int, window: int, shift: int, device: torch.
     return torch.zeros_like(different, dtype=torch.float32).masked_fill(different, SHIFT_MASK_VALUE)
 
 
-@functools.lru_cache(maxsize=8)
+_SHIFT_MASK_CACHE = TensorCache(CACHE_BYTES)  # by bytes: a 2048x2048 input's stage-1 mask is 50 MiB
+
+
 def _cached_shift_window_mask(hp: int, wp: int, window: int, shift: int, device: torch.device) -> Tensor:
-    with torch.inference_mode(False), torch.no_grad():  # usable later with autograd on
-        return _shift_window_mask(hp, wp, window, shift, device)
+    return _SHIFT_MASK_CACHE.get(
+        (hp, wp, window, shift, device), lambda: _shift_window_mask(hp, wp, window, shift, device)
+    )
 
 
 class WindowAttention(nn.Module):
@@ -212,12 +217,7 @@ class PatchEmbed(nn.Module):
 
 
 class SwinStage(nn.Module):
-    """Swin blocks, then (SeMask) the semantic layer, then patch merging for the next stage.
-
-    ``auxiliary_source`` (ablation, Table 5; baselines only) adds a Linear(C, K)
-    ``aux_classifier`` whose output is the stage's prior map: applied to the stage output
-    ("stage_output") or to the queries of the stage's last Swin block ("queries").
-    """
+    """Swin blocks, then (SeMask) the semantic layer, then patch merging for the next stage."""
 
     def __init__(
         self,
@@ -229,45 +229,21 @@ class SwinStage(nn.Module):
         drop_paths: list[float],
         downsample: bool,
         semantic_layer: SemanticLayer | None,
-        auxiliary_source: str | None = None,
-        num_classes: int = 0,
     ) -> None:
         super().__init__()
-        if auxiliary_source not in (None, "stage_output", "queries"):
-            raise ValueError(f"auxiliary_source must be None, 'stage_output' or 'queries', got {auxiliary_source!r}")
-        if auxiliary_source is not None and semantic_layer is not None:
-            raise ValueError(
-                "auxiliary_source is an ablation of the baselines; it cannot be combined with a semantic layer"
-            )
         self.window_size = window_size
-        self.auxiliary_source = auxiliary_source
         self.blocks = nn.ModuleList(
             SwinBlock(dim, num_heads, window_size, 0 if j % 2 == 0 else window_size // 2, mlp_ratio, drop_paths[j])
             for j in range(depth)
         )
         self.semantic_layer = semantic_layer
-        self.aux_classifier = nn.Linear(dim, num_classes) if auxiliary_source else None
         self.downsample = PatchMerging(dim) if downsample else None
 
     def forward(
         self, x: Tensor, h: int, w: int, output_prior: bool = True
     ) -> tuple[Tensor, Tensor | None, Tensor, int, int]:
         """Returns (stage output, semantic prior or None, input of the next stage, its H, W)."""
-        m = self.window_size
-        shift_mask = None
-        if len(self.blocks) > 1:
-            shift_mask = shift_window_mask(round_up(h, m), round_up(w, m), m, m // 2, x.device)
-        for block in self.blocks[:-1]:
-            x = block(x, h, w, shift_mask)
-        prior = None
-        aux = self.auxiliary_source if output_prior else None
-        if aux == "queries":
-            x, queries = self.blocks[-1](x, h, w, shift_mask, return_queries=True)
-            prior = self._aux_map(queries, h, w)
-        else:
-            x = self.blocks[-1](x, h, w, shift_mask)
-        if aux == "stage_output":
-            prior = self._aux_map(x, h, w)
+        x, prior = self.run_blocks(x, h, w, output_prior)
         if self.semantic_layer is not None:
             x, prior = self.semantic_layer(x, h, w, output_prior)
         if self.downsample is None:
@@ -275,8 +251,51 @@ class SwinStage(nn.Module):
         x_next, hn, wn = self.downsample(x, h, w)
         return x, prior, x_next, hn, wn
 
-    def _aux_map(self, tokens: Tensor, h: int, w: int) -> Tensor:
-        return self.aux_classifier(tokens).transpose(1, 2).reshape(tokens.shape[0], -1, h, w)  # type: ignore[misc]
+    def shift_mask(self, h: int, w: int, device: torch.device) -> Tensor | None:
+        m = self.window_size
+        return shift_window_mask(round_up(h, m), round_up(w, m), m, m // 2, device) if len(self.blocks) > 1 else None
+
+    def run_blocks(self, x: Tensor, h: int, w: int, output_prior: bool) -> tuple[Tensor, Tensor | None]:
+        """The Swin blocks; (tokens, prior map of an auxiliary ablation or None)."""
+        shift_mask = self.shift_mask(h, w, x.device)
+        for block in self.blocks:
+            x = block(x, h, w, shift_mask)
+        return x, None
+
+
+class AuxiliaryStage(SwinStage):
+    """Table 5 ablations (baselines only): a Linear(C, K) ``aux_classifier`` turns tokens of the
+    stage into its prior map, supervised like SeMask's; subclasses choose which tokens."""
+
+    def __init__(self, dim: int, *args: Any, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(dim, *args, **kwargs)
+        if self.semantic_layer is not None:
+            raise ValueError("the auxiliary-classifier ablations are baselines: they have no semantic layer")
+        self.aux_classifier = nn.Linear(dim, num_classes)
+
+    def aux_map(self, tokens: Tensor, h: int, w: int) -> Tensor:
+        return self.aux_classifier(tokens).transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+
+
+class StageOutputAuxStage(AuxiliaryStage):
+    """``auxiliary_source="stage_output"``: the classifier reads the stage's output tokens."""
+
+    def run_blocks(self, x: Tensor, h: int, w: int, output_prior: bool) -> tuple[Tensor, Tensor | None]:
+        x, _ = super().run_blocks(x, h, w, output_prior)
+        return x, self.aux_map(x, h, w) if output_prior else None
+
+
+class QueryAuxStage(AuxiliaryStage):
+    """``auxiliary_source="queries"``: the classifier reads the queries of the last Swin block."""
+
+    def run_blocks(self, x: Tensor, h: int, w: int, output_prior: bool) -> tuple[Tensor, Tensor | None]:
+        if not output_prior:
+            return super().run_blocks(x, h, w, output_prior)
+        shift_mask = self.shift_mask(h, w, x.device)
+        for block in self.blocks[:-1]:
+            x = block(x, h, w, shift_mask)
+        x, queries = self.blocks[-1](x, h, w, shift_mask, return_queries=True)
+        return x, self.aux_map(queries, h, w)
 
 
 @dataclass
@@ -296,7 +315,7 @@ class SwinTransformer(nn.Module):
     """Swin encoder returning four feature maps; SeMask when ``num_semantic_blocks`` > 0.
 
     ``semantic_global_stages`` lists the stages whose semantic attention is global;
-    ``semantic_attention`` and ``auxiliary_source`` select the paper's ablations.
+    ``semantic_block`` and ``stage`` (a :class:`SwinStage` class or factory) select the paper's ablations.
     """
 
     def __init__(
@@ -313,8 +332,8 @@ class SwinTransformer(nn.Module):
         semantic_global_stages: tuple[int, ...] = (),
         semantic_dropout: float = 0.1,
         learnable_lambda: bool = True,
-        semantic_attention: str = "semantic",
-        auxiliary_source: str | None = None,
+        semantic_block: type[SemanticAttentionBlock | SelfAttentionBlock] = SemanticAttentionBlock,
+        stage: Callable[..., SwinStage] = SwinStage,
         in_channels: int = 3,
     ) -> None:
         super().__init__()
@@ -335,11 +354,11 @@ class SwinTransformer(nn.Module):
                     global_attention=i in semantic_global_stages,
                     dropout=semantic_dropout,
                     learnable_lambda=learnable_lambda,
-                    attention=semantic_attention,
+                    block=semantic_block,
                 )
             start = sum(depths[:i])
             self.layers.append(
-                SwinStage(
+                stage(
                     dim,
                     depths[i],
                     num_heads[i],
@@ -348,8 +367,6 @@ class SwinTransformer(nn.Module):
                     rates[start : start + depths[i]],
                     downsample=i < num_stages - 1,
                     semantic_layer=semantic,
-                    auxiliary_source=auxiliary_source,
-                    num_classes=num_classes,
                 )
             )
         for i, dim in enumerate(self.num_features):
@@ -382,7 +399,7 @@ class SwinTransformer(nn.Module):
 
 def swin_from_config(config: Any, **extra: Any) -> SwinTransformer:
     """The (SeMask) Swin encoder described by a model config's backbone fields (the FPN and
-    mask-classification configs share them); ``extra`` passes the ablation switches."""
+    mask-classification configs share them); ``extra`` passes the ablations' block and stage classes."""
     return SwinTransformer(
         embed_dim=config.embed_dim,
         depths=config.depths,

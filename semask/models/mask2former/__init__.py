@@ -4,7 +4,6 @@ from .model import (
     MaskClassificationOutput,
     MaskFormerConfig,
     SeMaskMaskFormer,
-    multi_scale_flip_inference,
     semantic_head,
     semantic_inference,
 )
@@ -13,7 +12,6 @@ __all__ = [
     "MaskClassificationOutput",
     "MaskFormerConfig",
     "SeMaskMaskFormer",
-    "multi_scale_flip_inference",
     "semantic_head",
     "semantic_inference",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class MaskFormerConfig(ModelConfig):
     """
 
     model_type: ClassVar[str] = "semask_maskformer"
-    family: str = "mask2former"
+    family: Literal["maskformer", "mask2former", "fapn", "msfapn"] = "mask2former"
     # SeMask Swin backbone
     embed_dim: int = 192
     depths: tuple[int, ...] = tuple_field(2, 2, 18, 2)
@@ -152,6 +152,9 @@ class MaskClassificationOutput(SegmentationOutput):
     pred_masks: Tensor | None = None
     aux_outputs: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     loss_terms: dict[str, Tensor] = field(default_factory=dict)
+
+
+torch.export.register_dataclass(MaskClassificationOutput, serialized_type_name="semask.MaskClassificationOutput")
 
 
 def semantic_head(priors: list[Tensor]) -> Tensor:
@@ -251,8 +254,6 @@ class SeMaskMaskFormer(SeMaskModel):
 
     config_class = MaskFormerConfig
     config: MaskFormerConfig
-    # ms+flip test averages the class x mask scores themselves (spec section 3), no softmax
-    aug_test_average = "scores"
 
     def __init__(self, config: MaskFormerConfig) -> None:
         super().__init__(config)
@@ -269,6 +270,15 @@ class SeMaskMaskFormer(SeMaskModel):
             config.oversample_ratio,
             config.importance_sample_ratio,
         )
+
+    def aug_test(self) -> dict[str, Any]:
+        """detectron2's ms+flip test: short edges ``test_sizes``, long edge <= ``test_max_size``."""
+        return {"sizes": list(self.config.test_sizes), "max_size": self.config.test_max_size, "flip": True}
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """The class x mask scores as they are: the official ms+flip test averages them with no
+        softmax (spec section 3); they lie in [0, 1] but need not sum to 1."""
+        return logits
 
     def no_weight_decay(self) -> set[str]:
         """The official recipes' no-decay names: MaskFormer's short list, Mask2Former's longer one."""
@@ -343,43 +353,6 @@ _NO_DECAY_MASK2FORMER = (
     "pixel_decoder.input_proj.1.1.",
     "pixel_decoder.input_proj.2.1.",
 )
-
-
-@torch.no_grad()
-def multi_scale_flip_inference(
-    model: SeMaskMaskFormer,
-    pixel_values: Tensor,
-    sizes: list[int] | None = None,
-    max_size: int | None = None,
-    flip: bool = True,
-) -> Tensor:
-    """The official ms+flip test (spec section 3): mean of the class x mask scores.
-
-    ``pixel_values`` (B, 3, H, W) are normalised images at their original size. Each one is
-    resized so its short edge is ``size`` (long edge at most ``max_size``), run plain and
-    mirrored, the scores are resized back to (H, W) and averaged (no softmax). Defaults come
-    from the model config. Returns (B, K, H, W) scores; argmax gives the prediction.
-    """
-    cfg = model.config
-    sizes = cfg.test_sizes if sizes is None else sizes
-    max_size = cfg.test_max_size if max_size is None else max_size
-    h, w = pixel_values.shape[-2:]
-    total = None
-    count = 0
-    for size in sizes:
-        scale = min(size / min(h, w), max_size / max(h, w))
-        new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
-        resized = F.interpolate(pixel_values, size=(new_h, new_w), mode="bilinear", align_corners=False)
-        for flipped in (False, True) if flip else (False,):
-            x = resized.flip(-1) if flipped else resized
-            scores = model(x).logits
-            scores = scores.flip(-1) if flipped else scores
-            scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
-            total = scores if total is None else total + scores
-            count += 1
-    if total is None:
-        raise ValueError("multi_scale_flip_inference needs at least one test size")
-    return total / count
 
 
 # ----------------------------------------------------------------------------- presets
@@ -592,7 +565,6 @@ __all__ = [
     "MaskClassificationOutput",
     "MaskFormerConfig",
     "SeMaskMaskFormer",
-    "multi_scale_flip_inference",
     "semantic_head",
     "semantic_inference",
 ]

@@ -1,0 +1,240 @@
+"""One tester, three families: every model family passes the same checks (smp's BaseModelTester idea).
+
+:class:`FamilyTester` holds the checks; each ``Test*`` subclass names a preset, tiny overrides and
+how that family's official checkpoints are laid out. The checks: output shapes at odd sizes, our
+own save/load bit-exact, the official layout round trip, ONNX + onnxruntime, ``torch.export`` of
+the model itself, ``torch.compile`` and gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from conftest import TINY, randomize, to_official
+from torch import nn
+
+import semask
+from semask.models.outputs import SegmentationOutput
+
+K = 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():  # type: ignore[no-untyped-def]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _image(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+class FamilyTester:
+    """The checks; subclasses set the class attributes and :meth:`official_checkpoint`."""
+
+    preset: ClassVar[str]
+    overrides: ClassVar[dict[str, Any]]
+    # config fields official weights cannot show, passed to semask.load for the official layout
+    official_overrides: ClassVar[dict[str, Any]] = {}
+    odd_sizes: ClassVar[tuple[tuple[int, int], ...]] = ((45, 77), (33, 100))
+    export_size: ClassVar[tuple[int, int]] = (45, 77)
+    train_size: ClassVar[tuple[int, int]] = (40, 56)
+
+    def make_model(self, seed: int = 0) -> nn.Module:
+        torch.manual_seed(seed)
+        return randomize(semask.create_model(self.preset, num_classes=K, **self.overrides), seed=seed)
+
+    def official_checkpoint(self, model: nn.Module) -> dict[str, Any]:
+        """What ``torch.save`` writes for ``model`` in its family's official layout."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ checks
+    @pytest.mark.parametrize("batch", [1, 2])
+    def test_shapes_at_odd_sizes(self, batch: int) -> None:
+        model = self.make_model()
+        for h, w in self.odd_sizes:
+            with torch.no_grad():
+                out = model(_image(batch, 3, h, w), output_semantic_logits=True)
+                plain = model(_image(batch, 3, h, w))
+            assert isinstance(out, SegmentationOutput)
+            assert out.logits.shape == (batch, K, h, w), (h, w)
+            assert out.semantic_logits.shape == (batch, K, h, w), (h, w)
+            assert out.loss is None and plain.semantic_logits is None
+            assert torch.isfinite(out.logits).all()
+            torch.testing.assert_close(plain.logits, out.logits, rtol=0, atol=0)
+
+    def test_loss_at_an_odd_size(self) -> None:
+        """With labels at an odd size the loss is a finite scalar and both logits keep the input size."""
+        model = self.make_model().train()
+        h, w = self.odd_sizes[0]
+        labels = torch.randint(0, K, (1, h, w), generator=torch.Generator().manual_seed(3))
+        labels[:, :3] = 255
+        torch.manual_seed(0)
+        out = model(_image(1, 3, h, w), labels)
+        assert out.logits.shape == out.semantic_logits.shape == (1, K, h, w)
+        assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+
+    def test_save_pretrained_round_trip_is_bit_exact(self, tmp_path: Path) -> None:
+        model = self.make_model(seed=1)
+        model.save_pretrained(tmp_path / "m")
+        loaded = semask.load(tmp_path / "m")
+        assert type(loaded) is type(model) and loaded.config == model.config
+        assert not loaded.training
+        got, want = loaded.state_dict(), model.state_dict()
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
+        x = _image(1, 3, *self.odd_sizes[1], seed=2)
+        with torch.no_grad():
+            assert torch.equal(loaded(x).logits, model(x).logits)
+
+    def test_official_layout_round_trip(self, tmp_path: Path) -> None:
+        model = self.make_model(seed=2)
+        path = tmp_path / "official.pth"
+        torch.save(self.official_checkpoint(model), path)
+        loaded = semask.load(path, **self.official_overrides)
+        assert type(loaded) is type(model) and loaded.config.num_classes == K
+        x = _image(1, 3, *self.odd_sizes[0], seed=3)
+        with torch.no_grad():
+            want = model(x).logits
+            torch.testing.assert_close(loaded(x).logits, want, rtol=0, atol=1e-6)
+            # the check can fail: another model's weights give other logits
+            assert (self.make_model(seed=5)(x).logits - want).abs().max() > 1e-3
+
+    @pytest.mark.export
+    @pytest.mark.slow
+    def test_onnx_matches_onnxruntime(self, tmp_path: Path) -> None:
+        ort = pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+        from semask.export import export_onnx
+
+        model = self.make_model(seed=3)
+        path = export_onnx(model, tmp_path / "m.onnx", size=self.export_size)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        x = _image(1, 3, *self.export_size, seed=4)
+        got = torch.from_numpy(session.run(None, {"pixel_values": x.numpy()})[0])
+        with torch.no_grad():
+            want = model(x).logits
+        assert got.shape == (1, K, *self.export_size)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+    @pytest.mark.export
+    def test_torch_export_of_the_model_itself(self) -> None:
+        model = self.make_model(seed=4)
+        x = _image(1, 3, *self.export_size, seed=5)
+        program = torch.export.export(model, (x,))
+        out = program.module()(x)
+        assert isinstance(out, type(model(x)))  # the family's own output dataclass, rebuilt from the pytree
+        with torch.no_grad():
+            torch.testing.assert_close(out.logits, model(x).logits, rtol=0, atol=1e-5)
+
+    @pytest.mark.compile
+    @pytest.mark.slow
+    def test_torch_compile_matches_eager(self) -> None:
+        model = self.make_model(seed=5)
+        compiled = torch.compile(model, fullgraph=False)
+        for h, w in self.odd_sizes:
+            x = _image(1, 3, h, w, seed=6)
+            with torch.no_grad():
+                torch.testing.assert_close(compiled(x).logits, model(x).logits, rtol=1e-4, atol=1e-4)
+
+    def test_gradient_checkpointing_gives_equal_gradients(self) -> None:
+        model = self.make_model(seed=6).train()
+        h, w = self.train_size
+        x = _image(2, 3, h, w, seed=7)
+        labels = torch.randint(0, K, (2, h, w), generator=torch.Generator().manual_seed(8))
+
+        def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(123)  # same random draws (drop path, point sampling) in both runs
+            loss = model(x, labels).loss
+            loss.backward()
+            return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+        loss_ref, ref = loss_and_grads()
+        model.set_grad_checkpointing(True)
+        loss_ckpt, got = loss_and_grads()
+        model.set_grad_checkpointing(False)
+        assert len(ref) == sum(1 for p in model.parameters() if p.requires_grad) - self.unused_in_loss
+        assert got.keys() == ref.keys()
+        torch.testing.assert_close(loss_ckpt, loss_ref, rtol=0, atol=1e-6)
+        for name in ref:
+            torch.testing.assert_close(got[name], ref[name], rtol=0, atol=1e-6, msg=name)
+        assert any(".semantic" in n or "semantic_layer" in n for n in ref)  # priors carry gradient
+
+    unused_in_loss: ClassVar[int] = 0
+
+
+class TestSeMaskFPN(FamilyTester):
+    preset = "semask_swin_t_fpn"
+    overrides: ClassVar[dict[str, Any]] = dict(TINY)
+
+    def official_checkpoint(self, model: nn.Module) -> dict[str, Any]:
+        return {"state_dict": to_official(model)}  # mmseg: gamma, relative_position_index buffers
+
+
+MIT_TINY = dict(
+    embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 3, 4), decoder_channels=16, semantic_window_size=4
+)
+
+
+class TestSeMaskMiT(FamilyTester):
+    preset = "semask_mit_b0"
+    overrides: ClassVar[dict[str, Any]] = MIT_TINY
+    # heads and the semantic window leave no trace in the weights
+    official_overrides: ClassVar[dict[str, Any]] = dict(num_heads=MIT_TINY["num_heads"], semantic_window_size=4)
+
+    def official_checkpoint(self, model: nn.Module) -> dict[str, Any]:
+        return {"state_dict": dict(model.state_dict())}  # NVlabs keys: backbone.patch_embed1..., block1.0...
+
+
+M2F_TINY = dict(
+    embed_dim=32,
+    depths=(1, 1, 2, 1),
+    num_heads=(1, 2, 4, 8),
+    window_size=4,
+    hidden_dim=32,
+    mask_dim=32,
+    num_queries=8,
+    decoder_heads=4,
+    decoder_ffn_dim=64,
+    encoder_ffn_dim=64,
+    encoder_layers=2,
+    dec_layers=3,
+    train_num_points=64,
+    drop_path_rate=0.0,
+)
+
+
+class TestSeMaskMask2Former(FamilyTester):
+    """Pads to a multiple of 32 inside forward: 45 x 77 runs at 64 x 96 and is cropped back."""
+
+    preset = "semask_swin_t_mask2former"
+    overrides: ClassVar[dict[str, Any]] = M2F_TINY
+    official_overrides: ClassVar[dict[str, Any]] = dict(decoder_heads=4)
+    train_size = (40, 56)
+
+    def official_checkpoint(self, model: nn.Module) -> dict[str, Any]:
+        """detectron2: ``.gamma``, index buffers, the criterion's ``empty_weight``, under ``model``."""
+        sd = {re.sub(r"\.lambda_$", ".gamma", k): v.clone() for k, v in model.state_dict().items()}
+        for name, buf in model.named_buffers():
+            if name.endswith("relative_position_index"):
+                sd[name] = buf.clone()
+        sd["criterion.empty_weight"] = torch.tensor([1.0] * K + [model.config.no_object_weight])
+        return {"model": sd, "iteration": 159999}
+
+    def test_padding_to_32_is_cropped_back(self) -> None:
+        model = self.make_model()
+        h, w = self.odd_sizes[0]
+        x = _image(1, 3, h, w)
+        with torch.no_grad():
+            out = model(x)
+            padded = model(torch.nn.functional.pad(x, (0, 96 - w, 0, 64 - h)))
+        assert out.pred_masks.shape == (1, 8, 16, 24)  # (64 x 96) / 4
+        torch.testing.assert_close(out.logits, padded.logits[..., :h, :w], rtol=0, atol=1e-6)
