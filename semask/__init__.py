@@ -1,7 +1,7 @@
 """semask: SeMask (Semantically Masked Transformers) semantic segmentation in plain PyTorch."""
 
 from .engine.evaluate import evaluate
-from .engine.predict import predict, predict_folder
+from .engine.predict import Prediction, predict, predict_folder
 from .engine.trainer import train
 from .explain import Explanation, explain
 from .hub import download
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "Explanation",
+    "Prediction",
     "SeMaskModel",
     "SegmentationOutput",
     "build_model",

@@ -90,7 +90,7 @@ def export_onnx(
         if dynamic:
             dim = torch.export.Dim.DYNAMIC
             dynamic_shapes = {"pixel_values": {0: dim, 2: dim, 3: dim}}
-        with torch.no_grad(), _quiet_exporter(), _fast_tracing():
+        with torch.no_grad(), _quiet_exporter(), _symbolic_tracing() if dynamic else contextlib.nullcontext():
             program = torch.onnx.export(
                 wrapper,
                 (example,),
@@ -151,9 +151,10 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _fast_tracing() -> Iterator[None]:
-    """Trace without the fake-tensor dispatch cache: with symbolic sizes, rebuilding cached
-    outputs re-simplifies every size expression, and the export runs about 2x faster without it."""
+def _symbolic_tracing() -> Iterator[None]:
+    """Trace symbolic sizes without the fake-tensor dispatch cache: rebuilding a cached output
+    re-simplifies every size expression, and a dynamic export runs about 2x faster without it
+    (a static one is faster with it)."""
     config = torch._dynamo.config
     if not hasattr(config, "fake_tensor_cache_enabled"):
         yield

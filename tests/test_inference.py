@@ -195,3 +195,29 @@ def test_predict_and_evaluate_give_the_model_back_in_the_callers_mode(tmp_path) 
     with pytest.raises(ValueError, match="slide mode needs crop_size"):
         evaluate(model, dataset, EvalConfig(scale=None, mode="slide", crop_size=None), progress=False)
     assert model.training  # also when the evaluation fails
+
+
+def test_predict_a_list_of_paths_pil_and_grey_arrays(tmp_path) -> None:
+    from PIL import Image
+    from conftest import TINY
+
+    names = ["sky", "sea", "land", "boat", "car"]
+    model = semask.create_model("semask_swin_t_fpn", num_classes=5, class_names=names, **TINY).eval()
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (36, 30), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    inputs = [tmp_path / "a.png", Image.fromarray(grey), grey, rgb]
+    results = semask.predict(model, inputs, return_probabilities=True)
+    assert [r.labels.shape for r in results] == [(40, 52), (36, 30), (36, 30), (40, 52)]
+    np.testing.assert_array_equal(results[0].labels, semask.predict(model, rgb))
+    np.testing.assert_array_equal(results[1].labels, results[2].labels)  # grey PIL == grey array
+    np.testing.assert_array_equal(results[2].labels, semask.predict(model, np.repeat(grey[..., None], 3, 2)))
+    for r in results:
+        assert r.class_names == names and r.probabilities.shape == (5, *r.labels.shape)
+        np.testing.assert_allclose(r.probabilities.sum(0), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(r.probabilities.argmax(0), r.labels)
+        assert sum(r.shares().values()) == pytest.approx(1.0) and set(r.shares()) <= set(names)
+    assert semask.predict(model, [rgb])[0].probabilities is None
+    with pytest.raises(ValueError, match="return_probabilities needs a list"):
+        semask.predict(model, rgb, return_probabilities=True)

@@ -314,3 +314,23 @@ def test_two_process_gloo_training_keeps_replicas_identical(data_root: Path, tmp
     ddp_miou = [r["mIoU"] for r in logged if r["type"] == "val"]
     val_set = build_dataset("folder", data_root, "val")
     assert ddp_miou == [pytest.approx(evaluate(model, val_set, cfg.eval, progress=False)["mIoU"], abs=1e-9)]
+
+
+def test_freeze_encoder_trains_only_the_decoder(data_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = semask.create_model("semask_swin_t_fpn", num_classes=5, **TINY_MODEL)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    model.save_pretrained(tmp_path / "start")
+    cfg = tiny_config(
+        data_root,
+        "model.freeze_encoder=true",
+        "schedule.iters=2",
+        "train.eval_interval=2",
+        "train.ckpt_interval=2",
+        f"model.pretrained={tmp_path / 'start'}",
+        "model.overrides={}",
+    )
+    train(cfg, tmp_path / "frozen", progress=False)
+    end = semask.load(tmp_path / "frozen" / "model").state_dict()
+    changed = {k for k in start if not torch.equal(start[k], end[k])}
+    assert changed and all(k.startswith("decode_head.") for k in changed if not k.endswith("num_batches_tracked"))

@@ -224,8 +224,10 @@ def predict_image(
     num_classes: int | None = None,
     sizes: Sequence[int] | None = None,
     max_size: int | None = None,
-) -> np.ndarray:
-    """Class-id map (H, W) int64 of one RGB uint8 image, at its original size.
+    return_probabilities: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Class-id map (H, W) int64 of one RGB uint8 image, at its original size (with
+    ``return_probabilities``, also the (K, H, W) float32 probabilities it is the argmax of).
 
     For each ratio in ``scales`` the original image is resized to fit ``scale * ratio``
     (``scale=None``: the original size times the ratio), normalised with ``mean``/``std`` (RGB,
@@ -254,14 +256,15 @@ def predict_image(
         resized = (transform.resize(image, ratio) for ratio in scales)
     inputs = (torch.from_numpy(normalize(x, mean, std))[None].to(device) for x in resized)
     size = (image.shape[0], image.shape[1])
-    if len(scales) == 1 and not flip:  # memory bounded (module docstring, "Memory")
+    if len(scales) == 1 and not flip and not return_probabilities:  # memory bounded (module docstring, "Memory")
         x = next(iter(inputs))
         if mode == "slide" and tuple(x.shape[-2:]) == size:
             return _slide_argmax(model, x, crop_size, stride, num_classes).cpu().numpy()
         logits = _forward(model, x, mode, crop_size, stride, num_classes)
         return _resized_argmax(logits, size).cpu().numpy()
     probs = _average_probabilities(model, inputs, flip, size, mode, crop_size, stride, num_classes)
-    return probs.argmax(dim=1)[0].cpu().numpy()
+    labels = probs.argmax(dim=1)[0].cpu().numpy()
+    return (labels, probs[0].float().cpu().numpy()) if return_probabilities else labels
 
 
 #: Elements (float32) of one class chunk in :func:`_resized_argmax`: 2**25 = 128 MiB.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,12 @@ def load_rgb(image: str | os.PathLike[str] | Image.Image | np.ndarray) -> np.nda
 
         return image_to_rgb(image, "the PIL image")
     array = np.asarray(image)
+    if array.dtype == np.uint8 and array.ndim == 2:  # grayscale: the grey value in R, G and B
+        return np.repeat(array[..., None], 3, axis=2)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(
-            f"expected an image path, a PIL image or an (H, W, 3) uint8 RGB array, got {array.dtype} "
-            f"array of shape {array.shape}"
+            f"expected an image path, a PIL image or an (H, W, 3) RGB or (H, W) grey uint8 array, got "
+            f"{array.dtype} array of shape {array.shape}"
         )
     return array
 
@@ -87,9 +90,27 @@ def load_model_any(spec: str | os.PathLike[str]) -> tuple[nn.Module, ExperimentC
     return model, None
 
 
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+
+
+@dataclass
+class Prediction:
+    """One image's result: class ids at its size, the class names, and (on request) probabilities."""
+
+    labels: np.ndarray  # (H, W) int64 class ids
+    class_names: list[str]
+    probabilities: np.ndarray | None = None  # (K, H, W) float32, with return_probabilities=True
+
+    def shares(self) -> dict[str, float]:
+        """Fraction of the pixels of each class present, largest first."""
+        ids, counts = np.unique(self.labels, return_counts=True)
+        order = np.argsort(-counts)
+        return {self.class_names[int(ids[k])]: float(counts[k]) / self.labels.size for k in order}
+
+
 def predict(
     model: nn.Module,
-    image: str | os.PathLike[str] | Image.Image | np.ndarray,
+    image: ImageInput | Sequence[ImageInput],
     *,
     scale: tuple[int, int] | None = None,
     mode: str = "whole",
@@ -99,8 +120,14 @@ def predict(
     flip: bool = False,
     sizes: Sequence[int] | None = None,
     max_size: int | None = None,
-) -> np.ndarray:
-    """(H, W) int64 class ids of one image at its original size.
+    return_probabilities: bool = False,
+) -> np.ndarray | list[Prediction]:
+    """Segment one image, or a list of them.
+
+    One image (a path, a PIL image, an (H, W, 3) RGB or (H, W) grey uint8 array) gives its
+    (H, W) int64 class ids at the original size. A list (or tuple) gives one :class:`Prediction`
+    per image, with the class names and, with ``return_probabilities``, the (K, H, W) class
+    probabilities at the original size (K x H x W floats per image: memory grows with both).
 
     The image is normalised with ``model.config.mean/std``. ``scale`` = (long, short) resizes
     it to fit first, as the benchmark test protocols do (e.g. (2048, 512) for ADE20K models);
@@ -111,22 +138,30 @@ def predict(
     from .inference import eval_mode, predict_image
 
     config = model.config  # type: ignore[union-attr]
+    options = dict(
+        mode=mode,
+        crop_size=crop_size,
+        stride=stride,
+        scales=scales,
+        flip=flip,
+        num_classes=config.num_classes,
+        sizes=sizes,
+        max_size=max_size,
+    )
+    many = isinstance(image, (list, tuple))
+    if return_probabilities and not many:
+        raise ValueError("return_probabilities needs a list of images (it returns Prediction objects)")
+    names = list(config.class_names or [str(k) for k in range(config.num_classes)])
+    results = []
     with eval_mode(model):
-        return predict_image(
-            model,
-            load_input(image, getattr(config, "in_channels", 3)),
-            config.mean,
-            config.std,
-            scale,
-            mode=mode,  # type: ignore[arg-type]
-            crop_size=crop_size,
-            stride=stride,
-            scales=scales,
-            flip=flip,
-            num_classes=config.num_classes,
-            sizes=sizes,
-            max_size=max_size,
-        )
+        for item in image if many else [image]:
+            pixels = load_input(item, getattr(config, "in_channels", 3))
+            out = predict_image(
+                model, pixels, config.mean, config.std, scale, return_probabilities=return_probabilities, **options
+            )  # type: ignore[arg-type]
+            labels, probs = out if return_probabilities else (out, None)
+            results.append(Prediction(labels, names, probs))
+    return results if many else results[0].labels
 
 
 def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:

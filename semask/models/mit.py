@@ -32,7 +32,6 @@ from .base import (
     BackboneLoadReport,
     CheckpointError,
     ModelConfig,
-    SeMaskModel,
     check_choice,
     load_state_dict_checked,
     load_state_dict_strict,
@@ -40,12 +39,11 @@ from .base import (
     tuple_field,
 )
 from .layers import DropPath, adapt_first_conv_in_state, init_transformer_weights, to_tensor_tuple
-from .loss import LOSS_REDUCTIONS, add_semantic_prior_loss, check_labels
-from .outputs import SegmentationOutput
+from .loss import LOSS_REDUCTIONS
 from .pretrained import PretrainedCfg, register_pretrained
 from .registry import register_architecture, register_converter, register_preset
+from .segmenter import EncoderDecoderModel, resize
 from .semantic_layer import SemanticLayer
-from .semask_fpn import resize, semantic_decoder
 from .swin import EncoderOutput
 from .upsampled_ce import bilinear_matrix
 
@@ -475,7 +473,7 @@ class AllMLPHead(nn.Module):
 
 # ------------------------------------------------------------------------------- model
 @register_architecture
-class SeMaskMiT(SeMaskModel):
+class SeMaskMiT(EncoderDecoderModel):
     """(SeMask) MiT encoder + SegFormer head; ``forward(pixel_values, labels=None)``."""
 
     config_class = SeMaskMiTConfig
@@ -510,32 +508,6 @@ class SeMaskMiT(SeMaskModel):
             config.num_classes,
             config.decoder_dropout,  # type: ignore[arg-type]
         )
-        self.memory_efficient_loss = False
-
-    def forward(
-        self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
-    ) -> SegmentationOutput:
-        """As :meth:`SeMaskFPN.forward`: ``semantic_logits`` only with labels or on request."""
-        if labels is not None:
-            check_labels(labels, self.config.num_classes)  # before any compute is spent
-        size = pixel_values.shape[-2:]
-        encoded = self.backbone(pixel_values, output_priors=labels is not None or output_semantic_logits)
-        low = self.decode_head(encoded.features)
-        semantic_low = semantic_decoder(encoded.semantic_priors) if encoded.semantic_priors else None
-        logits = resize(low, size)
-        semantic_logits = None if semantic_low is None else resize(semantic_low, size)
-        out = SegmentationOutput(logits=logits, semantic_logits=semantic_logits)
-        if labels is not None:
-            low_res = (low, semantic_low) if self.memory_efficient_loss else None
-            add_semantic_prior_loss(
-                out, labels, self.config.semantic_loss_weight, self.config.loss_reduction, low_res=low_res
-            )
-        return out
-
-    def set_memory_efficient_loss(self, enable: bool = True) -> None:
-        """Training losses from the stride-4 maps, band by band (same values; at 512^2, K=150,
-        batch 2 about 1 GB less peak memory, the loss about 1.7x slower on CPU)."""
-        self.memory_efficient_loss = enable
 
     def load_backbone_state(self, state_dict: dict[str, Tensor], source: str) -> BackboneLoadReport:
         return load_mit_imagenet(self.backbone, state_dict, source)

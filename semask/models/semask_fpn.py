@@ -14,24 +14,22 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import (
     MS_RATIOS,
     BackboneLoadReport,
     ModelConfig,
-    SeMaskModel,
     check_choice,
     load_state_dict_strict,
     stage_indices,
     tuple_field,
 )
 from .layers import to_tensor_tuple
-from .loss import LOSS_REDUCTIONS, add_semantic_prior_loss, check_labels
-from .outputs import SegmentationOutput
+from .loss import LOSS_REDUCTIONS
 from .pretrained import PretrainedCfg, register_pretrained
 from .registry import register_architecture, register_converter, register_preset
+from .segmenter import EncoderDecoderModel, resize, upsample2x
 from .semantic_layer import SelfAttentionBlock, SemanticAttentionBlock
 from .swin import (
     QueryAuxStage,
@@ -127,39 +125,11 @@ class ConvModule(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
-def upsample2x(x: Tensor) -> Tensor:
-    """Bilinear x2 upsampling, align_corners False (mmseg's ``Upsample`` in the FPN head)."""
-    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-
-
 class Upsample2x(nn.Module):
     """:func:`upsample2x` as a tower layer; parameter-free, occupies odd indices."""
 
     def forward(self, x: Tensor) -> Tensor:
         return upsample2x(x)
-
-
-def resize(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-    """Bilinear resize, align_corners False.
-
-    On CPU in eager mode, NCHW maps (the full-resolution outputs) are resized one axis
-    at a time, the same arithmetic as the 2-D kernel and about 2x faster than aten's NCHW
-    CPU path: along W with the 1-D kernel, then along H by viewing the (B*K, h, W) result
-    as an NHWC image whose "channels" are the W columns. Everything else (channels-last
-    maps, GPU, compiled and exported graphs) gets the plain 2-D op.
-    """
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    if x.device.type != "cpu" or nhwc or torch.compiler.is_compiling():
-        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-    b, k, h, w = x.shape
-    out_h, out_w = size
-    y = F.interpolate(x.reshape(b, k * h, w), size=out_w, mode="linear", align_corners=False)
-    y = F.interpolate(
-        y.view(b * k, h, 1, out_w).permute(0, 3, 1, 2), size=(out_h, 1), mode="bilinear", align_corners=False
-    )
-    return y.permute(0, 2, 3, 1).reshape(b, k, out_h, out_w)
 
 
 class PointwiseConvToNCHW(nn.Conv2d):
@@ -229,23 +199,8 @@ class SemanticFPNHead(nn.Module):
         return self.conv_seg(self.dropout(out))
 
 
-def semantic_decoder(priors: list[Tensor]) -> Tensor:
-    """Parameter-free: prior i upsampled x2 i times, resized to stride 4 and summed (paper Fig. 2).
-
-    Upsampling runs channels-last (the priors are token-major already); the sum is
-    returned NCHW-contiguous, like the main logits.
-    """
-    priors = [p.contiguous(memory_format=torch.channels_last) for p in priors]
-    out = priors[0]
-    for i, prior in enumerate(priors[1:], start=1):
-        for _ in range(i):
-            prior = upsample2x(prior)
-        out = out + resize(prior, out.shape[-2:])
-    return out.contiguous()
-
-
 @register_architecture
-class SeMaskFPN(SeMaskModel):
+class SeMaskFPN(EncoderDecoderModel):
     """(SeMask) Swin encoder + Semantic-FPN decoder; ``forward(pixel_values, labels=None)``."""
 
     config_class = SeMaskFPNConfig
@@ -264,33 +219,6 @@ class SeMaskFPN(SeMaskModel):
         self.decode_head = SemanticFPNHead(
             self.backbone.num_features, config.decoder_channels, config.num_classes, config.decoder_dropout
         )
-        self.memory_efficient_loss = False
-
-    def forward(
-        self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
-    ) -> SegmentationOutput:
-        """``semantic_logits`` (the semantic decoder's output, a training signal) are computed
-        only with ``labels`` or ``output_semantic_logits=True``: inference does not need them."""
-        if labels is not None:
-            check_labels(labels, self.config.num_classes)  # before any compute is spent
-        size = pixel_values.shape[-2:]
-        encoded = self.backbone(pixel_values, output_priors=labels is not None or output_semantic_logits)
-        low = self.decode_head(encoded.features)
-        semantic_low = semantic_decoder(encoded.semantic_priors) if encoded.semantic_priors else None
-        logits = resize(low, size)
-        semantic_logits = None if semantic_low is None else resize(semantic_low, size)
-        out = SegmentationOutput(logits=logits, semantic_logits=semantic_logits)
-        if labels is not None:
-            low_res = (low, semantic_low) if self.memory_efficient_loss else None
-            add_semantic_prior_loss(
-                out, labels, self.config.semantic_loss_weight, self.config.loss_reduction, low_res=low_res
-            )
-        return out
-
-    def set_memory_efficient_loss(self, enable: bool = True) -> None:
-        """Training losses from the stride-4 maps, band by band (same values; at 512^2, K=150,
-        batch 2 about 1 GB less peak memory, the loss about 1.7x slower on CPU)."""
-        self.memory_efficient_loss = enable
 
     def load_backbone_state(self, state_dict: dict[str, Tensor], source: str) -> BackboneLoadReport:
         return load_swin_imagenet(self.backbone, state_dict, source)
