@@ -198,8 +198,8 @@ def test_predict_and_evaluate_give_the_model_back_in_the_callers_mode(tmp_path) 
 
 
 def test_predict_a_list_of_paths_pil_and_grey_arrays(tmp_path) -> None:
-    from PIL import Image
     from conftest import TINY
+    from PIL import Image
 
     names = ["sky", "sea", "land", "boat", "car"]
     model = semask.create_model("semask_swin_t_fpn", num_classes=5, class_names=names, **TINY).eval()
