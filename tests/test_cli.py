@@ -151,7 +151,7 @@ def test_eval_predict_and_score_agree(trained: dict[str, Path], capsys: pytest.C
     ids = np.array(Image.open(root / "out" / "labels" / first.name))
     for image in (first, Image.open(first), np.array(Image.open(first).convert("RGB"))):
         assert np.array_equal(predict(model, image), ids)
-    with pytest.raises(ValueError, match="uint8 RGB array"):
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) RGB or \(H, W\) grey uint8 array, got float32"):
         predict(model, np.zeros((8, 8), np.float32))
 
     # multi-scale + flip runs and changes the protocol recorded in the JSON
