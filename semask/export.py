@@ -65,9 +65,6 @@ def export_onnx(
     graph optimizer (constant folding, pattern rewrites; onnxruntime optimizes again when it
     loads the file, so ``False`` gives a larger file that runs alike and exports faster).
     """
-    reason = onnx_unsupported_reason(model)
-    if reason is not None:
-        raise ExportError(f"{type(model).__name__} cannot be exported to ONNX: {reason}")
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError:
@@ -126,11 +123,6 @@ def export_onnx(
         checked,
     )
     return path
-
-
-def onnx_unsupported_reason(model: nn.Module) -> str | None:
-    """Why ``model`` cannot be exported, or None when it can."""
-    return None
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import semask
-from semask.models.mit import add_resized
+from semask.models.mit.heads import add_resized
 from semask.models.upsampled_ce import bilinear_matrix, upsampled_cross_entropy
 
 TINY = dict(embed_dims=(8, 16, 24, 32), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1), decoder_channels=12)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import semask
-from semask.models import mit, swin
+from semask.models import swin
+from semask.models.mit import encoder as mit_encoder
 
 SWIN = dict(
     num_classes=5,
@@ -27,7 +28,7 @@ MIT = dict(
     semantic_window_size=4,
     drop_path_rate=0.2,
 )
-CASES = [("semask_swin_t_fpn", SWIN, swin), ("semask_mit_b0", MIT, mit)]
+CASES = [("semask_swin_t_fpn", SWIN, swin), ("semask_mit_b0", MIT, mit_encoder)]
 IDS = ["swin", "mit"]
 
 

@@ -16,7 +16,7 @@ from semask.engine.trainer import param_groups
 from semask.models import mit
 from semask.models.base import CheckpointError
 from semask.models.mit import MixTransformer, SeMaskMiT
-from semask.models.semask_fpn import _is_official_fpn
+from semask.models.semask_fpn.convert import _is_official_fpn
 from semask.models.summary import count_parameters
 
 K = 5
@@ -497,7 +497,7 @@ def test_detectors_do_not_confuse_swin_fpn_and_mit() -> None:
         **{"segformer.encoder." + k: v for k, v in ours_to_hf_encoder(enc).items()},
         **{"decode_head." + k: v for k, v in ours_to_hf_head(head).items()},
     }
-    detectors = (mit._is_nvlabs_mit, mit._is_mmseg_segformer, mit._is_hf_segformer)
+    detectors = (mit.convert._is_nvlabs_mit, mit.convert._is_mmseg_segformer, mit.convert._is_hf_segformer)
     assert not any(d(swin) for d in detectors) and _is_official_fpn(swin)
     for sd, own in ((nv.state_dict(), 0), (mm.state_dict(), 0), (mm_sd, 1), (hf, 2)):
         assert not _is_official_fpn(sd)

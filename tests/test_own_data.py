@@ -76,7 +76,7 @@ def test_swin_with_four_bands_adapts_imagenet_weights(tmp_path: Path) -> None:
 
 def test_mit_with_one_band_adapts_imagenet_weights() -> None:
     import semask
-    from semask.models.mit import load_mit_imagenet
+    from semask.models.mit.convert import load_mit_imagenet
 
     small = dict(embed_dims=[8, 16, 32, 32], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 4], num_classes=3)
     small["decoder_channels"] = 16

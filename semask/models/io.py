@@ -206,7 +206,7 @@ def _load_folder(path: Path, overrides: dict[str, Any]) -> tuple[nn.Module, dict
         raise CheckpointError(_unknown(str(path), f"a folder without {CONFIG_NAME} (holding {found})"))
     config = read_json(config_file)
     if config.get("model_type") == "segformer":
-        from .mit import hf_segformer_config
+        from .mit.convert import hf_segformer_config
 
         weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
         if weights is None:

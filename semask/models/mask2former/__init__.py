@@ -1,5 +1,6 @@
 """SeMask Swin with mask-classification heads (MaskFormer, Mask2Former, FaPN, MSFaPN); registers presets."""
 
+from . import convert  # noqa: F401  (registers the official-checkpoint converter)
 from .model import (
     MaskClassificationOutput,
     MaskFormerConfig,

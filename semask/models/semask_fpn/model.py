@@ -9,29 +9,26 @@ Baselines are the same model with ``num_semantic_blocks=0``.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import (
+from ..base import (
     MS_RATIOS,
     BackboneLoadReport,
     ModelConfig,
     check_choice,
-    load_state_dict_strict,
     stage_indices,
     tuple_field,
 )
-from .layers import to_tensor_tuple
-from .loss import LOSS_REDUCTIONS
-from .pretrained import PretrainedCfg, register_pretrained
-from .registry import register_architecture, register_converter, register_preset
-from .segmenter import EncoderDecoderModel, resize, upsample2x
-from .semantic_layer import SelfAttentionBlock, SemanticAttentionBlock
-from .swin import (
+from ..layers import to_tensor_tuple
+from ..loss import LOSS_REDUCTIONS
+from ..pretrained import PretrainedCfg, register_pretrained
+from ..registry import register_architecture, register_preset
+from ..segmenter import EncoderDecoderModel
+from ..semantic_layer import SelfAttentionBlock, SemanticAttentionBlock
+from ..swin import (
     QueryAuxStage,
     StageOutputAuxStage,
     SwinStage,
@@ -40,6 +37,7 @@ from .swin import (
     swin_from_config,
     swin_imagenet_name,
 )
+from .head import SemanticFPNHead
 
 
 def official_global_stages(embed_dim: int, num_classes: int) -> tuple[int, ...]:
@@ -109,94 +107,6 @@ class SeMaskFPNConfig(ModelConfig):
     @property
     def is_semask(self) -> bool:
         return any(self.num_semantic_blocks)
-
-
-class ConvModule(nn.Module):
-    """3x3 conv (no bias) -> BatchNorm -> ReLU, with mmseg's ``conv``/``bn`` key names."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.act = nn.ReLU(inplace=True)
-        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.bn(self.conv(x)))
-
-
-class Upsample2x(nn.Module):
-    """:func:`upsample2x` as a tower layer; parameter-free, occupies odd indices."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return upsample2x(x)
-
-
-class PointwiseConvToNCHW(nn.Conv2d):
-    """1x1 convolution of a channels-last map whose output is NCHW-contiguous (``conv_seg``).
-
-    In eager mode it is one batched GEMM, weight (K, C) x tokens^T (C, H*W), that reads
-    the NHWC map in place and writes NCHW directly; PyTorch would route a 1x1 kernel on
-    channels-last input through its slow im2col path and a layout copy would follow.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(in_channels, out_channels, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.compiler.is_compiling():
-            return super().forward(x).contiguous()
-        b, c, h, w = x.shape
-        tokens = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
-        weight = self.weight.view(1, -1, c).expand(b, -1, -1)
-        return torch.baddbmm(self.bias.view(1, -1, 1), weight, tokens.transpose(1, 2)).view(b, -1, h, w)
-
-
-class SemanticFPNHead(nn.Module):
-    """mmseg FPNHead: per-stride conv towers upsampled to stride 4 and summed, then 1x1 to K.
-
-    Towers 1.. stop before their last x2 upsampling (a parameter-free layer, so the
-    official key indices are unchanged): :meth:`forward` applies it once to their sum.
-    """
-
-    def __init__(self, in_channels: list[int], channels: int, num_classes: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.scale_heads = nn.ModuleList()
-        for i, c in enumerate(in_channels):
-            layers: list[nn.Module] = []
-            for k in range(max(1, i)):  # log2(stride_i / 4) convs, at least one
-                if k > 0:
-                    layers.append(Upsample2x())
-                layers.append(ConvModule(c if k == 0 else channels, channels))
-            self.scale_heads.append(nn.Sequential(*layers))
-        self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = PointwiseConvToNCHW(channels, num_classes)
-        nn.init.normal_(self.conv_seg.weight, std=0.01)
-        nn.init.zeros_(self.conv_seg.bias)
-
-    def forward(self, features: list[Tensor]) -> Tensor:
-        """Stride-4 logits (B, K, H/4, W/4), NCHW-contiguous.
-
-        The towers run channels-last (NHWC): oneDNN convolutions skip their layout
-        reorders and bilinear upsampling is about 3x faster. The logits come out NCHW
-        because the full-resolution outputs are NCHW (cross-entropy's backward is ~3x
-        slower on channels-last logits).
-        """
-        features = [f.contiguous(memory_format=torch.channels_last) for f in features]
-        out = self.scale_heads[0](features[0])
-        # Towers 1.. share their final x2 upsampling, a linear map: maps of equal size are
-        # summed first and upsampled once (2 fewer stride-4 passes). Odd input sizes can
-        # give towers unequal sizes; each group of equal ones is then upsampled on its own.
-        groups: list[Tensor] = []
-        for head, feature in zip(self.scale_heads[1:], features[1:]):
-            y = head(feature)
-            if groups and groups[-1].shape == y.shape:
-                groups[-1] = groups[-1] + y
-            else:
-                groups.append(y)
-        for y in groups:
-            out = out + resize(upsample2x(y), out.shape[-2:])
-        return self.conv_seg(self.dropout(out))
 
 
 @register_architecture
@@ -293,68 +203,3 @@ def _fpn_release(size: str, tag: str, crop: int, miou: tuple[float, float], driv
 
 
 register_pretrained(*(_fpn_release(*release) for release in _FPN_RELEASES))
-
-
-# ------------------------------------------------------------------ official checkpoints
-def _is_official_fpn(state_dict: dict[str, Any]) -> bool:
-    return (
-        "backbone.patch_embed.proj.weight" in state_dict
-        and "decode_head.conv_seg.weight" in state_dict
-        and any(k.startswith("decode_head.scale_heads.") for k in state_dict)
-    )
-
-
-def infer_fpn_config(state_dict: dict[str, Tensor]) -> dict[str, Any]:
-    """Read the architecture off the tensor shapes of an official (mmseg) checkpoint."""
-
-    def count(pattern: str) -> int:
-        rx = re.compile(pattern)
-        return len({m.group(1) for k in state_dict if (m := rx.match(k))})
-
-    num_stages = count(r"backbone\.layers\.(\d+)\.")
-    depths = tuple(count(rf"backbone\.layers\.{i}\.blocks\.(\d+)\.") for i in range(num_stages))
-    tables = [state_dict[f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in range(num_stages)]
-    embed_dim = state_dict["backbone.patch_embed.proj.weight"].shape[0]
-    fc1 = state_dict["backbone.layers.0.blocks.0.mlp.fc1.weight"]
-    conv_seg = state_dict["decode_head.conv_seg.weight"]
-    return dict(
-        num_classes=conv_seg.shape[0],
-        embed_dim=embed_dim,
-        depths=depths,
-        num_heads=tuple(t.shape[1] for t in tables),
-        window_size=round((tables[0].shape[0] ** 0.5 + 1) / 2),
-        mlp_ratio=fc1.shape[0] / embed_dim,
-        num_semantic_blocks=tuple(
-            count(rf"backbone\.layers\.{i}\.semantic_layer\.class_injection\.(\d+)\.") for i in range(num_stages)
-        ),
-        decoder_channels=conv_seg.shape[1],
-    )
-
-
-def official_to_semask_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Official mmseg key names -> ours: ``gamma`` is the paper's lambda; index buffers are recomputed."""
-    out = {}
-    for key, value in state_dict.items():
-        if key.endswith(("relative_position_index", "attn_mask")):
-            continue
-        out[re.sub(r"\.gamma$", ".lambda_", key)] = value
-    return out
-
-
-def convert_official_fpn(
-    state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any
-) -> SeMaskFPN:
-    from .registry import build_model
-
-    values = infer_fpn_config(state_dict)
-    classes, palette = meta.get("CLASSES"), meta.get("PALETTE")
-    if classes is not None and len(classes) == values["num_classes"]:
-        values["class_names"] = [str(c) for c in classes]
-    if palette is not None and len(palette) >= values["num_classes"]:
-        values["palette"] = [[int(c) for c in colour] for colour in palette]
-    model = build_model(SeMaskFPNConfig(**{**values, **overrides}))
-    load_state_dict_strict(model, official_to_semask_keys(state_dict), source)
-    return model  # type: ignore[return-value]
-
-
-register_converter("semask_fpn", _is_official_fpn, convert_official_fpn)
