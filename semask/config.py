@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class ModelConfig:
+class ModelSection:
     """Which model to build: a registered name plus overrides of its config fields.
 
     ``pretrained`` initialises the whole model (a name ``preset.tag`` or any file ``semask.load``
@@ -298,7 +298,7 @@ class EvalConfig:
 class ExperimentConfig:
     """Everything a training or evaluation run needs."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .models.io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
@@ -102,12 +104,7 @@ def export_onnx(
             )
             if program is None:
                 raise ExportError("torch.onnx.export returned no program")
-            tmp = path.with_name(f".{path.name}.tmp")
-            try:
-                program.save(str(tmp))
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            atomic_write(path, lambda tmp: program.save(str(tmp)))
         err = check_onnx(path, wrapper, example) if verify else None
     finally:
         model.train(was_training)

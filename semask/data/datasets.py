@@ -481,7 +481,7 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _pair(images: list[Path], label_for: dict[Path, Path], where: str) -> list[tuple[Path, Path]]:
+def _match_pairs(images: list[Path], label_for: dict[Path, Path], where: str) -> list[tuple[Path, Path]]:
     """Pair every image with its label file; fail listing the images that have none."""
     if not images:
         raise DataError(f"{where}: no images found")
@@ -531,7 +531,7 @@ class ADE20KDataset(SegmentationDataset):
         image_dir = _require_dir(root / "images" / sub, "ADE20K image")
         label_dir = _require_dir(root / "annotations" / sub, "ADE20K annotation")
         images = sorted(image_dir.glob("*.jpg"))
-        samples = _pair(images, {p: label_dir / f"{p.stem}.png" for p in images}, str(image_dir))
+        samples = _match_pairs(images, {p: label_dir / f"{p.stem}.png" for p in images}, str(image_dir))
         super().__init__(
             samples,
             ADE20K_CLASSES,
@@ -570,7 +570,7 @@ class CityscapesDataset(SegmentationDataset):
             p: label_dir / p.parent.name / (p.name[: -len(suffix)] + "_gtFine_labelTrainIds.png") for p in images
         }
         super().__init__(
-            _pair(images, label_for, str(image_dir)),
+            _match_pairs(images, label_for, str(image_dir)),
             CITYSCAPES_CLASSES,
             CITYSCAPES_PALETTE,
             reduce_zero_label=reduce_zero_label,
@@ -609,7 +609,7 @@ class COCOStuff10kDataset(SegmentationDataset):
         images = sorted(image_dir.glob("*.jpg"))
         label_for = {p: label_dir / f"{p.stem}_labelTrainIds.png" for p in images}
         super().__init__(
-            _pair(images, label_for, str(image_dir)),
+            _match_pairs(images, label_for, str(image_dir)),
             COCO_STUFF_CLASSES,
             COCO_STUFF_PALETTE,
             reduce_zero_label=reduce_zero_label,
@@ -728,7 +728,7 @@ def _folder_samples(
     images, label_for, where, _ = folder_candidates(root, split, img_suffix, label_suffix)
     if skip_unlabelled:
         images = [image for image in images if label_for[image].is_file()]
-    return _pair(images, label_for, where)
+    return _match_pairs(images, label_for, where)
 
 
 def folder_candidates(

@@ -273,7 +273,8 @@ def _check_image(image: np.ndarray, label: np.ndarray | None, channels: int = 3)
         raise ValueError(f"label shape {label.shape} does not match image size {image.shape[:2]}")
 
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+def as_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    """``value`` as an (h, w) pair of positive ints (one int means both); errors name ``name``."""
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or min(pair) < 1:
         raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
@@ -315,8 +316,8 @@ class TrainTransform:
             raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
         if not len(mean) or len(mean) != len(std) or min(std) <= 0:
             raise ValueError(f"mean and std need one value per input channel each (std > 0), got {mean!r}, {std!r}")
-        self.crop_size = None if crop_size is None else _pair(crop_size, "crop_size")
-        self.scale = _pair(scale, "scale")
+        self.crop_size = None if crop_size is None else as_pair(crop_size, "crop_size")
+        self.scale = as_pair(scale, "scale")
         self.ratio_range = None if ratio_range is None else (float(ratio_range[0]), float(ratio_range[1]))
         self.ratios = None if ratios is None else tuple(float(r) for r in ratios)
         self.cat_max_ratio = float(cat_max_ratio)
@@ -388,7 +389,7 @@ class TestTransform:
     ) -> None:
         if not len(mean) or len(mean) != len(std) or min(std) <= 0:
             raise ValueError(f"mean and std need one value per input channel each (std > 0), got {mean!r}, {std!r}")
-        self.scale = None if scale is None else _pair(scale, "scale")
+        self.scale = None if scale is None else as_pair(scale, "scale")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
 

@@ -6,8 +6,6 @@ in overlays.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -78,18 +76,6 @@ def save_label_png(path: str | Path, label: np.ndarray) -> Path:
 def save_png(path: str | Path, array: np.ndarray) -> Path:
     """Write a uint8 array as PNG atomically (a temporary file in the same folder, then
     ``os.replace``): a crash or a second writer never leaves a half-written file at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the usual permissions
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(array).save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from ..models.io import atomic_write
+
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

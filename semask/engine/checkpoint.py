@@ -13,7 +13,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -54,29 +53,20 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     write (a full disk: ``OSError`` errno 28, or torch's ``RuntimeError`` "file write failed")
     removes the temp file and raises :class:`CheckpointWriteError` naming ``path``.
     """
+    from ..models.io import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: torch.save(obj, tmp))
     except (OSError, RuntimeError) as exc:
-        Path(tmp).unlink(missing_ok=True)
         kept = sorted(p.name for p in path.parent.glob("*.pth"))
+        reason = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc  # the OS's own words
         error = CheckpointWriteError(
-            f"could not write checkpoint {path}: {exc}. The earlier checkpoints in {path.parent} are intact "
+            f"could not write checkpoint {path}: {reason}. The earlier checkpoints in {path.parent} are intact "
             f"({', '.join(kept) or 'none yet'}); free some space and continue with --resume"
         )
         error.errno = getattr(exc, "errno", None) or errno.EIO
         raise error from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
@@ -88,17 +78,6 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (POSIX); directories cannot be opened for fsync on Windows."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:

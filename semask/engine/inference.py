@@ -41,18 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.transforms import TestTransform, normalize
+from ..data.transforms import TestTransform, as_pair, normalize
 from ..models.base import SeMaskModel
 
 Model = Callable[[Tensor], Any]
 Mode = Literal["whole", "slide"]
-
-
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"{name} must be a positive int or (h, w) pair, got {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 def slide_windows(
@@ -60,8 +53,8 @@ def slide_windows(
 ) -> list[tuple[int, int, int, int]]:
     """The (y1, y2, x1, x2) windows that slide inference visits on an image of ``size`` (h, w)."""
     h, w = size
-    ch, cw = _pair(crop_size, "crop_size")
-    sh, sw = _pair(stride, "stride")
+    ch, cw = as_pair(crop_size, "crop_size")
+    sh, sw = as_pair(stride, "stride")
     h_grids = max(h - ch + sh - 1, 0) // sh + 1
     w_grids = max(w - cw + sw - 1, 0) // sw + 1
     windows = []
@@ -160,8 +153,8 @@ def _check_call(model: Model, mode: str, crop_size: Any, stride: Any, scales: Se
     if mode == "slide":
         if crop_size is None or stride is None:
             raise ValueError(f"slide mode needs crop_size and stride, got crop_size={crop_size}, stride={stride}")
-        _pair(crop_size, "crop_size")
-        _pair(stride, "stride")
+        as_pair(crop_size, "crop_size")
+        as_pair(stride, "stride")
     if len(scales) == 0 or min(scales) <= 0:
         raise ValueError(f"scales must be a non-empty sequence of positive ratios, got {list(scales)}")
 
@@ -187,7 +180,7 @@ def segment(
     _check_call(model, mode, crop_size, stride, scales)
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image must be a (B, 3, H, W) tensor, got shape {tuple(image.shape)}")
-    size = tuple(image.shape[-2:]) if out_size is None else _pair(tuple(out_size), "out_size")
+    size = tuple(image.shape[-2:]) if out_size is None else as_pair(tuple(out_size), "out_size")
 
     def rescaled(ratio: float) -> Tensor:
         if ratio == 1.0:
@@ -309,7 +302,7 @@ def _slide_argmax(model: Model, x: Tensor, crop_size: Any, stride: Any, num_clas
     """
     h, w = x.shape[-2:]
     windows = slide_windows((h, w), crop_size, stride)
-    rows = min(_pair(crop_size, "crop_size")[0], h)
+    rows = min(as_pair(crop_size, "crop_size")[0], h)
     out = torch.empty((h, w), dtype=torch.int64, device=x.device)
     total: Tensor | None = None
     count = x.new_zeros((rows, w), dtype=torch.float32)

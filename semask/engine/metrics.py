@@ -16,8 +16,6 @@ dropped silently: they mean ``num_classes`` or ``reduce_zero_label`` is wrong.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -184,17 +182,9 @@ def plot_confusion_matrix(
     the fraction of that ground-truth class predicted as the column class. Written atomically.
     """
     fig = confusion_figure(matrix, class_names, normalize_rows)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from ..models.io import atomic_write
+
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def normalize_confusion_rows(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import ExperimentConfig, ModelConfig, OptimConfig, ScheduleConfig, dump_config, load_config
+from ..config import ExperimentConfig, ModelSection, OptimConfig, ScheduleConfig, dump_config, load_config
 from ..data.datasets import DataError
 from .amp import resolve_amp_dtype
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
@@ -147,8 +147,8 @@ class WarmupPolyLR:
 # ----------------------------------------------------------------------------- model + data
 
 
-def build_model(
-    cfg: ModelConfig,
+def model_for_run(
+    cfg: ModelSection,
     num_classes: int,
     class_names: list[str] | None = None,
     palette: list[list[int]] | None = None,
@@ -318,7 +318,7 @@ class _Trainer:
         if state is not None:
             model = model_from_state(state, str(resume_path))  # type: ignore[arg-type]
         else:
-            model = build_model(cfg.model, meta.num_classes, meta.class_names, meta.palette, cfg.data.in_channels)
+            model = model_for_run(cfg.model, meta.num_classes, meta.class_names, meta.palette, cfg.data.in_channels)
         if model.config.num_classes != meta.num_classes:
             raise ValueError(
                 f"the model has {model.config.num_classes} classes but the {cfg.data.type} dataset at "

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..models.io import atomic_write
+
 GDRIVE_URL = "https://drive.usercontent.google.com/download"
 _CHUNK = 1 << 20
 _ATTEMPTS = 3  # a dropped connection is resumed from the .part file this many times in all
@@ -139,9 +141,7 @@ def _sha_path(dest: Path) -> Path:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 class _Incomplete(Exception):

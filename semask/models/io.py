@@ -284,11 +284,16 @@ def load_with_meta(spec: str | os.PathLike[str], **overrides: Any) -> tuple[nn.M
 
 # ----------------------------------------------------------------------------- writing
 def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
-    """``write(tmp_path)`` into a temporary file beside ``path``, fsync, rename: a crash or a full
-    disk never leaves half a file under ``path``, and an older file there stays intact."""
+    """``write(tmp_path)`` into a temporary file beside ``path``, fsync, rename: a crash, a second
+    writer or a full disk never leaves half a file under ``path``, and an older file there stays
+    intact. The one atomic writer of the package (weights, checkpoints, PNGs, ONNX, hashes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the usual permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     try:
         write(tmp)
