@@ -9,6 +9,31 @@ import torch
 from torch import nn
 
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), decoder_channels=16, drop_path_rate=0.0)
+# tiny MiT (heads C_i / 8) and Mask2Former settings shared by the loader and family tests
+MIT_TINY = dict(embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 3, 4), decoder_channels=16)
+M2F_TINY = dict(
+    embed_dim=32,
+    depths=(1, 1, 2, 1),
+    num_heads=(1, 2, 4, 8),
+    window_size=4,
+    hidden_dim=32,
+    mask_dim=32,
+    num_queries=8,
+    decoder_heads=4,
+    decoder_ffn_dim=64,
+    encoder_ffn_dim=64,
+    encoder_layers=2,
+    dec_layers=3,
+)
+
+
+@pytest.fixture(scope="module")
+def one_thread():  # type: ignore[no-untyped-def]
+    """One intra-op thread for tiny models: on a busy 2-core box spinning OpenMP threads stall."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

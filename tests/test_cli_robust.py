@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from test_train import tiny_config
 
 from semask.cli import fresh_dir, main
@@ -15,13 +14,7 @@ from semask.config import dump_config
 from semask.data import make_context_dataset
 from semask.engine.trainer import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
+import conftest
 import pytest
 import torch
 from conftest import TINY, randomize, to_official
@@ -186,9 +187,7 @@ class TestSeMaskFPN(FamilyTester):
         return {"state_dict": to_official(model)}  # mmseg: gamma, relative_position_index buffers
 
 
-MIT_TINY = dict(
-    embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 3, 4), decoder_channels=16, semantic_window_size=4
-)
+MIT_TINY = dict(conftest.MIT_TINY, semantic_window_size=4)
 
 
 class TestSeMaskMiT(FamilyTester):
@@ -202,22 +201,7 @@ class TestSeMaskMiT(FamilyTester):
         return dict(num_heads=MIT_TINY["num_heads"], semantic_window_size=4)  # no trace in the weights
 
 
-M2F_TINY = dict(
-    embed_dim=32,
-    depths=(1, 1, 2, 1),
-    num_heads=(1, 2, 4, 8),
-    window_size=4,
-    hidden_dim=32,
-    mask_dim=32,
-    num_queries=8,
-    decoder_heads=4,
-    decoder_ffn_dim=64,
-    encoder_ffn_dim=64,
-    encoder_layers=2,
-    dec_layers=3,
-    train_num_points=64,
-    drop_path_rate=0.0,
-)
+M2F_TINY = dict(conftest.M2F_TINY, train_num_points=64, drop_path_rate=0.0)
 
 
 class TestSeMaskMask2Former(FamilyTester):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, randomize, to_official
+from conftest import M2F_TINY, MIT_TINY, TINY, randomize, to_official
 from safetensors.torch import save_file
 
 import semask
@@ -32,21 +32,6 @@ from semask.models.pretrained import PretrainedCfg, get_pretrained, list_pretrai
 from semask.models.registry import register_preset
 
 ROOT = Path(__file__).resolve().parents[1]
-MIT_TINY = dict(embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 3, 4), decoder_channels=16)
-M2F_TINY = dict(
-    embed_dim=32,
-    depths=(1, 1, 2, 1),
-    num_heads=(1, 2, 4, 8),
-    window_size=4,
-    hidden_dim=32,
-    mask_dim=32,
-    num_queries=8,
-    decoder_heads=4,
-    decoder_ffn_dim=64,
-    encoder_ffn_dim=64,
-    encoder_layers=2,
-    dec_layers=3,
-)
 # tiny presets, so registered test weights are small (the real presets are full size)
 for _name, _type, _values in (
     ("test_tiny_semask_fpn", "semask_fpn", TINY),

@@ -21,13 +21,7 @@ from semask.engine.checkpoint import TrainingCheckpointError
 from semask.engine.predict import load_rgb
 from semask.engine.trainer import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
