@@ -261,14 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 args.out,
                 alpha=args.alpha,
                 strict=args.strict,
-                scale=settings.scale,
-                mode=settings.mode,
-                crop_size=settings.crop_size,
-                stride=settings.stride,
-                scales=settings.scales,
-                flip=settings.flip,
-                sizes=settings.sizes,
-                max_size=settings.max_size,
+                **settings.predict_options(),
             )
         except UnreadableImagesError as exc:  # the readable images are written; say so, then fail
             written, failure = exc.written, exc

@@ -293,6 +293,19 @@ class EvalConfig:
         if self.sizes is not None and (not self.sizes or min(self.sizes) < 1 or not self.max_size):
             raise ValueError(f"sizes needs positive short-edge sizes and a max_size, got {self.sizes}, {self.max_size}")
 
+    def predict_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``semask.predict`` / ``predict_folder`` / ``predict_image`` for this protocol."""
+        return dict(
+            scale=self.scale,
+            mode=self.mode,
+            crop_size=self.crop_size,
+            stride=self.stride,
+            scales=self.scales,
+            flip=self.flip,
+            sizes=self.sizes,
+            max_size=self.max_size,
+        )
+
 
 @dataclass
 class ExperimentConfig:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import M2F_TINY
 
 import semask
 from semask.cli import main
@@ -133,18 +134,7 @@ def test_mit_and_mask_classification_families() -> None:
     m2f = semask.create_model(
         "semask_swin_t_mask2former",
         num_classes=K,
-        embed_dim=32,
-        depths=(1, 1, 1, 1),
-        num_heads=(1, 2, 4, 8),
-        window_size=4,
-        hidden_dim=32,
-        mask_dim=32,
-        num_queries=8,
-        decoder_heads=4,
-        decoder_ffn_dim=64,
-        encoder_ffn_dim=64,
-        encoder_layers=1,
-        dec_layers=2,
+        **{**M2F_TINY, "depths": (1, 1, 1, 1), "encoder_layers": 1, "dec_layers": 2},
     ).eval()
     image = random_image(40, 50)
     e = explain(m2f, image, top_k=2)

@@ -28,8 +28,10 @@ from semask.engine.predict import load_model_any
 from semask.hub import DownloadError
 from semask.models import CheckpointError, SeMaskModel, get_config, list_models, pretrained
 from semask.models.io import FORMATS
+from semask.models.mit.model import mit_imagenet_name
 from semask.models.pretrained import PretrainedCfg, get_pretrained, list_pretrained
 from semask.models.registry import register_preset
+from semask.models.swin import swin_imagenet_name
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny presets, so registered test weights are small (the real presets are full size)
@@ -479,32 +481,9 @@ def test_recipes_start_from_imagenet_weights_by_name() -> None:
     named = {p: w for p, w in starts.items() if w is not None}
     assert len(named) >= 30 and set(named.values()) == {"imagenet"}
     for path in named:
-        model = load_config(path).model
-        backbone = semask.get_config(model.name)
-        name = ("swin_{}" if hasattr(backbone, "embed_dim") else "mit_{}").format(
-            next(k for k, v in _released(backbone).items() if v)
-        )
+        backbone = semask.get_config(load_config(path).model.name)
+        name = (swin_imagenet_name if hasattr(backbone, "embed_dim") else mit_imagenet_name)(backbone)
         assert get_pretrained(f"{name}.imagenet").kind == "backbone"
-
-
-def _released(config) -> dict[str, bool]:  # type: ignore[no-untyped-def]
-    from semask.models.swin import SWIN_SIZES
-
-    if hasattr(config, "embed_dim"):
-        return {s: (config.embed_dim, tuple(config.depths)) == v for s, v in SWIN_SIZES.items()}
-    dims = {"b0": (32, 64, 160, 256)}
-    depths = {
-        "b0": (2, 2, 2, 2),
-        "b1": (2, 2, 2, 2),
-        "b2": (3, 4, 6, 3),
-        "b3": (3, 4, 18, 3),
-        "b4": (3, 8, 27, 3),
-        "b5": (3, 6, 40, 3),
-    }
-    return {
-        s: tuple(config.depths) == d and tuple(config.embed_dims) == dims.get(s, (64, 128, 320, 512))
-        for s, d in depths.items()
-    }
 
 
 def test_readme_zoo_table_is_the_generated_one() -> None:

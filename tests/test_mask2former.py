@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize
+from conftest import M2F_TINY, randomize
 
 import semask
 from semask.models import CheckpointError
@@ -28,23 +28,7 @@ from semask.models.registry import build_model, get_config
 from semask.models.semantic_layer import SemanticLayer
 
 FAMILIES = ("maskformer", "mask2former", "fapn", "msfapn")
-TINY = dict(
-    num_classes=5,
-    embed_dim=32,
-    depths=(1, 1, 2, 1),
-    num_heads=(1, 2, 4, 8),
-    window_size=4,
-    hidden_dim=32,
-    mask_dim=32,
-    num_queries=8,
-    decoder_heads=4,
-    decoder_ffn_dim=64,
-    encoder_ffn_dim=64,
-    encoder_layers=2,
-    dec_layers=3,
-    train_num_points=64,
-    deformable_groups=2,
-)
+TINY = dict(M2F_TINY, num_classes=5, train_num_points=64, deformable_groups=2)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -93,15 +93,8 @@ def evaluate(
                 image.numpy(),
                 config.mean,
                 config.std,
-                eval_cfg.scale,
-                mode=eval_cfg.mode,
-                crop_size=eval_cfg.crop_size,
-                stride=eval_cfg.stride,
-                scales=eval_cfg.scales,
-                flip=eval_cfg.flip,
                 num_classes=config.num_classes,
-                sizes=eval_cfg.sizes,
-                max_size=eval_cfg.max_size,
+                **eval_cfg.predict_options(),
             )
             accumulator.update(pred, label.numpy())
             if pred_dir is not None:
@@ -120,6 +113,7 @@ def evaluate(
             "scales": list(eval_cfg.scales),
             "flip": eval_cfg.flip,
             **({"crop_size": eval_cfg.crop_size, "stride": eval_cfg.stride} if eval_cfg.mode == "slide" else {}),
+            **({"sizes": list(eval_cfg.sizes), "max_size": eval_cfg.max_size} if eval_cfg.sizes else {}),
         },
         seconds=time.perf_counter() - start,
         table=format_table(result, dataset.class_names),

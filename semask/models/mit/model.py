@@ -74,12 +74,7 @@ class SeMaskMiT(EncoderDecoderModel):
         return load_mit_imagenet(self.backbone, state_dict, source)
 
     def imagenet_name(self) -> str:
-        for size, arch in _VARIANTS.items():
-            if self.config.embed_dims == arch["embed_dims"] and self.config.depths == arch["depths"]:
-                return f"mit_{size}"
-        raise ValueError(
-            f"no released ImageNet MiT has embed_dims={self.config.embed_dims}, depths={self.config.depths}"
-        )
+        return mit_imagenet_name(self.config)
 
 
 # ----------------------------------------------------------------------------- presets
@@ -134,3 +129,11 @@ register_pretrained(
         for v in _VARIANTS
     ),
 )
+
+
+def mit_imagenet_name(config: SeMaskMiTConfig) -> str:
+    """``mit_b0`` ... ``mit_b5`` for a config of a released width and depth."""
+    for size, arch in _VARIANTS.items():
+        if tuple(config.embed_dims) == arch["embed_dims"] and tuple(config.depths) == arch["depths"]:
+            return f"mit_{size}"
+    raise ValueError(f"no released ImageNet MiT has embed_dims={config.embed_dims}, depths={config.depths}")
