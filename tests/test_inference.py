@@ -8,12 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import semask
 from semask.data.transforms import normalize
-from semask.engine.inference import predict_image, segment, slide_windows
+from semask.engine.inference import predict_image, slide_windows
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -37,7 +36,8 @@ class WindowMeanModel(nn.Module):
     """Every pixel of a window gets the window's mean input value: exposes the overlap averaging."""
 
     def forward(self, x: torch.Tensor) -> SimpleNamespace:
-        return SimpleNamespace(logits=x[:, :1].mean(dim=(2, 3), keepdim=True).expand(-1, 2, *x.shape[-2:]))
+        mean = x[:, :1].mean(dim=(2, 3), keepdim=True).expand(-1, 1, *x.shape[-2:])
+        return SimpleNamespace(logits=torch.cat([mean, torch.zeros_like(mean)], dim=1))  # softmax: sigmoid(mean)
 
 
 def test_slide_window_grid():
@@ -58,61 +58,70 @@ def test_slide_window_grid():
         assert covered.all()
 
 
+def _probabilities(model, image: np.ndarray, **options) -> torch.Tensor:
+    """predict_image's (K, H, W) probabilities, at the original size (no resize) unless told."""
+    options.setdefault("scale", None)
+    return torch.from_numpy(predict_image(model, image, MEAN, STD, return_probabilities=True, **options)[1])
+
+
+def _normalized(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(normalize(image, MEAN, STD))[None]
+
+
 def test_slide_runs_one_forward_per_window_and_averages_overlaps():
     model = ConvModel().eval()
-    image = torch.randn(2, 3, 70, 90)
-    segment(model, image, mode="slide", crop_size=(40, 50), stride=(25, 30))
+    image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    options = {"mode": "slide", "crop_size": (40, 50), "stride": (25, 30)}
+    predict_image(model, image, MEAN, STD, scale=None, **options)
     windows = slide_windows((70, 90), (40, 50), (25, 30))
     assert len(model.sizes) == len(windows) == 3 * 3
     assert set(model.sizes) == {(40, 50)}
 
-    out = segment(WindowMeanModel().eval(), image, mode="slide", crop_size=(40, 50), stride=(25, 30))
-    total = torch.zeros(2, 70, 90)
-    count = torch.zeros(70, 90)
+    probs = _probabilities(WindowMeanModel().eval(), image, **options)
+    x = _normalized(image)[0, 0]
+    total, count = torch.zeros(70, 90), torch.zeros(70, 90)
     for y1, y2, x1, x2 in windows:
-        total[:, y1:y2, x1:x2] += image[:, 0, y1:y2, x1:x2].mean(dim=(1, 2))[:, None, None]
+        total[y1:y2, x1:x2] += x[y1:y2, x1:x2].mean()
         count[y1:y2, x1:x2] += 1
-    torch.testing.assert_close(out[:, 0], total / count)
+    torch.testing.assert_close(probs[0], torch.sigmoid(total / count))  # softmax of (m, 0) is sigmoid(m)
 
     pointwise = ConvModel(kernel=1).eval()  # no context: overlapping windows agree exactly
-    torch.testing.assert_close(
-        segment(pointwise, image, mode="slide", crop_size=32, stride=20), segment(pointwise, image)
-    )
+    slide = _probabilities(pointwise, image, mode="slide", crop_size=32, stride=20)
+    torch.testing.assert_close(slide, _probabilities(pointwise, image))
 
 
 def test_slide_equals_whole_when_the_crop_covers_the_image():
     model = ConvModel().eval()
-    image = torch.randn(1, 3, 37, 53)
-    whole = segment(model, image, out_size=(75, 101))
-    slide = segment(model, image, mode="slide", crop_size=64, stride=32, out_size=(75, 101))
+    image = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    whole = _probabilities(model, image)
+    slide = _probabilities(model, image, mode="slide", crop_size=64, stride=32)
     assert torch.equal(whole, slide)
 
 
 def test_flip_averages_softmax_of_both_orientations():
-    image = torch.randn(1, 3, 21, 34)
+    image = np.random.default_rng(2).integers(0, 256, (21, 34, 3), dtype=np.uint8)
     pointwise = ConvModel(kernel=1).eval()  # flip-equivariant: flipping changes nothing
-    torch.testing.assert_close(segment(pointwise, image, flip=True), segment(pointwise, image).softmax(1))
+    torch.testing.assert_close(_probabilities(pointwise, image, flip=True), _probabilities(pointwise, image))
     model = ConvModel().eval()  # a 3x3 kernel is not mirror-symmetric
+    x = _normalized(image)
     with torch.no_grad():
-        plain = model(image).logits.softmax(1)
-        mirrored = model(image.flip(-1)).logits.softmax(1).flip(-1)
+        plain = model(x).logits.softmax(1)[0]
+        mirrored = model(x.flip(-1)).logits.softmax(1).flip(-1)[0]
     assert not torch.allclose(plain, mirrored, atol=1e-3)
-    torch.testing.assert_close(segment(model, image, flip=True), (plain + mirrored) / 2)
+    torch.testing.assert_close(_probabilities(model, image, flip=True), (plain + mirrored) / 2)
 
 
-def test_multiscale_sizes_on_odd_shapes():
+def test_multiscale_averages_probabilities_at_the_original_size():
     model = ConvModel(num_classes=5).eval()
-    image = torch.randn(2, 3, 37, 53)
-    out = segment(model, image, scales=(0.5, 1.25), out_size=(75, 101))
-    # 37 * 0.5 = 18.5 -> 19, 53 * 0.5 = 26.5 -> 27, 37 * 1.25 = 46.25 -> 46, 53 * 1.25 = 66.25 -> 66
+    image = np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    probs = _probabilities(model, image, scales=(0.5, 1.25))
+    # scale=None: sides times the ratio, rounded half up: 37 * 0.5 = 18.5 -> 19, 53 * 0.5 -> 27; 1.25: 46, 66
     assert model.sizes == [(19, 27), (46, 66)]
-    assert out.shape == (2, 5, 75, 101)
-    torch.testing.assert_close(out.sum(1), torch.ones(2, 75, 101))
-    model.sizes.clear()
-    logits = segment(model, image, out_size=(75, 101))
-    with torch.no_grad():
-        expected = F.interpolate(model(image).logits, size=(75, 101), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(logits, expected)
+    assert probs.shape == (5, 37, 53)
+    torch.testing.assert_close(probs.sum(0), torch.ones(37, 53))
+    half, large = _probabilities(model, image, scales=(0.5,)), _probabilities(model, image, scales=(1.25,))
+    torch.testing.assert_close(probs, (half + large) / 2)
+    assert (half - large).abs().max() > 1e-2  # the two scales do disagree, so the mean is not trivial
 
 
 def test_predict_image_resizes_the_original_per_ratio():
@@ -123,30 +132,31 @@ def test_predict_image_resizes_the_original_per_ratio():
     assert model.sizes == [(256, 341), (256, 341), (512, 683), (512, 683)]
     assert label.shape == (300, 400) and label.dtype == np.int64 and set(np.unique(label)) <= {0, 1, 2, 3}
     plain = predict_image(model, image, MEAN, STD, scale=None)
-    logits = segment(model, torch.from_numpy(normalize(image, MEAN, STD))[None])
+    with torch.no_grad():
+        logits = model(_normalized(image)).logits
     np.testing.assert_array_equal(plain, logits.argmax(1)[0].numpy())
 
 
 def test_bad_calls_raise_clear_errors():
     model = ConvModel()
-    image = torch.randn(1, 3, 8, 8)
+    image = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(ValueError, match="training mode"):
-        segment(model, image)
+        predict_image(model, image, MEAN, STD)
     model.eval()
     with pytest.raises(ValueError, match="slide mode needs crop_size and stride"):
-        segment(model, image, mode="slide", crop_size=4)
+        predict_image(model, image, MEAN, STD, mode="slide", crop_size=4)
     with pytest.raises(ValueError, match="mode must be"):
-        segment(model, image, mode="tiles")
+        predict_image(model, image, MEAN, STD, mode="tiles")
     with pytest.raises(ValueError, match="expected num_classes=3"):
-        segment(model, image, num_classes=3)
-    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        segment(model, image[0])
+        predict_image(model, image, MEAN, STD, num_classes=3)
     with pytest.raises(ValueError, match="scales"):
-        segment(model, image, scales=())
+        predict_image(model, image, MEAN, STD, scales=())
     with pytest.raises(TypeError, match="returned Tensor; expected an object with a .logits"):
-        segment(lambda x: x, image)
+        predict_image(lambda x: x, image, MEAN, STD)
     with pytest.raises(ValueError, match="uint8 RGB"):
         predict_image(model, np.zeros((4, 4, 3), np.float32), MEAN, STD)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        predict_image(model, image[..., 0], MEAN, STD)
 
 
 def test_real_semask_model_whole_slide_and_predict():
@@ -159,17 +169,18 @@ def test_real_semask_model_whole_slide_and_predict():
         window_size=7,
         decoder_channels=32,
     ).eval()
-    image = torch.randn(1, 3, 90, 122)  # larger than the crop: 2 x 3 overlapping windows
-    windows = slide_windows((90, 122), 64, 48)
+    image = np.random.default_rng(4).integers(0, 256, (90, 122, 3), dtype=np.uint8)
+    windows = slide_windows((90, 122), 64, 48)  # larger than the crop: 2 x 3 overlapping windows
     assert len(windows) == 6
-    slide = segment(model, image, mode="slide", crop_size=64, stride=48)
-    total, count = torch.zeros(1, 5, 90, 122), torch.zeros(1, 1, 90, 122)
+    slide = _probabilities(model, image, mode="slide", crop_size=64, stride=48)
+    x = _normalized(image)
+    total, count = torch.zeros(5, 90, 122), torch.zeros(1, 90, 122)
     with torch.inference_mode():
         for y1, y2, x1, x2 in windows:
-            total[..., y1:y2, x1:x2] += model(image[..., y1:y2, x1:x2]).logits
-            count[..., y1:y2, x1:x2] += 1
-    torch.testing.assert_close(slide, total / count, rtol=1e-3, atol=1e-3)
-    whole = segment(model, image)
+            total[:, y1:y2, x1:x2] += model(x[..., y1:y2, x1:x2]).logits[0]
+            count[:, y1:y2, x1:x2] += 1
+    torch.testing.assert_close(slide, (total / count).softmax(0), rtol=1e-3, atol=1e-3)
+    whole = _probabilities(model, image)
     assert (slide - whole).abs().max() > 1e-3  # windows see less context than the whole image
     rgb = np.random.default_rng(1).integers(0, 256, (45, 61, 3), dtype=np.uint8)
     label = predict_image(model, rgb, model.config.mean, model.config.std, scale=(64, 48))

@@ -6,16 +6,11 @@
   that it ends on it. Logits are summed and divided by the number of windows covering each
   pixel. As in mmseg 0.x, windows are *not* padded: when the image is smaller than the crop,
   the one window is the whole image, so slide then equals whole.
-* Logits are bilinearly resized (``align_corners=False``) to ``out_size``, usually the original
-  image size. With one scale and no flip, :func:`segment` returns these logits. With several
-  scales and/or flip, it returns the mean of the *softmax probabilities* at ``out_size`` over
-  every (scale, flip) pair, the flipped ones flipped back (mmseg's ``aug_test``).
-
-Multi-scale inputs: :func:`predict_image` reproduces the protocol exactly by resizing the
-original uint8 image to fit ``scale * ratio`` for each ratio. :func:`segment` only has the
-already-normalised tensor, so it resizes that tensor bilinearly by each ratio (new side
-``int(side * ratio + 0.5)``), which can differ from the protocol by a pixel of size and by
-uint8 rounding.
+* Logits are bilinearly resized (``align_corners=False``) to the original image size. With
+  several scales and/or flip, :func:`predict_image` averages the *softmax probabilities* at the
+  original size over every (scale, flip) pair, the flipped ones flipped back (mmseg's
+  ``aug_test``); each scale resizes the original uint8 image to fit ``scale * ratio``, exactly as
+  the protocol does.
 
 Memory: :func:`predict_image` with one scale and no flip never holds K x H x W scores at the
 original size. Slide mode at the original size (``scale=None``) sums windows into a band of
@@ -157,41 +152,6 @@ def _check_call(model: Model, mode: str, crop_size: Any, stride: Any, scales: Se
         as_pair(stride, "stride")
     if len(scales) == 0 or min(scales) <= 0:
         raise ValueError(f"scales must be a non-empty sequence of positive ratios, got {list(scales)}")
-
-
-@torch.inference_mode()
-def segment(
-    model: Model,
-    image: Tensor,
-    *,
-    mode: Mode = "whole",
-    crop_size: int | Sequence[int] | None = None,
-    stride: int | Sequence[int] | None = None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    out_size: Sequence[int] | None = None,
-    num_classes: int | None = None,
-) -> Tensor:
-    """Segment a normalised (B, 3, H, W) batch; returns (B, K, *out_size) float32.
-
-    Logits for one scale without flip, else averaged softmax probabilities (module docstring).
-    ``out_size`` defaults to (H, W); ``num_classes``, when given, is checked against the model.
-    """
-    _check_call(model, mode, crop_size, stride, scales)
-    if image.ndim != 4 or image.shape[1] != 3:
-        raise ValueError(f"image must be a (B, 3, H, W) tensor, got shape {tuple(image.shape)}")
-    size = tuple(image.shape[-2:]) if out_size is None else as_pair(tuple(out_size), "out_size")
-
-    def rescaled(ratio: float) -> Tensor:
-        if ratio == 1.0:
-            return image
-        h, w = image.shape[-2:]
-        return _resize(image, (int(h * ratio + 0.5), int(w * ratio + 0.5)))
-
-    if len(scales) == 1 and not flip:
-        return _resize(_forward(model, rescaled(scales[0]), mode, crop_size, stride, num_classes), size)
-    inputs = (rescaled(ratio) for ratio in scales)
-    return _average_probabilities(model, inputs, flip, size, mode, crop_size, stride, num_classes)
 
 
 def _model_device(model: Model) -> torch.device:
