@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .base import BackboneLoadReport, load_state_dict_checked
+from .base import BackboneLoadReport, ModelConfig, load_state_dict_checked, stage_indices, tuple_field
 from .layers import (
     CACHE_BYTES,
     DropPath,
@@ -26,6 +26,7 @@ from .layers import (
     adapt_first_conv_in_state,
     init_transformer_weights,
     round_up,
+    to_tensor_tuple,
     tokens_to_windows,
     window_token_index,
     windows_to_tokens,
@@ -397,9 +398,46 @@ class SwinTransformer(nn.Module):
         return EncoderOutput(features, priors)
 
 
-def swin_from_config(config: Any, **extra: Any) -> SwinTransformer:
-    """The (SeMask) Swin encoder described by a model config's backbone fields (the FPN and
-    mask-classification configs share them); ``extra`` passes the ablations' block and stage classes."""
+@dataclass
+class SwinBackboneConfig(ModelConfig):
+    """The (SeMask) Swin encoder fields, shared by the FPN and mask-classification configs.
+
+    ``semantic_window_size=None`` means "equal to ``window_size``" and
+    ``semantic_global_stages=None`` means the family's official rule
+    (:meth:`official_global_stages`); both are resolved at construction so a saved config
+    is explicit.
+    """
+
+    embed_dim: int = 96
+    depths: tuple[int, ...] = tuple_field(2, 2, 6, 2)
+    num_heads: tuple[int, ...] = tuple_field(3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.3
+    num_semantic_blocks: int | tuple[int, ...] = 1
+    semantic_window_size: int | None = None
+    semantic_global_stages: tuple[int, ...] | None = None
+    semantic_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.depths = tuple(int(d) for d in self.depths)
+        n = len(self.depths)
+        self.num_heads = to_tensor_tuple(self.num_heads, n, "num_heads")
+        self.num_semantic_blocks = to_tensor_tuple(self.num_semantic_blocks, n, "num_semantic_blocks")
+        if self.semantic_window_size is None:
+            self.semantic_window_size = self.window_size
+        if self.semantic_global_stages is None:
+            self.semantic_global_stages = self.official_global_stages()
+        self.semantic_global_stages = stage_indices(self.semantic_global_stages, n, "semantic_global_stages")
+
+    def official_global_stages(self) -> tuple[int, ...]:
+        """The stages whose semantic layers attend globally in the family's released code."""
+        raise NotImplementedError
+
+
+def swin_from_config(config: SwinBackboneConfig, **extra: Any) -> SwinTransformer:
+    """The (SeMask) Swin encoder a config describes; ``extra`` passes the ablations' block and stage classes."""
     return SwinTransformer(
         embed_dim=config.embed_dim,
         depths=config.depths,
@@ -412,7 +450,7 @@ def swin_from_config(config: Any, **extra: Any) -> SwinTransformer:
         semantic_window_size=config.semantic_window_size,
         semantic_global_stages=config.semantic_global_stages,
         semantic_dropout=config.semantic_dropout,
-        in_channels=getattr(config, "in_channels", 3),
+        in_channels=config.in_channels,
         **extra,
     )
 

@@ -18,19 +18,16 @@ from torch import Tensor, nn
 
 from ..base import (
     BackboneLoadReport,
-    ModelConfig,
     SeMaskModel,
     check_choice,
-    stage_indices,
     tuple_field,
 )
-from ..layers import to_tensor_tuple
 from ..loss import check_labels, segmentation_cross_entropy
 from ..outputs import SegmentationOutput
 from ..pretrained import PretrainedCfg, register_pretrained
 from ..registry import register_architecture, register_preset
 from ..semantic_layer import SemanticLayer
-from ..swin import load_swin_imagenet, swin_from_config, swin_imagenet_name
+from ..swin import SwinBackboneConfig, load_swin_imagenet, swin_from_config, swin_imagenet_name
 from .criterion import SetCriterion
 from .pixel_decoders import FPNPixelDecoder, MSDeformAttnPixelDecoder
 from .transformer_decoders import MaskedAttentionDecoder, MaskFormerPredictor, Predictions
@@ -54,28 +51,22 @@ def official_global_stages(family: str, num_classes: int) -> tuple[int, ...]:
 
 
 @dataclass
-class MaskFormerConfig(ModelConfig):
+class MaskFormerConfig(SwinBackboneConfig):
     """Architecture and loss of a SeMask Swin mask-classification model.
 
     ``family`` picks the heads: "maskformer" (FPN + DETR decoder on res5), "mask2former"
     (deformable pixel decoder + masked attention), "fapn" (FaPN pixel decoder + masked
     attention), "msfapn" (deformable pixel decoder with FaPN alignment at stride 4).
-    Fields left ``None`` take the family's official value at construction.
+    Fields left ``None`` take the family's official value at construction. The Swin fields
+    are :class:`SwinBackboneConfig`'s, with the defaults of the released SeMask-L models.
     """
 
     model_type: ClassVar[str] = "semask_maskformer"
     family: Literal["maskformer", "mask2former", "fapn", "msfapn"] = "mask2former"
-    # SeMask Swin backbone
     embed_dim: int = 192
     depths: tuple[int, ...] = tuple_field(2, 2, 18, 2)
     num_heads: tuple[int, ...] = tuple_field(6, 12, 24, 48)
     window_size: int = 12
-    mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.3
-    num_semantic_blocks: int | tuple[int, ...] = 1
-    semantic_window_size: int | None = None
-    semantic_global_stages: tuple[int, ...] | None = None
-    semantic_dropout: float = 0.1
     # heads
     hidden_dim: int = 256
     mask_dim: int = 256
@@ -103,21 +94,12 @@ class MaskFormerConfig(ModelConfig):
     test_max_size: int = 4480
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         check_choice("family", self.family, FAMILIES)
-        self.depths = tuple(int(d) for d in self.depths)
-        n = len(self.depths)
-        if n != 4:
-            raise ValueError(f"the pixel decoders need 4 backbone stages, got depths={self.depths}")
-        self.num_heads = to_tensor_tuple(self.num_heads, n, "num_heads")
-        self.num_semantic_blocks = to_tensor_tuple(self.num_semantic_blocks, n, "num_semantic_blocks")
+        if len(self.depths) != 4:
+            raise ValueError(f"the pixel decoders need 4 backbone stages, got depths={tuple(self.depths)}")
+        super().__post_init__()
         if not all(self.num_semantic_blocks):
             raise ValueError(f"every stage needs a semantic layer, got num_semantic_blocks={self.num_semantic_blocks}")
-        if self.semantic_window_size is None:
-            self.semantic_window_size = self.window_size
-        if self.semantic_global_stages is None:
-            self.semantic_global_stages = official_global_stages(self.family, self.num_classes)
-        self.semantic_global_stages = stage_indices(self.semantic_global_stages, n, "semantic_global_stages")
         defaults = _MASKFORMER_DEFAULTS if self.family == "maskformer" else _MASK2FORMER_DEFAULTS
         for name, value in defaults.items():
             if getattr(self, name) is None:
@@ -127,6 +109,9 @@ class MaskFormerConfig(ModelConfig):
         if self.dec_layers < 1:  # type: ignore[operator]
             raise ValueError(f"dec_layers must be >= 1, got {self.dec_layers}")
         self.test_sizes = [int(s) for s in self.test_sizes]
+
+    def official_global_stages(self) -> tuple[int, ...]:
+        return official_global_stages(self.family, self.num_classes)
 
     @property
     def uses_points(self) -> bool:

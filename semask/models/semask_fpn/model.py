@@ -14,15 +14,7 @@ from typing import ClassVar, Literal
 
 from torch import Tensor
 
-from ..base import (
-    MS_RATIOS,
-    BackboneLoadReport,
-    ModelConfig,
-    check_choice,
-    stage_indices,
-    tuple_field,
-)
-from ..layers import to_tensor_tuple
+from ..base import MS_RATIOS, BackboneLoadReport, check_choice
 from ..loss import LOSS_REDUCTIONS
 from ..pretrained import PretrainedCfg, register_pretrained
 from ..registry import register_architecture, register_preset
@@ -31,6 +23,7 @@ from ..semantic_layer import SelfAttentionBlock, SemanticAttentionBlock
 from ..swin import (
     QueryAuxStage,
     StageOutputAuxStage,
+    SwinBackboneConfig,
     SwinStage,
     SwinTransformer,
     load_swin_imagenet,
@@ -55,13 +48,8 @@ AUXILIARY_STAGES: dict[str | None, type[SwinStage]] = {
 
 
 @dataclass
-class SeMaskFPNConfig(ModelConfig):
-    """Architecture of a (SeMask) Swin + Semantic-FPN model.
-
-    ``semantic_window_size=None`` means "equal to ``window_size``" and
-    ``semantic_global_stages=None`` means the official rule
-    (:func:`official_global_stages`); both are resolved at construction so a saved
-    config is explicit.
+class SeMaskFPNConfig(SwinBackboneConfig):
+    """Architecture of a (SeMask) Swin + Semantic-FPN model (Swin fields: :class:`SwinBackboneConfig`).
 
     Ablations of the paper: ``semantic_attention="self"`` (Table 3, Trans Swin),
     ``learnable_lambda=False`` (Table 4), ``semantic_loss_weight=0`` and
@@ -69,16 +57,6 @@ class SeMaskFPNConfig(ModelConfig):
     """
 
     model_type: ClassVar[str] = "semask_fpn"
-    embed_dim: int = 96
-    depths: tuple[int, ...] = tuple_field(2, 2, 6, 2)
-    num_heads: tuple[int, ...] = tuple_field(3, 6, 12, 24)
-    window_size: int = 7
-    mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.3
-    num_semantic_blocks: int | tuple[int, ...] = 1
-    semantic_window_size: int | None = None
-    semantic_global_stages: tuple[int, ...] | None = None
-    semantic_dropout: float = 0.1
     learnable_lambda: bool = True
     semantic_attention: Literal["semantic", "self"] = "semantic"
     auxiliary_source: Literal["stage_output", "queries"] | None = None
@@ -89,20 +67,14 @@ class SeMaskFPNConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.depths = tuple(int(d) for d in self.depths)
-        n = len(self.depths)
-        self.num_heads = to_tensor_tuple(self.num_heads, n, "num_heads")
-        self.num_semantic_blocks = to_tensor_tuple(self.num_semantic_blocks, n, "num_semantic_blocks")
-        if self.semantic_window_size is None:
-            self.semantic_window_size = self.window_size
-        if self.semantic_global_stages is None:
-            self.semantic_global_stages = official_global_stages(self.embed_dim, self.num_classes)
-        self.semantic_global_stages = stage_indices(self.semantic_global_stages, n, "semantic_global_stages")
         check_choice("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
         check_choice("semantic_attention", self.semantic_attention, tuple(SEMANTIC_BLOCKS))
         check_choice("auxiliary_source", self.auxiliary_source, tuple(AUXILIARY_STAGES))
         if self.auxiliary_source is not None and self.is_semask:
             raise ValueError("auxiliary_source is an ablation of the baselines: set num_semantic_blocks=0")
+
+    def official_global_stages(self) -> tuple[int, ...]:
+        return official_global_stages(self.embed_dim, self.num_classes)
 
     @property
     def is_semask(self) -> bool:
