@@ -11,6 +11,16 @@ from torch import nn
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), decoder_channels=16, drop_path_rate=0.0)
 # tiny MiT (heads C_i / 8) and Mask2Former settings shared by the loader and family tests
 MIT_TINY = dict(embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 3, 4), decoder_channels=16)
+# one block per stage and four named classes: the explanation and web-demo tests
+NAMED_TINY = dict(
+    num_classes=4,
+    embed_dim=16,
+    depths=(1, 1, 1, 1),
+    num_heads=(1, 1, 1, 1),
+    window_size=4,
+    decoder_channels=16,
+    class_names=["sea", "land", "boat", "car"],
+)
 M2F_TINY = dict(
     embed_dim=32,
     depths=(1, 1, 2, 1),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import M2F_TINY
+from conftest import M2F_TINY, NAMED_TINY
 
 import semask
 from semask.cli import main
@@ -17,22 +17,13 @@ from semask.engine.health import SemanticHealthMonitor, semantic_lambdas
 from semask.engine.predict import load_model_any
 from semask.explain import NoSemanticLayersError, explain
 
-K = 4
-NAMES = ["sea", "land", "boat", "car"]
-TINY = dict(
-    num_classes=K,
-    embed_dim=16,
-    depths=(1, 1, 1, 1),
-    num_heads=(1, 1, 1, 1),
-    window_size=4,
-    decoder_channels=16,
-    class_names=NAMES,
-)
+K = NAMED_TINY["num_classes"]
+NAMES = NAMED_TINY["class_names"]
 
 
 def tiny(name: str = "semask_swin_t_fpn", seed: int = 0, **overrides: object) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = semask.create_model(name, **{**TINY, **overrides})
+    model = semask.create_model(name, **{**NAMED_TINY, **overrides})
     # lambda starts at 0; give the semantic layers an effect and each stage its own value
     for i, layer in enumerate(m for m in model.modules() if isinstance(m, semask.models.semantic_layer.SemanticLayer)):
         for block in layer.class_injection:
@@ -111,9 +102,9 @@ def test_classes_by_name_and_top_k() -> None:
 
 def test_baselines_have_no_priors() -> None:
     with pytest.raises(NoSemanticLayersError, match="no semantic layers"):
-        explain(semask.create_model("swin_t_fpn", **TINY).eval(), random_image())
+        explain(semask.create_model("swin_t_fpn", **NAMED_TINY).eval(), random_image())
     with pytest.raises(NoSemanticLayersError, match="self-attention ablation"):
-        explain(semask.create_model("trans_swin_t_fpn", **TINY).eval(), random_image())
+        explain(semask.create_model("trans_swin_t_fpn", **NAMED_TINY).eval(), random_image())
 
 
 def test_mit_and_mask_classification_families() -> None:
@@ -180,7 +171,7 @@ def test_cli_explain_info_and_predict_save_priors(tmp_path: Path, capsys: pytest
     expected = sorted(f"img_{NAMES[c]}_stage{s}.png" for c in top for s in range(4))
     assert priors == expected
     assert (tmp_path / "pred" / "overlay" / "img.png").exists()
-    baseline = semask.create_model("swin_t_fpn", **TINY).save_pretrained(tmp_path / "baseline")
+    baseline = semask.create_model("swin_t_fpn", **NAMED_TINY).save_pretrained(tmp_path / "baseline")
     assert main(["explain", str(baseline), str(image), "--out", str(tmp_path / "b")]) == 1
     assert "no semantic layers" in capsys.readouterr().err
     assert main(["predict", str(baseline), str(image), "--out", str(tmp_path / "b"), "--save-priors"]) == 1

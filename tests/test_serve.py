@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import NAMED_TINY
 from PIL import Image
 
 import semask
@@ -23,25 +24,15 @@ from semask.cli import build_parser
 from semask.serve import ModelService, make_server
 from semask.serve.page import PAGE
 
-K = 4
-NAMES = ["sea", "land", "boat", "car"]
+K = NAMED_TINY["num_classes"]
+NAMES = NAMED_TINY["class_names"]
 MAX_BYTES = 200_000
 MAX_PIXELS = 120 * 120
 
 
 def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = semask.create_model(
-        "semask_swin_t_fpn",
-        num_classes=K,
-        embed_dim=16,
-        depths=(1, 1, 1, 1),
-        num_heads=(1, 1, 1, 1),
-        window_size=4,
-        decoder_channels=16,
-        class_names=NAMES,
-    )
-    return model.eval()
+    return semask.create_model("semask_swin_t_fpn", **NAMED_TINY).eval()
 
 
 def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
