@@ -10,33 +10,33 @@ latency beside PyTorch, a torch.profiler breakdown of where the time goes and (C
 training memory with and without gradient checkpointing (benchmarks/train_memory.py). Writes
 ``benchmarks/results/<device>[_quick].{json,md,png}``.
 
-Allocator: by default glibc is told to keep freed memory in the process (no mmap for
-large blocks, no trimming), the effect jemalloc/tcmalloc have in PyTorch's CPU tuning
-guides. Otherwise every tensor above the mmap threshold (e.g. the 150-channel
-full-resolution outputs) is page-faulted in again on every call, which on a small VM
-costs a sizeable share of the model's time. ``--default-allocator`` measures without
-it; the report always gives the 512x512 latency both ways (the other one in a child
-process, since the setting is per process).
+Allocator: by default the suite runs as ``semask train``/``eval`` do, with glibc's malloc
+backed by transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, set by
+re-executing; semask/engine/hugepages.py). Otherwise every tensor above glibc's mmap
+threshold (e.g. the 150-channel full-resolution outputs) is page-faulted in again, 4 KiB at a
+time, on every call. ``--default-allocator`` measures without it; the report always gives
+the 512x512 latency both ways (the other one in a child process, since the setting is per
+process).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from measure import DEFAULT_MALLOC, HUGE_PAGES, configure_allocator
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MODELS = ("semask_swin_t_fpn", "swin_t_fpn")
 SIZES = (256, 512, 768, 1024, 2048)
 QUICK_SIZES = (256, 512)
-# glibc mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,22 +65,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def configure_allocator(default: bool) -> str:
-    """Keep freed memory for reuse (glibc only); must run before torch allocates anything big."""
-    if default:
-        return "default"
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
-    except (OSError, AttributeError):
-        ok = False
-    return "glibc: mmap off, trim off (freed memory reused)" if ok else "default (mallopt unavailable)"
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    allocator = configure_allocator(args.default_allocator or args.device == "cuda")
     sys.path.insert(0, str(ROOT))
+    allocator = configure_allocator(args.default_allocator or args.device == "cuda")
     import suite
     import torch
 
@@ -123,9 +111,10 @@ def other_allocator_latency(args: argparse.Namespace) -> dict[str, Any]:
     ]
     cmd += ["--quick"] if args.quick else []
     cmd += [] if args.default_allocator else ["--default-allocator"]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    out["allocator"] = "glibc: mmap off, trim off (freed memory reused)" if args.default_allocator else "default"
+    out["allocator"] = HUGE_PAGES if args.default_allocator else DEFAULT_MALLOC
     return out
 
 

@@ -1,18 +1,22 @@
-"""Training-step time before/after the speed changes, alternating in one process.
+"""Training-step time with torch's default and with fused AdamW, alternating in one process.
 
 One step = forward with labels (L1 + 0.4 L2), backward, AdamW step, at 512x512 batch 2,
 K=150 (``--model``, default SeMask-T FPN). Variants, each its own copy of the same weights:
 
-* ``before``: ``torch.optim.AdamW`` with torch's default CPU implementation (a per-tensor loop),
-  the literal full-resolution loss;
+* ``adamw``: ``torch.optim.AdamW`` with torch's default CPU implementation (a per-tensor loop);
 * ``fused_adamw``: the trainer's :func:`semask.engine.trainer.build_optimizer` choice
-  (``fused=True``);
-* ``fused_adamw+mem_loss``: plus ``model.set_memory_efficient_loss()`` (the loss band by band).
+  (``fused=True``).
+
+The losses are the models' own: both cross-entropies from the stride-4 maps, band by band
+(semask/models/upsampled_ce.py; ``benchmarks/baseline_ab.py`` times them against the
+literal full-size loss of an earlier commit).
 
 Rounds rotate the order; reported are medians and the median of per-round ratios to
-``before``. A GEMM probe between steps gives the achieved FLOP/s (3 x forward FLOPs per image,
+``adamw``. A GEMM probe between steps gives the achieved FLOP/s (3 x forward FLOPs per image,
 the usual fwd + bwd convention) as a fraction of the GEMM rate of the same minutes.
-``--memory`` adds the peak RSS of one step per variant, each in a fresh subprocess. Usage:
+``--memory`` adds the peak RSS of one step per variant, each in a fresh subprocess. The
+process runs on huge-page malloc as ``semask train`` does (``--default-allocator``: glibc's
+default; benchmarks/measure.py). Usage:
     python benchmarks/train_step.py --rounds 3 --memory
 """
 
@@ -33,18 +37,17 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from measure import GemmProbe, count_forward_flops, gemm_peak_flops, peak_memory  # noqa: E402
+from measure import GemmProbe, configure_allocator, count_forward_flops, gemm_peak_flops, peak_memory  # noqa: E402
 
 import semask  # noqa: E402
 
-VARIANTS = ("before", "fused_adamw", "fused_adamw+mem_loss")
+VARIANTS = ("adamw", "fused_adamw")
 
 
 def make(model: torch.nn.Module, variant: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     model = copy.deepcopy(model).train()
-    model.set_memory_efficient_loss(variant.endswith("mem_loss"))
-    fused = variant != "before"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=True if fused else None)
+    fused = True if variant == "fused_adamw" else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=fused)
     return model, optimizer
 
 
@@ -81,6 +84,7 @@ def memory_rows(args: argparse.Namespace) -> list[dict]:
     for variant in VARIANTS:
         cmd = [sys.executable, __file__, "--child", variant, "--model", args.model, "--batch", str(args.batch)]
         cmd += ["--size", str(args.size), "--threads", str(args.threads), "--num-classes", str(args.num_classes)]
+        cmd += ["--default-allocator"] if args.default_allocator else []
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
@@ -96,9 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-classes", type=int, default=150)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--memory", action="store_true", help="also peak RSS per variant (fresh subprocesses)")
+    p.add_argument("--default-allocator", action="store_true", help="leave glibc malloc at its defaults")
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
+    allocator = configure_allocator(args.default_allocator)
     if args.child:
         child(args)
         return
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     for v in VARIANTS:  # warm-up
         step(*runs[v], x, labels)
     for r in range(args.rounds):
-        order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
+        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
         for v in order:
             probe()
             start = time.perf_counter()
@@ -138,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "rounds": args.rounds,
         "torch": torch.__version__,
+        "allocator": allocator,
         "load_average": [load_start, os.getloadavg()],
         "train_flops": flops,
         "gemm_median_flops": gemm,
@@ -146,13 +153,13 @@ def main(argv: list[str] | None = None) -> None:
         "variants": {},
     }
     for v in VARIANTS:
-        ratios = [a / b for a, b in zip(times[v], times["before"])]
+        ratios = [a / b for a, b in zip(times[v], times["adamw"])]
         result["variants"][v] = {
             "median_s": statistics.median(times[v]),
             "best_s": min(times[v]),
             "runs_s": times[v],
-            "ratio_vs_before": statistics.median(ratios),
-            "best_ratio_vs_before": min(times[v]) / min(times["before"]),
+            "ratio_vs_adamw": statistics.median(ratios),
+            "best_ratio_vs_adamw": min(times[v]) / min(times["adamw"]),
             "achieved_flops": flops / statistics.median(times[v]),
             "fraction_of_concurrent_gemm": flops / statistics.median(times[v]) / gemm,
         }
@@ -171,21 +178,21 @@ def write_markdown(path: Path, result: dict) -> None:
         f"# Training step, {result['model']}, K={result['num_classes']}, {result['size']}x{result['size']}, "
         f"batch {result['batch']} (CPU, {result['threads']} threads)",
         "",
-        f"`python benchmarks/train_step.py --rounds {result['rounds']}{' --memory' if 'peak_rss_mib' in result['variants']['before'] else ''}`; "
-        f"torch {result['torch']}. One step = forward + L1 + 0.4 L2 + backward + AdamW. Variants alternate in one "
+        f"`python benchmarks/train_step.py --rounds {result['rounds']}{' --memory' if 'peak_rss_mib' in result['variants']['adamw'] else ''}`; "
+        f"torch {result['torch']}; {result.get('allocator', 'default glibc malloc')}. One step = forward + L1 + 0.4 L2 + backward + AdamW. Variants alternate in one "
         f"process (same weights); load average {result['load_average'][0][0]:.1f} -> {result['load_average'][1][0]:.1f} "
         "on a machine shared with other jobs, so absolute times drift and the ratios (median of per-round ratios) "
         f"are the figures. Concurrent GEMM rate {result['gemm_median_flops'] / 1e9:.1f} GFLOP/s (median of probes "
         f"between steps); {result['train_flops'] / 1e9:.0f} GFLOP per step (3 x forward).",
         "",
-        "| variant | median s | best s | vs before (median ratio) | vs before (best runs) | achieved GFLOP/s | "
+        "| variant | median s | best s | vs adamw (median ratio) | vs adamw (best runs) | achieved GFLOP/s | "
         "fraction of concurrent GEMM | peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for v, row in result["variants"].items():
         lines.append(
-            f"| {v} | {row['median_s']:.2f} | {row['best_s']:.2f} | {row['ratio_vs_before']:.2f}x "
-            f"| {row['best_ratio_vs_before']:.2f}x | {row['achieved_flops'] / 1e9:.1f} "
+            f"| {v} | {row['median_s']:.2f} | {row['best_s']:.2f} | {row['ratio_vs_adamw']:.2f}x "
+            f"| {row['best_ratio_vs_adamw']:.2f}x | {row['achieved_flops'] / 1e9:.1f} "
             f"| {row['fraction_of_concurrent_gemm']:.0%} | {row.get('peak_rss_mib', '-')} |"
         )
     lines.append("")

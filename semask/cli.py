@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import AUG_TEST_RATIOS, ExperimentConfig, load_config
+from .engine.hugepages import LONG_COMMANDS, reexec_with_hugepages
 
 logger = logging.getLogger("semask")
 
@@ -671,9 +672,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extras = parser.parse_known_args(argv)
     _gather_overrides(parser, args, extras, argv)
+    if from_command_line and args.command in LONG_COMMANDS:
+        reexec_with_hugepages()  # returns where huge pages are set already, off or unavailable
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     try:

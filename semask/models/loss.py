@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .outputs import SegmentationOutput
+from .upsampled_ce import upsampled_cross_entropy
 
 IGNORE_INDEX = 255
 # How the cross-entropy is averaged (see segmentation_cross_entropy).
@@ -35,31 +36,26 @@ def segmentation_cross_entropy(
     labels: Tensor,
     reduction: str = "all",
     ignore_index: int = IGNORE_INDEX,
-    memory_efficient: bool = False,
 ) -> Tensor:
-    """CE between (B,K,h,w) logits and (B,H,W) labels; logits are resized to the labels.
+    """CE between (B,K,h,w) logits and (B,H,W) labels; logits are bilinearly resized to the labels.
 
     ``reduction="all"`` divides by all pixels, ignored ones counting as zero: the
     mmseg 0.x behaviour behind the paper's numbers (eq. 3-4, 1/(H x W)).
     ``reduction="valid"`` divides by the number of non-ignored pixels.
-    ``memory_efficient=True`` (smaller logits only) computes the same value band by band
-    without the full-size logits (:func:`semask.models.upsampled_ce.upsampled_cross_entropy`).
+    Smaller logits (the decoders' stride-4 maps) never become full-size tensors: value and
+    gradient are formed band by band (:func:`semask.models.upsampled_ce.upsampled_cross_entropy`;
+    the same numbers as resizing first, faster on CPU and about 1 GB less memory at 512^2, K=150,
+    batch 2).
     """
     if reduction not in LOSS_REDUCTIONS:
         raise ValueError(f"unknown loss reduction {reduction!r}; use 'all' or 'valid'")
-    if memory_efficient and logits.shape[-2:] != labels.shape[-2:]:
-        from .upsampled_ce import upsampled_cross_entropy
-
-        total = upsampled_cross_entropy(logits, labels, ignore_index)
-        if reduction == "all":
-            return total / labels.numel()
-        return total / (labels != ignore_index).sum().clamp(min=1)
     if logits.shape[-2:] != labels.shape[-2:]:
-        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    per_pixel = F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="none")
+        total = upsampled_cross_entropy(logits, labels, ignore_index)
+    else:
+        total = F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="sum")
     if reduction == "all":
-        return per_pixel.mean()
-    return per_pixel.sum() / (labels != ignore_index).sum().clamp(min=1)
+        return total / labels.numel()
+    return total / (labels != ignore_index).sum().clamp(min=1)
 
 
 def add_semantic_prior_loss(
@@ -73,14 +69,13 @@ def add_semantic_prior_loss(
 
     L2 is skipped when there is no prior map (baselines) or its weight is 0 (ablation).
     ``low_res`` = (logits, semantic logits) before their resize to the input: the losses are
-    then taken from them with ``memory_efficient=True`` (same values, less memory).
+    then taken from them (same values, no full-size temporaries).
     """
     main, semantic = (out.logits, out.semantic_logits) if low_res is None else low_res
-    efficient = low_res is not None
-    out.loss_main = segmentation_cross_entropy(main, labels, reduction, memory_efficient=efficient)
+    out.loss_main = segmentation_cross_entropy(main, labels, reduction)
     out.loss = out.loss_main
     if semantic is not None and semantic_loss_weight:
-        out.loss_semantic = segmentation_cross_entropy(semantic, labels, reduction, memory_efficient=efficient)
+        out.loss_semantic = segmentation_cross_entropy(semantic, labels, reduction)
         out.loss = out.loss + semantic_loss_weight * out.loss_semantic
     return out
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ModelConfig, SeMaskModel
+from .base import SeMaskModel
 from .loss import add_semantic_prior_loss, check_labels
 from .outputs import SegmentationOutput
 
@@ -63,10 +63,6 @@ def semantic_decoder(priors: list[Tensor]) -> Tensor:
 class EncoderDecoderModel(SeMaskModel):
     """``backbone`` + ``decode_head`` (set by the family); ``forward(pixel_values, labels=None)``."""
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        self.memory_efficient_loss = False
-
     def forward(
         self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
     ) -> SegmentationOutput:
@@ -82,13 +78,7 @@ class EncoderDecoderModel(SeMaskModel):
         semantic_logits = None if semantic_low is None else resize(semantic_low, size)
         out = SegmentationOutput(logits=logits, semantic_logits=semantic_logits)
         if labels is not None:
-            low_res = (low, semantic_low) if self.memory_efficient_loss else None
             add_semantic_prior_loss(
-                out, labels, self.config.semantic_loss_weight, self.config.loss_reduction, low_res=low_res
+                out, labels, self.config.semantic_loss_weight, self.config.loss_reduction, low_res=(low, semantic_low)
             )
         return out
-
-    def set_memory_efficient_loss(self, enable: bool = True) -> None:
-        """Training losses from the stride-4 maps, band by band (same values; at 512^2, K=150,
-        batch 2 about 1 GB less peak memory, the loss about 1.7x slower on CPU)."""
-        self.memory_efficient_loss = enable
