@@ -54,8 +54,7 @@ def run_child(**env: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.skipif(
-    sys.platform != "linux"
-    or hugepages.hugepage_environment({}, hugepages.glibc_version(), thp_mode()) is None,
+    sys.platform != "linux" or hugepages.hugepage_environment({}, hugepages.glibc_version(), thp_mode()) is None,
     reason="needs Linux, glibc >= 2.35 and transparent huge pages in madvise/always mode",
 )
 def test_reexec_sets_the_tunable_once_and_faults_512x_less() -> None:
