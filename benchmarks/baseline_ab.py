@@ -18,6 +18,7 @@ baseline, fused AdamW now), SeMask-T FPN, K=150, 512x512, batch 2; inference = b
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -52,12 +53,15 @@ def child(args: argparse.Namespace) -> dict[str, float]:
     labels = torch.randint(0, 150, (batch, 512, 512))
     if args.mode == "train":
         model.train()
+        # as each version's trainer calls it (the current one keeps the logits at stride 4)
+        keeps_stride = "upsample_logits" in inspect.signature(model.forward).parameters
+        options = {"upsample_logits": False} if keeps_stride else {}
         fused = {"fused": True} if args.fused_adamw else {}
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-2, **fused)
 
         def run() -> None:
             optimizer.zero_grad(set_to_none=True)
-            model(x, labels=labels).loss.backward()
+            model(x, labels=labels, **options).loss.backward()
             optimizer.step()
     else:
         model.eval()
@@ -103,6 +107,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", type=Path, help="an earlier checkout of this repository (e.g. commit 8cdb661)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--modes", nargs="+", choices=("train", "infer"), default=["train", "infer"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--child", choices=("train", "infer"), help=argparse.SUPPRESS)
@@ -126,10 +131,10 @@ def main() -> None:
     weights = Path(tempfile.mkdtemp()) / "weights.pt"
     torch.save(semask.create_model(MODEL, num_classes=150).state_dict(), weights)
     pairs = [(code, hp) for code in (args.baseline, ROOT) for hp in (False, True)]
-    rows: dict[str, dict[tuple[str, bool], list[dict[str, float]]]] = {"train": {}, "infer": {}}
+    rows: dict[str, dict[tuple[str, bool], list[dict[str, float]]]] = {mode: {} for mode in args.modes}
     for r in range(args.rounds):
         order = pairs[r % len(pairs) :] + pairs[: r % len(pairs)]
-        for mode in ("train", "infer"):
+        for mode in args.modes:
             for code, hp in order:
                 result = run_child(code, hp, mode, weights, args)
                 rows[mode].setdefault((str(code), hp), []).append(result)

@@ -53,7 +53,7 @@ def make(model: torch.nn.Module, variant: str) -> tuple[torch.nn.Module, torch.o
 
 def step(model, optimizer, x, labels) -> None:
     optimizer.zero_grad(set_to_none=True)
-    model(x, labels).loss.backward()
+    model(x, labels, upsample_logits=False).loss.backward()  # as the trainer calls it
     optimizer.step()
 
 

@@ -176,6 +176,30 @@ class FamilyTester:
             torch.testing.assert_close(got[name], ref[name], rtol=0, atol=1e-6, msg=name)
         assert any(".semantic" in n or "semantic_layer" in n for n in ref)  # priors carry gradient
 
+    def test_training_forward_without_upsampled_logits(self) -> None:
+        """The trainer's forward (upsample_logits=False) has the same loss and gradients, and its
+        logits stay at the decoder's stride instead of the input size."""
+        model = self.make_model(seed=4).train()
+        h, w = self.train_size
+        x = _image(2, 3, h, w, seed=5)
+        labels = torch.randint(0, K, (2, h, w), generator=torch.Generator().manual_seed(6))
+        labels[:, :2] = 255
+
+        def run(upsample: bool) -> tuple[SegmentationOutput, dict[str, torch.Tensor]]:
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(321)  # same drop path and point sampling in both runs
+            out = model(x, labels, upsample_logits=upsample)
+            out.loss.backward()
+            return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+        (full, ref), (low, got) = run(True), run(False)
+        assert full.logits.shape == (2, K, h, w)
+        assert low.logits.shape[:2] == (2, K) and low.logits.shape[-1] <= (w + 31) // 4 < w
+        torch.testing.assert_close(low.loss, full.loss, rtol=0, atol=0)
+        assert got.keys() == ref.keys()
+        for name in ref:
+            torch.testing.assert_close(got[name], ref[name], rtol=1e-6, atol=1e-7, msg=name)
+
     unused_in_loss: ClassVar[int] = 0
 
 

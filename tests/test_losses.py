@@ -193,8 +193,10 @@ class _Fixed(torch.nn.Module):
         self.logits, self.semantic = logits, semantic
         self.calls: list[dict] = []
 
-    def forward(self, x, labels=None, output_semantic_logits=False):
-        self.calls.append({"labels": labels, "output_semantic_logits": output_semantic_logits})
+    def forward(self, x, labels=None, output_semantic_logits=False, upsample_logits=True):
+        self.calls.append(
+            {"labels": labels, "output_semantic_logits": output_semantic_logits, "upsample_logits": upsample_logits}
+        )
         out = SegmentationOutput(self.logits, self.semantic)
         if labels is not None:
             add_semantic_prior_loss(out, labels, 0.4)
@@ -211,14 +213,16 @@ def test_build_criterion_and_training_forward() -> None:
     config = SimpleNamespace(num_classes=3, loss_reduction="all", semantic_loss_weight=0.4)
     assert build_criterion(LossConfig(), config) is None
     default = training_forward(model, None, torch.zeros(1), y)
-    assert model.calls[-1]["labels"] is y
+    assert (
+        model.calls[-1]["labels"] is y and model.calls[-1]["upsample_logits"] is False
+    )  # the losses need no full-size maps
 
     loss_cfg = LossConfig(
         main=[LossTermConfig("dice")], semantic=[LossTermConfig("focal", gamma=1.0)], semantic_weight=0.1
     )
     criterion = build_criterion(loss_cfg, config)
     out = training_forward(model, criterion, torch.zeros(1), y)
-    assert model.calls[-1] == {"labels": None, "output_semantic_logits": True}
+    assert model.calls[-1] == {"labels": None, "output_semantic_logits": True, "upsample_logits": True}
     expected = DiceLoss()(main, y) + 0.1 * FocalLoss(gamma=1.0)(sem, y)
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
     # the semantic weight defaults to the model's 0.4 and main/semantic to cross-entropy

@@ -253,8 +253,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         model = real_create(*args, **kwargs)
         forward, calls = model.forward, [0]
 
-        def poisoned(pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> object:
-            out = forward(pixel_values, labels)
+        def poisoned(pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **options: bool) -> object:
+            out = forward(pixel_values, labels, **options)
             calls[0] += 1
             if calls[0] == 5 and labels is not None:
                 out.loss = out.loss * float("nan")

@@ -73,4 +73,4 @@ def training_forward(
         return criterion(out, labels)  # type: ignore[no-any-return]
     if ignore_index != IGNORE_INDEX:
         labels = torch.where(labels == ignore_index, torch.full_like(labels, IGNORE_INDEX), labels)
-    return model(images, labels)  # type: ignore[no-any-return]
+    return model(images, labels, upsample_logits=False)  # type: ignore[no-any-return]

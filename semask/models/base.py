@@ -156,7 +156,7 @@ class SeMaskModel(nn.Module):
     """Base of every family: typed ``config``, loading and saving, and the trainer's hooks.
 
     Subclasses set ``config_class`` and build ``self.backbone`` (the encoder); their ``forward``
-    takes ``(pixel_values, labels=None, output_semantic_logits=False)`` and returns a
+    takes ``(pixel_values, labels=None, output_semantic_logits=False, upsample_logits=True)`` and returns a
     :class:`~semask.models.outputs.SegmentationOutput`.
     """
 

@@ -64,18 +64,27 @@ class EncoderDecoderModel(SeMaskModel):
     """``backbone`` + ``decode_head`` (set by the family); ``forward(pixel_values, labels=None)``."""
 
     def forward(
-        self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
+        self,
+        pixel_values: Tensor,
+        labels: Tensor | None = None,
+        output_semantic_logits: bool = False,
+        upsample_logits: bool = True,
     ) -> SegmentationOutput:
         """``semantic_logits`` (the semantic decoder's output, a training signal) are computed
-        only with ``labels`` or ``output_semantic_logits=True``: inference does not need them."""
+        only with ``labels`` or ``output_semantic_logits=True``: inference does not need them.
+        ``upsample_logits=False`` leaves both at the decoder's stride (1/4), as mmseg's training
+        forward and HF's SegFormer do; the losses never need the full-size maps, so a training
+        step then never builds them (2 x B x K x H x W floats)."""
         if labels is not None:
             check_labels(labels, self.config.num_classes)  # before any compute is spent
         size = pixel_values.shape[-2:]
         encoded = self.backbone(pixel_values, output_priors=labels is not None or output_semantic_logits)
         low = self.decode_head(encoded.features)
         semantic_low = semantic_decoder(encoded.semantic_priors) if encoded.semantic_priors else None
-        logits = resize(low, size)
-        semantic_logits = None if semantic_low is None else resize(semantic_low, size)
+        logits, semantic_logits = low, semantic_low
+        if upsample_logits:
+            logits = resize(low, size)
+            semantic_logits = None if semantic_low is None else resize(semantic_low, size)
         out = SegmentationOutput(logits=logits, semantic_logits=semantic_logits)
         if labels is not None:
             add_semantic_prior_loss(

@@ -265,17 +265,32 @@ class SeMaskMaskFormer(SeMaskModel):
         return {n for n, _ in self.named_parameters() if any(k in n for k in keys)}
 
     def forward(
-        self, pixel_values: Tensor, labels: Tensor | None = None, output_semantic_logits: bool = False
+        self,
+        pixel_values: Tensor,
+        labels: Tensor | None = None,
+        output_semantic_logits: bool = False,
+        upsample_logits: bool = True,
     ) -> MaskClassificationOutput:
-        """``semantic_logits`` only with ``labels`` or ``output_semantic_logits=True`` (as SeMaskFPN)."""
+        """``semantic_logits`` only with ``labels`` or ``output_semantic_logits=True`` (as SeMaskFPN).
+        ``upsample_logits=False``: ``logits`` from the masks at their own stride (1/4 of the input
+        padded to a multiple of 32), without the (B, Q, H, W) mask upsampling the losses do not use."""
+        if labels is not None and (
+            labels.shape[0] != pixel_values.shape[0] or labels.shape[-2:] != pixel_values.shape[-2:]
+        ):
+            raise ValueError(
+                f"labels of shape {tuple(labels.shape)} do not match pixel_values "
+                f"(B={pixel_values.shape[0]}, H, W={tuple(pixel_values.shape[-2:])})"
+            )
         h, w = pixel_values.shape[-2:]
         pad_h, pad_w = (-h) % SIZE_DIVISIBILITY, (-w) % SIZE_DIVISIBILITY
         padded = F.pad(pixel_values, (0, pad_w, 0, pad_h)) if pad_h or pad_w else pixel_values
         want_semantic = labels is not None or output_semantic_logits
         encoded = self.backbone(padded, output_priors=want_semantic)
         predictions = self.sem_seg_head(encoded.features)
-        masks = F.interpolate(predictions.masks[-1], size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        logits = semantic_inference(predictions.logits[-1].float(), masks[..., :h, :w].float())
+        masks = predictions.masks[-1]
+        if upsample_logits:
+            masks = F.interpolate(masks, size=padded.shape[-2:], mode="bilinear", align_corners=False)[..., :h, :w]
+        logits = semantic_inference(predictions.logits[-1].float(), masks.float())
         semantic = semantic_head(encoded.semantic_priors) if want_semantic else None  # at the padded size
         out = MaskClassificationOutput(
             logits=logits,
@@ -299,11 +314,6 @@ class SeMaskMaskFormer(SeMaskModel):
     ) -> None:
         """Mask-classification loss over all supervised layers + 0.4 x semantic-prior CE (spec 2.3-2.4)."""
         cfg = self.config
-        if labels.shape[-2:] != out.logits.shape[-2:] or labels.shape[0] != out.logits.shape[0]:
-            raise ValueError(
-                f"labels of shape {tuple(labels.shape)} do not match pixel_values "
-                f"(B={out.logits.shape[0]}, H, W={tuple(out.logits.shape[-2:])})"
-            )
         check_labels(labels, cfg.num_classes)
         if pad_h or pad_w:  # padded pixels: negatives in every mask, ignored by the semantic CE
             labels = F.pad(labels, (0, pad_w, 0, pad_h), value=255)
