@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--memory", action="store_true", help="also peak RSS per variant (fresh subprocesses)")
     p.add_argument("--default-allocator", action="store_true", help="leave glibc malloc at its defaults")
+    p.add_argument("--profile", action="store_true", help="only profile one fused-AdamW step (where the time goes)")
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
@@ -112,6 +113,19 @@ def main(argv: list[str] | None = None) -> None:
     memory = memory_rows(args) if args.memory else []  # first, while this process is still small
     torch.manual_seed(0)
     base = semask.create_model(args.model, num_classes=args.num_classes)
+    if args.profile:
+        from profile_ops import profile_inference
+
+        run = make(base, "fused_adamw")
+        x, labels = inputs(args.batch, args.size, args.num_classes)
+        step(*run, x, labels)  # warm-up
+        report = profile_inference(lambda: step(*run, x, labels), torch.device("cpu"))
+        total = report["total_self_ms"]
+        for name, ms in report["categories_ms"].items():
+            print(f"{name:40s} {ms:8.0f} ms {ms / total:6.1%}")
+        for row in report["top_ops"]:
+            print(f"  {row['op']:50s} {row['self_ms']:8.0f} ms x{row['calls']}")
+        return
     flops = (
         3
         * args.batch
