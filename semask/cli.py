@@ -670,13 +670,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def console() -> int:
+    """The ``semask`` command (and ``python -m semask.cli``): :func:`main` on ``sys.argv``, with
+    the long commands re-run on huge-page malloc (semask/engine/hugepages.py)."""
+    return main(hugepages=True)
+
+
+def main(argv: Sequence[str] | None = None, *, hugepages: bool = False) -> int:
     parser = build_parser()
-    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extras = parser.parse_known_args(argv)
     _gather_overrides(parser, args, extras, argv)
-    if from_command_line and args.command in LONG_COMMANDS:
+    if hugepages and args.command in LONG_COMMANDS:
         reexec_with_hugepages()  # returns where huge pages are set already, off or unavailable
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
@@ -715,4 +720,4 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

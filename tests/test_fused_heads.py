@@ -131,6 +131,9 @@ def test_upsampled_cross_entropy_equals_literal(dtype: torch.dtype) -> None:
     (literal_grad,) = torch.autograd.grad(literal, x)
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     assert abs(fused.item() - literal.item()) <= tol * abs(literal.item())
+    with torch.no_grad():  # value only: the same number, no gradient formed or kept
+        value = upsampled_cross_entropy(x, labels, band_elements=7 * 50 * 5)
+    assert value.item() == fused.item() and value.grad_fn is None
     assert torch.allclose(fused_grad, literal_grad, rtol=0, atol=tol * literal_grad.abs().max().item())
 
 

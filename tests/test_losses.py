@@ -222,7 +222,7 @@ def test_build_criterion_and_training_forward() -> None:
     )
     criterion = build_criterion(loss_cfg, config)
     out = training_forward(model, criterion, torch.zeros(1), y)
-    assert model.calls[-1] == {"labels": None, "output_semantic_logits": True, "upsample_logits": True}
+    assert model.calls[-1] == {"labels": None, "output_semantic_logits": True, "upsample_logits": False}
     expected = DiceLoss()(main, y) + 0.1 * FocalLoss(gamma=1.0)(sem, y)
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
     # the semantic weight defaults to the model's 0.4 and main/semantic to cross-entropy

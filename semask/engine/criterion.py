@@ -69,7 +69,7 @@ def training_forward(
     255 for them (a label map holds at most 255 classes, ids 0..254).
     """
     if criterion is not None:
-        out = model(images, output_semantic_logits=True)
+        out = model(images, output_semantic_logits=True, upsample_logits=False)  # the losses resize themselves
         return criterion(out, labels)  # type: ignore[no-any-return]
     if ignore_index != IGNORE_INDEX:
         labels = torch.where(labels == ignore_index, torch.full_like(labels, IGNORE_INDEX), labels)

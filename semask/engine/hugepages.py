@@ -1,11 +1,12 @@
-"""Transparent huge pages for glibc's malloc: the long CPU commands re-run themselves with them.
+"""Transparent huge pages for glibc's malloc: the long commands re-run themselves with them.
 
 PyTorch's CPU allocator is plain ``malloc``. Tensors over glibc's mmap threshold (32 MiB at
-most) are mapped fresh and unmapped on free, so every training step faults in its activations
-4 KiB at a time: about 900,000 faults and 3-4 s of kernel time per SeMask-T step at 512x512,
-batch 2, on a 2-core CPU. glibc >= 2.35 can back malloc with transparent huge pages
-(``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, Linux THP in ``madvise`` or ``always`` mode): 512x
-fewer faults, the same numbers and the same peak memory (README, "Performance").
+most) are mapped fresh and unmapped on free, so a training step faults its large activations
+in again 4 KiB at a time (with the literal full-size loss about 900,000 faults and 3.6 s of
+kernel time per SeMask-T step at 512x512, batch 2, on a 2-core VM). glibc >= 2.35 can back
+malloc with transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``) when Linux THP
+is in ``madvise`` mode: 30-65x fewer faults, the same numbers and the same peak memory (README,
+"Performance"). In ``always`` mode the kernel does this by itself and the tunable does nothing.
 
 The tunable is read when a process starts, so ``semask train``/``eval``/``demo`` re-execute
 themselves once with it set; ``SEMASK_HUGEPAGES=0`` keeps the default allocator. Library users
@@ -55,7 +56,7 @@ def hugepage_environment(
     tunables = environ.get("GLIBC_TUNABLES", "")
     if environ.get(OPT_OUT) == "0" or "glibc.malloc.hugetlb" in tunables:
         return None
-    if glibc is None or glibc < (2, 35) or mode not in ("always", "madvise"):
+    if glibc is None or glibc < (2, 35) or mode != "madvise":  # "always": the kernel does it already
         return None
     return {**environ, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}" if tunables else TUNABLE}
 
@@ -70,4 +71,4 @@ def reexec_with_hugepages() -> None:
     print(f"semask: running with {TUNABLE} (transparent huge pages; {OPT_OUT}=0 turns this off)", file=sys.stderr)
     sys.stderr.flush()
     sys.stdout.flush()
-    os.execve(sys.executable, sys.orig_argv, env)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

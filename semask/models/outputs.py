@@ -12,8 +12,10 @@ from torch import Tensor
 class SegmentationOutput:
     """What every semask segmentation model returns.
 
-    ``logits`` and ``semantic_logits`` are at the input resolution (at the decoder's stride with
-    ``forward(..., upsample_logits=False)``, which training uses); ``semantic_logits``
+    ``logits`` and ``semantic_logits`` are at the input resolution. With
+    ``forward(..., upsample_logits=False)`` (what the trainer calls) they are at the decoder's
+    stride instead; for the mask-classification models only ``logits`` are, at 1/4 of the input
+    padded to a multiple of 32. ``semantic_logits``
     (the semantic decoder's prediction) only when labels were given or
     ``output_semantic_logits=True`` was passed, as inference has no use for it. The losses are
     set only when ``labels`` were passed to ``forward``: ``loss`` is the training

@@ -60,11 +60,10 @@ class _UpsampledCrossEntropySum(torch.autograd.Function):
     as its value, band by band, and backward only scales it: no band is built twice."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, ignore_index: int, band_rows: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, logits: Tensor, labels: Tensor, ignore_index: int, band_rows: int, want_grad: bool) -> Tensor:  # type: ignore[override]
         x = _compute_dtype(logits)
         b, k, h, w = x.shape
         big_h, big_w = labels.shape[-2:]
-        want_grad = ctx.needs_input_grad[0]
         a_w = bilinear_matrix(w, big_w, x)
         a_h = bilinear_matrix(h, big_h, x) if want_grad else None
         lo, hi, frac = _taps(h, big_h, x)
@@ -97,9 +96,9 @@ class _UpsampledCrossEntropySum(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, None, None, None, None]:  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return (grad * grad_output.to(grad.dtype)).to(ctx.dtype), None, None, None
+        return (grad * grad_output.to(grad.dtype)).to(ctx.dtype), None, None, None, None
 
 
 def upsampled_cross_entropy(
@@ -117,4 +116,5 @@ def upsampled_cross_entropy(
         band_elements = 1 << 21 if logits.device.type == "cpu" else 1 << 26
     k, big_w = logits.shape[1], labels.shape[-1]
     band_rows = max(1, band_elements // (k * big_w))
-    return _UpsampledCrossEntropySum.apply(logits, labels, ignore_index, band_rows)
+    want_grad = torch.is_grad_enabled() and logits.requires_grad  # no gradient is formed for evaluation
+    return _UpsampledCrossEntropySum.apply(logits, labels, ignore_index, band_rows, want_grad)
