@@ -14,6 +14,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,18 +38,17 @@ def main() -> None:
     labels = torch.randint(0, 150, (2, 512, 512))
     labels[:, :32] = 255
 
-    def literal() -> tuple[torch.Tensor, torch.Tensor]:
-        x = logits.clone().requires_grad_()
-        loss = F.cross_entropy(resize(x, (512, 512)), labels, ignore_index=255, reduction="sum")
-        loss.backward()
-        return loss.detach(), x.grad
+    def with_grad(loss_of: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        def run() -> tuple[torch.Tensor, torch.Tensor]:
+            x = logits.clone().requires_grad_()
+            loss = loss_of(x)
+            loss.backward()
+            return loss.detach(), x.grad
 
-    def banded() -> tuple[torch.Tensor, torch.Tensor]:
-        x = logits.clone().requires_grad_()
-        loss = upsampled_cross_entropy(x, labels, 255)
-        loss.backward()
-        return loss.detach(), x.grad
+        return run
 
+    literal = with_grad(lambda x: F.cross_entropy(resize(x, (512, 512)), labels, ignore_index=255, reduction="sum"))
+    banded = with_grad(lambda x: upsampled_cross_entropy(x, labels, 255))
     (a, grad_a), (b, grad_b) = literal(), banded()
     times: dict[str, list[float]] = {"literal": [], "banded": []}
     for r in range(args.rounds):

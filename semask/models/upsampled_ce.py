@@ -80,16 +80,15 @@ class _UpsampledCrossEntropySum(torch.autograd.Function):
                     target = torch.where(valid, lab, 0)[:, None]
                     logp = torch.log_softmax(band, 1)
                     total -= (logp.gather(1, target)[:, 0] * valid).sum(dtype=torch.float64)
-                    if grad_cols is None or a_h is None:
-                        continue
-                    p = logp.exp_()  # softmax
-                    p.scatter_add_(1, target, -valid[:, None].to(p.dtype))  # - onehot
-                    p.mul_(valid.to(p.dtype)[:, None])
-                    s0, s1 = int(lo[r0]), int(hi[r1 - 1]) + 1  # the band's source rows
-                    grad_cols[s0:s1].addmm_(a_h[r0:r1, s0:s1].T, p.view(r1 - r0, -1))
-                if grad is not None and grad_cols is not None:
+                    if want_grad:  # a_h, grad_cols and grad exist exactly then
+                        p = logp.exp_()  # softmax
+                        p.scatter_add_(1, target, -valid[:, None].to(p.dtype))  # - onehot
+                        p.mul_(valid.to(p.dtype)[:, None])
+                        s0, s1 = int(lo[r0]), int(hi[r1 - 1]) + 1  # the band's source rows
+                        grad_cols[s0:s1].addmm_(a_h[r0:r1, s0:s1].T, p.view(r1 - r0, -1))
+                if want_grad:
                     grad[i] = torch.matmul(grad_cols.view(h, k, big_w), a_w).transpose(0, 1)
-        if grad is not None:
+        if want_grad:
             ctx.save_for_backward(grad)
         ctx.dtype = logits.dtype
         return total.to(x.dtype)
