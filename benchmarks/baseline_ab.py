@@ -1,10 +1,10 @@
-"""Training step and inference against an earlier checkout, with and without huge pages.
+"""Training step and inference against an earlier checkout, with glibc's default and tuned malloc.
 
 The performance issue measured the official code against this project at commit 8cdb661
 (training step 0.88x the official time, inference 0.78x). There is no official code here, so
 this benchmark times that commit beside the current tree, each under glibc's default malloc
-and under ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (what ``semask train``/``eval``/``demo``
-run with; semask/engine/hugepages.py). Every (code, allocator) pair is a child process with
+and under the tuned malloc that ``semask train``/``eval``/``demo`` run with (huge pages, freed
+memory kept; semask/engine/allocator.py). Every (code, allocator) pair is a child process with
 the same weights; the pairs alternate over rounds, and the reported figure is the median of
 per-round ratios to (baseline code, default malloc) of the times normalised by a 2048^3 GEMM
 timed before every run in the same child (the machine's speed drifts by +-15 %). One training step = forward with labels
@@ -30,7 +30,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TUNABLE = "glibc.malloc.hugetlb=1"
 MODEL = "semask_swin_t_fpn"
 
 
@@ -91,11 +90,13 @@ def child(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
-def run_child(code: Path, hugepages: bool, mode: str, weights: Path, args: argparse.Namespace) -> dict[str, float]:
+def run_child(code: Path, tuned: bool, mode: str, weights: Path, args: argparse.Namespace) -> dict[str, float]:
+    from semask.engine.allocator import glibc_version, thp_mode, tuned_environment
+
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     env["PYTHONPATH"] = str(code)
-    if hugepages:
-        env["GLIBC_TUNABLES"] = TUNABLE
+    if tuned:
+        env = tuned_environment(env, glibc_version(), thp_mode()) or env
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--weights", str(weights)]
     cmd += ["--threads", str(args.threads), "--iters", str(args.iters[mode])]
     cmd += ["--fused-adamw"] if code.resolve() == ROOT else []
@@ -130,17 +131,17 @@ def main() -> None:
     torch.manual_seed(0)
     weights = Path(tempfile.mkdtemp()) / "weights.pt"
     torch.save(semask.create_model(MODEL, num_classes=150).state_dict(), weights)
-    pairs = [(code, hp) for code in (args.baseline, ROOT) for hp in (False, True)]
+    pairs = [(code, tuned) for code in (args.baseline, ROOT) for tuned in (False, True)]
     rows: dict[str, dict[tuple[str, bool], list[dict[str, float]]]] = {mode: {} for mode in args.modes}
     for r in range(args.rounds):
         order = pairs[r % len(pairs) :] + pairs[: r % len(pairs)]
         for mode in args.modes:
-            for code, hp in order:
-                result = run_child(code, hp, mode, weights, args)
-                rows[mode].setdefault((str(code), hp), []).append(result)
+            for code, tuned in order:
+                result = run_child(code, tuned, mode, weights, args)
+                rows[mode].setdefault((str(code), tuned), []).append(result)
                 print(
                     f"round {r + 1} {mode:5s} {'current ' if code == ROOT else 'baseline'} "
-                    f"{'hugepages' if hp else 'default  '} {result['median_s']:.3f} s",
+                    f"{'tuned  ' if tuned else 'default'} {result['median_s']:.3f} s",
                     flush=True,
                 )
     report = summarize(rows, args)
@@ -154,13 +155,13 @@ def summarize(rows: dict, args: argparse.Namespace) -> dict:
     out = {"baseline": str(args.baseline), "rounds": args.rounds, "threads": args.threads, "rows": []}
     for mode, by_pair in rows.items():
         reference = by_pair[(str(args.baseline), False)]
-        for (code, hp), results in by_pair.items():
+        for (code, tuned), results in by_pair.items():
             ratios = [res["normalised"] / ref["normalised"] for res, ref in zip(results, reference)]
             out["rows"].append(
                 {
                     "mode": mode,
                     "code": "current" if Path(code).resolve() == ROOT else "baseline",
-                    "allocator": "huge pages" if hp else "default",
+                    "allocator": "tuned" if tuned else "default",
                     "median_s": statistics.median(r["median_s"] for r in results),
                     "best_s": min(r["best_s"] for r in results),
                     "gemm_gflops": statistics.median(r["gemm_gflops"] for r in results),
@@ -178,7 +179,7 @@ ISSUE_RATIO = {"train": 0.88, "infer": 0.78}  # baseline code vs the official co
 
 def markdown(report: dict) -> str:
     lines = [
-        f"# Baseline commit vs current code, default malloc vs huge pages (CPU, {report['threads']} threads)",
+        f"# Baseline commit vs current code, default vs tuned malloc (CPU, {report['threads']} threads)",
         "",
         "`python benchmarks/baseline_ab.py --baseline DIR` (DIR: `git archive 8cdb661`). SeMask-T FPN, K=150, "
         "512x512; train = batch 2 step (fwd + L1 + 0.4 L2 + bwd + AdamW), infer = batch 1. "

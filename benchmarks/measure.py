@@ -18,18 +18,18 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-HUGE_PAGES = "glibc malloc on transparent huge pages (glibc.malloc.hugetlb=1)"
+TUNED_MALLOC = "glibc malloc tuned as semask train/eval run it (semask/engine/allocator.py)"
 DEFAULT_MALLOC = "default glibc malloc"
 
 
 def configure_allocator(default: bool) -> str:
-    """Re-run this process with huge-page malloc, as ``semask train``/``eval`` run, unless
-    ``default``; returns what it runs with (semask/engine/hugepages.py)."""
-    from semask.engine.hugepages import TUNABLE, reexec_with_hugepages
+    """Re-run this process with glibc's malloc tuned, as ``semask train``/``eval`` run, unless
+    ``default``; returns what it runs with."""
+    from semask.engine.allocator import KEEP_FREED, reexec_with_tuned_malloc
 
     if not default:
-        reexec_with_hugepages()
-    return HUGE_PAGES if TUNABLE in os.environ.get("GLIBC_TUNABLES", "") else DEFAULT_MALLOC
+        reexec_with_tuned_malloc()
+    return TUNED_MALLOC if KEEP_FREED in os.environ.get("GLIBC_TUNABLES", "") else DEFAULT_MALLOC
 
 
 def synchronize(device: torch.device) -> None:

@@ -11,12 +11,11 @@ training memory with and without gradient checkpointing (benchmarks/train_memory
 ``benchmarks/results/<device>[_quick].{json,md,png}``.
 
 Allocator: by default the suite runs as ``semask train``/``eval`` do, with glibc's malloc
-backed by transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, set by
-re-executing; semask/engine/hugepages.py). Otherwise every tensor above glibc's mmap
-threshold (e.g. the 150-channel full-resolution outputs) is page-faulted in again, 4 KiB at a
-time, on every call. ``--default-allocator`` measures without it; the report always gives
-the 512x512 latency both ways (the other one in a child process, since the setting is per
-process).
+tuned by re-executing (semask/engine/allocator.py): transparent huge pages where available,
+and freed memory kept in the process. Otherwise the kernel faults in and clears the large
+tensors again, 4 KiB at a time, on every call. ``--default-allocator`` measures without it;
+the report always gives the 512x512 latency both ways (the other one in a child process,
+since the setting is per process).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from measure import DEFAULT_MALLOC, HUGE_PAGES, configure_allocator
+from measure import DEFAULT_MALLOC, TUNED_MALLOC, configure_allocator
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -114,7 +113,7 @@ def other_allocator_latency(args: argparse.Namespace) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    out["allocator"] = HUGE_PAGES if args.default_allocator else DEFAULT_MALLOC
+    out["allocator"] = TUNED_MALLOC if args.default_allocator else DEFAULT_MALLOC
     return out
 
 

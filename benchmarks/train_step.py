@@ -15,8 +15,8 @@ Rounds rotate the order; reported are medians and the median of per-round ratios
 ``adamw``. A GEMM probe between steps gives the achieved FLOP/s (3 x forward FLOPs per image,
 the usual fwd + bwd convention) as a fraction of the GEMM rate of the same minutes.
 ``--memory`` adds the peak RSS of one step per variant, each in a fresh subprocess. The
-process runs on huge-page malloc as ``semask train`` does (``--default-allocator``: glibc's
-default; benchmarks/measure.py). Usage:
+process runs on glibc's malloc tuned as ``semask train`` runs it (``--default-allocator``:
+glibc's default; benchmarks/measure.py). Usage:
     python benchmarks/train_step.py --rounds 3 --memory
 """
 

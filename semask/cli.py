@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import AUG_TEST_RATIOS, ExperimentConfig, load_config
-from .engine.hugepages import LONG_COMMANDS, reexec_with_hugepages
+from .engine.allocator import LONG_COMMANDS, reexec_with_tuned_malloc
 
 logger = logging.getLogger("semask")
 
@@ -672,17 +672,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def console() -> int:
     """The ``semask`` command (and ``python -m semask.cli``): :func:`main` on ``sys.argv``, with
-    the long commands re-run on huge-page malloc (semask/engine/hugepages.py)."""
-    return main(hugepages=True)
+    the long commands re-run with glibc's malloc tuned (semask/engine/allocator.py)."""
+    return main(tune_malloc=True)
 
 
-def main(argv: Sequence[str] | None = None, *, hugepages: bool = False) -> int:
+def main(argv: Sequence[str] | None = None, *, tune_malloc: bool = False) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extras = parser.parse_known_args(argv)
     _gather_overrides(parser, args, extras, argv)
-    if hugepages and args.command in LONG_COMMANDS:
-        reexec_with_hugepages()  # returns where huge pages are set already, off or unavailable
+    if tune_malloc and args.command in LONG_COMMANDS:
+        reexec_with_tuned_malloc()  # returns where it is tuned already, off or unavailable
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     try:

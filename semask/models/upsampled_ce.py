@@ -3,10 +3,11 @@
 The paper's loss resizes stride-4 logits (B, K, H/4, W/4) to the label size and takes the
 per-pixel CE. Done literally, training holds the (B, K, H, W) logits, their log-softmax and
 two full-size gradients (at 512^2, K=150, batch 2: 315 MB each). :func:`upsampled_cross_entropy`
-computes the same sum band by band of output rows: a band of logits is rebuilt from the
-low-resolution map with the 1-D bilinear matrices (W direction once per image, then the few
-source rows of the band), reduced to its CE and, in the same pass, to its gradient
-``softmax - onehot`` mapped back through the transposed matrices; then dropped.
+computes the same sum band by band of output rows: a band of logits is rebuilt from its few
+low-resolution source rows with the 1-D bilinear matrices (along W, then one GEMM along H),
+reduced to its CE and, in the same pass, to its gradient ``softmax - onehot`` mapped back
+through the transposed matrices onto those rows; then dropped. Every temporary is band-sized
+(on a CPU 8 MB, which glibc's malloc reuses; tensors over 32 MiB are mapped fresh each time).
 """
 
 from __future__ import annotations
@@ -44,14 +45,9 @@ def _compute_dtype(logits: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def _taps(n_in: int, n_out: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    lo, hi, frac = bilinear_taps(n_in, n_out)
-    return lo.to(like.device), hi.to(like.device), frac.to(dtype=like.dtype, device=like.device)
-
-
 def _columns(x: Tensor, a_w: Tensor) -> Tensor:
-    """Image (K, h, w) resized along W, laid out (h, K, W): each source row is then one
-    contiguous K W slab, and a band of output rows blends two gathered slabs per row."""
+    """Source rows (K, s, w) resized along W, laid out (s, K, W): each row is then one
+    contiguous K W slab, and a band of output rows is one GEMM over the band's few rows."""
     return torch.matmul(x.transpose(0, 1), a_w.T)
 
 
@@ -64,30 +60,28 @@ class _UpsampledCrossEntropySum(torch.autograd.Function):
         x = _compute_dtype(logits)
         b, k, h, w = x.shape
         big_h, big_w = labels.shape[-2:]
-        a_w = bilinear_matrix(w, big_w, x)
-        a_h = bilinear_matrix(h, big_h, x) if want_grad else None
-        lo, hi, frac = _taps(h, big_h, x)
+        a_w, a_h = bilinear_matrix(w, big_w, x), bilinear_matrix(h, big_h, x)
+        lo, hi, _ = bilinear_taps(h, big_h)
         total = x.new_zeros((), dtype=torch.float64)
-        grad = torch.empty_like(x) if want_grad else None
+        grad = torch.zeros_like(x) if want_grad else None
         with torch.autocast(x.device.type, enabled=False):  # float32 throughout, as the literal CE
             for i in range(b):
-                cols = _columns(x[i], a_w).view(h, k * big_w)
-                grad_cols = torch.zeros_like(cols) if want_grad else None
                 for r0, r1 in _bands(big_h, band_rows):
-                    band = torch.lerp(cols[lo[r0:r1]], cols[hi[r0:r1]], frac[r0:r1, None]).view(-1, k, big_w)
+                    s0, s1 = int(lo[r0]), int(hi[r1 - 1]) + 1  # the band's source rows
+                    rows = a_h[r0:r1, s0:s1]
+                    cols = _columns(x[i, :, s0:s1], a_w).reshape(s1 - s0, k * big_w)
+                    band = torch.mm(rows, cols).view(-1, k, big_w)
                     lab = labels[i, r0:r1].long()
                     valid = lab != ignore_index
                     target = torch.where(valid, lab, 0)[:, None]
                     logp = torch.log_softmax(band, 1)
                     total -= (logp.gather(1, target)[:, 0] * valid).sum(dtype=torch.float64)
-                    if want_grad:  # a_h, grad_cols and grad exist exactly then
+                    if want_grad:  # grad exists exactly then
                         p = logp.exp_()  # softmax
                         p.scatter_add_(1, target, -valid[:, None].to(p.dtype))  # - onehot
                         p.mul_(valid.to(p.dtype)[:, None])
-                        s0, s1 = int(lo[r0]), int(hi[r1 - 1]) + 1  # the band's source rows
-                        grad_cols[s0:s1].addmm_(a_h[r0:r1, s0:s1].T, p.view(r1 - r0, -1))
-                if want_grad:
-                    grad[i] = torch.matmul(grad_cols.view(h, k, big_w), a_w).transpose(0, 1)
+                        grad_cols = torch.mm(rows.T, p.view(r1 - r0, -1)).view(s1 - s0, k, big_w)
+                        grad[i, :, s0:s1] += torch.matmul(grad_cols, a_w).transpose(0, 1)
         if want_grad:
             ctx.save_for_backward(grad)
         ctx.dtype = logits.dtype
