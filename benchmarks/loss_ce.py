@@ -4,7 +4,9 @@ Logits (B, K, H/4, W/4) and labels (B, H, W) at 512x512, K=150, batch 2, some pi
 ``literal`` resizes the logits to the label size (the model's own resize) and takes
 ``F.cross_entropy``; ``banded`` is :func:`semask.models.upsampled_ce.upsampled_cross_entropy`
 (value and gradient in one pass over bands of rows). Runs alternate in one process; the
-figure is the median of per-round ratios. Usage:
+figure is the median of per-round ratios. The process runs on glibc's malloc tuned as
+``semask train`` runs it (``--default-allocator``: glibc's defaults, under which the literal
+loss's full-size temporaries are faulted in again on every call). Usage:
     python benchmarks/loss_ce.py --rounds 7
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from measure import configure_allocator
 
 from semask.models.segmenter import resize
 from semask.models.upsampled_ce import upsampled_cross_entropy
@@ -31,7 +34,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--default-allocator", action="store_true", help="leave glibc malloc at its defaults")
     args = p.parse_args()
+    allocator = configure_allocator(args.default_allocator)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     logits = torch.randn(2, 150, 128, 128)
@@ -65,12 +70,14 @@ def main() -> None:
         "grad_max_abs_difference": (grad_a - grad_b).abs().max().item(),
         "rounds": args.rounds,
         "threads": args.threads,
+        "allocator": allocator,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "loss_ce_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
     md = (
         "# Cross-entropy + backward, K=150, 512x512, batch 2 (CPU)\n\n"
-        f"`python benchmarks/loss_ce.py --rounds {args.rounds}`, {args.threads} threads, alternating in one process.\n\n"
+        f"`python benchmarks/loss_ce.py --rounds {args.rounds}`, {args.threads} threads, {allocator}, "
+        "alternating in one process.\n\n"
         "| loss | median s | banded / literal (median ratio) |\n|---|---:|---:|\n"
         f"| literal (resize, then CE) | {result['literal_median_s']:.3f} | |\n"
         f"| banded (upsampled_ce) | {result['banded_median_s']:.3f} | {result['banded_over_literal']:.2f}x |\n\n"

@@ -1,7 +1,8 @@
 """Peak training memory (RSS) of one SeMask step with and without gradient checkpointing.
 
 Each setting runs in a fresh subprocess (peak RSS is per process): forward with labels
-(L1 + 0.4 L2), backward, AdamW step. Usage:
+(L1 + 0.4 L2), backward, AdamW step, with glibc's malloc tuned as ``semask train`` runs it
+(``--default-allocator``: glibc's defaults; benchmarks/measure.py). Usage:
     python benchmarks/train_memory.py --model semask_swin_t_fpn --sizes 512 1024 --batch 2 --out mem.json
 """
 
@@ -83,10 +84,14 @@ def main() -> None:
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help="write the rows as JSON here")
+    p.add_argument("--default-allocator", action="store_true", help="leave glibc malloc at its defaults")
     args = p.parse_args()
     if args.child:
         print(json.dumps(one_step(args.model, args.sizes[0], args.batch, args.checkpointing)))
         return
+    from measure import configure_allocator  # the children inherit the setting
+
+    print(f"allocator: {configure_allocator(args.default_allocator)}")
     rows = measure(args.model, args.sizes, args.batch)
     print(to_markdown(rows))
     if args.out:

@@ -12,8 +12,9 @@ kernel time per SeMask-T step (512x512, batch 2, a 2-core VM). Two settings:
   32 MiB ceiling: the heap keeps its freed memory for the next step instead of returning it,
   the way PyTorch's CUDA caching allocator keeps GPU memory. Blocks are placed as before, so
   the heap does not fragment more; RSS stays near its peak instead of falling between steps.
-  Kernel time per SeMask-T training step 1.26 -> 0.66 s on huge pages; peak RSS +0.5 % in
-  training and +6 % over 24 ADE20K-sized images in evaluation (README, "Performance").
+  Kernel time per SeMask-T training step 1.5 s with glibc's defaults, 0.5 s with both settings,
+  at the same peak RSS (2,917 vs 2,923 MiB); evaluating 24 ADE20K-sized images peaks 6 % higher
+  than on huge pages alone (README, "Performance").
 
 The tunables are read when a process starts, so ``semask train``/``eval``/``demo`` re-execute
 themselves once with them. ``SEMASK_MALLOC=0`` keeps glibc's defaults, and so does malloc
