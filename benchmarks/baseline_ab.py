@@ -96,7 +96,12 @@ def run_child(code: Path, tuned: bool, mode: str, weights: Path, args: argparse.
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     env["PYTHONPATH"] = str(code)
     if tuned:
-        env = tuned_environment(env, glibc_version(), thp_mode()) or env
+        tuned_env = tuned_environment(env, glibc_version(), thp_mode())
+        if tuned_env is None:
+            raise SystemExit(
+                "the tuned malloc does not apply here (SEMASK_MALLOC=0, malloc settings of your own, or no glibc)"
+            )
+        env = tuned_env
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--weights", str(weights)]
     cmd += ["--threads", str(args.threads), "--iters", str(args.iters[mode])]
     cmd += ["--fused-adamw"] if code.resolve() == ROOT else []

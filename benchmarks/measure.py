@@ -29,7 +29,11 @@ def configure_allocator(default: bool) -> str:
 
     if not default:
         reexec_with_tuned_malloc()
-    return TUNED_MALLOC if KEEP_FREED in os.environ.get("GLIBC_TUNABLES", "") else DEFAULT_MALLOC
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if KEEP_FREED in tunables:
+        return TUNED_MALLOC
+    own = [f"{k}={v}" for k, v in os.environ.items() if k == "GLIBC_TUNABLES" or k.startswith("MALLOC_")]
+    return f"glibc malloc with {' '.join(own)}" if own else DEFAULT_MALLOC
 
 
 def synchronize(device: torch.device) -> None:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from measure import DEFAULT_MALLOC, TUNED_MALLOC, configure_allocator
+from measure import configure_allocator
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     if args.latency_probe:
-        print(json.dumps(suite.latency_probe(args)))
+        print(json.dumps({**suite.latency_probe(args), "allocator": allocator}))
         return
     started = time.time()
     results = suite.run_suite(args)
@@ -112,9 +112,7 @@ def other_allocator_latency(args: argparse.Namespace) -> dict[str, Any]:
     cmd += [] if args.default_allocator else ["--default-allocator"]
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    out["allocator"] = TUNED_MALLOC if args.default_allocator else DEFAULT_MALLOC
-    return out
+    return json.loads(done.stdout.strip().splitlines()[-1])  # with the allocator the child ran with
 
 
 if __name__ == "__main__":

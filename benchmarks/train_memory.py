@@ -91,8 +91,9 @@ def main() -> None:
         return
     from measure import configure_allocator  # the children inherit the setting
 
-    print(f"allocator: {configure_allocator(args.default_allocator)}")
-    rows = measure(args.model, args.sizes, args.batch)
+    allocator = configure_allocator(args.default_allocator)
+    print(f"allocator: {allocator}")
+    rows = [{**row, "allocator": allocator} for row in measure(args.model, args.sizes, args.batch)]
     print(to_markdown(rows))
     if args.out:
         tmp = f"{args.out}.tmp"

@@ -80,7 +80,8 @@ def test_reexec_sets_the_tunables_once_and_keeps_freed_memory() -> None:
     assert tunables == "None"
     # 256 MiB in 4 KiB pages is 65,536 faults (by default glibc trims the heap's top, so later
     # steps usually fault again too); tuned, the third step reuses what the first faulted in
-    assert int(first_off) > 60_000
+    if thp_mode() != "always":  # there the kernel backs the default mappings with huge pages itself
+        assert int(first_off) > 60_000
     assert int(third_on) < 1_000
     if HUGE_PAGES in tunables:  # 2 MiB pages: ~128 faults for the first step
         assert int(first_on) < int(first_off) // 20

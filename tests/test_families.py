@@ -72,6 +72,16 @@ class FamilyTester:
             assert torch.isfinite(out.logits).all()
             torch.testing.assert_close(plain.logits, out.logits, rtol=0, atol=0)
 
+    def test_outputs_do_not_depend_on_grad_mode(self) -> None:
+        """Heads may pick their memory layout by grad mode (the FPN head trains NCHW on a CPU)."""
+        model = self.make_model().eval()
+        x = _image(2, 3, *self.odd_sizes[0])
+        with_grad = model(x).logits.detach()
+        with torch.inference_mode():
+            without = model(x).logits
+        # equal up to float32 summation order (other kernels; SeMask-FPN: 2e-6 of the largest logit)
+        torch.testing.assert_close(with_grad, without, rtol=0, atol=2e-5 * without.abs().max().item())
+
     def test_loss_at_an_odd_size(self) -> None:
         """With labels at an odd size the loss is a finite scalar and both logits keep the input size."""
         model = self.make_model().train()

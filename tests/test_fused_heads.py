@@ -119,12 +119,13 @@ def test_upsampled_cross_entropy_by_hand() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_upsampled_cross_entropy_equals_literal(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("band_elements", [7 * 50 * 5, 1, 2**30])  # bands of 5 rows, of 1 row, one band
+def test_upsampled_cross_entropy_equals_literal(dtype: torch.dtype, band_elements: int) -> None:
     torch.manual_seed(2)
     x = torch.randn(2, 7, 9, 13, dtype=dtype, requires_grad=True)
     labels = torch.randint(0, 7, (2, 36, 50))
     labels[:, :3] = 255
-    fused = upsampled_cross_entropy(x, labels, band_elements=7 * 50 * 5)  # several bands of 5 rows
+    fused = upsampled_cross_entropy(x, labels, band_elements=band_elements)
     (fused_grad,) = torch.autograd.grad(fused, x)
     up = F.interpolate(x, size=(36, 50), mode="bilinear", align_corners=False)
     literal = F.cross_entropy(up, labels, ignore_index=255, reduction="sum")
@@ -132,7 +133,7 @@ def test_upsampled_cross_entropy_equals_literal(dtype: torch.dtype) -> None:
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     assert abs(fused.item() - literal.item()) <= tol * abs(literal.item())
     with torch.no_grad():  # value only: the same number, no gradient formed or kept
-        value = upsampled_cross_entropy(x, labels, band_elements=7 * 50 * 5)
+        value = upsampled_cross_entropy(x, labels, band_elements=band_elements)
     assert value.item() == fused.item() and value.grad_fn is None
     assert torch.allclose(fused_grad, literal_grad, rtol=0, atol=tol * literal_grad.abs().max().item())
 

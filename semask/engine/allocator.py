@@ -1,17 +1,18 @@
 """glibc's malloc tuned for PyTorch's CPU tensors: the long commands re-run themselves with it.
 
-PyTorch's CPU allocator is plain ``malloc``. By default glibc hands the top of its heap back to
-the kernel whenever more than 64 MiB there is free, and maps every block over 32 MiB fresh, so
-each training step (and each large inference) has the kernel fault in and clear its memory
-again, 4 KiB at a time: with the literal full-size loss about 900,000 faults and 3.6 s of
+PyTorch's CPU allocator is plain ``malloc``. By default glibc returns the free top of its heap
+to the kernel (past a threshold that grows to at most 64 MiB) and maps every block over its
+mmap threshold (growing from 128 KiB to at most 32 MiB) fresh, so each training step (and each
+large inference) has the kernel fault in and clear its memory again, 4 KiB at a time: with the literal full-size loss about 900,000 faults and 3.6 s of
 kernel time per SeMask-T step (512x512, batch 2, a 2-core VM). Two settings:
 
 * ``glibc.malloc.hugetlb=1`` (glibc >= 2.35, Linux THP in ``madvise`` mode; in ``always`` mode
   the kernel does it already): malloc on transparent huge pages, ~500x fewer faults.
 * ``glibc.malloc.trim_threshold`` 1 TiB with ``glibc.malloc.mmap_threshold`` at glibc's own
   32 MiB ceiling: the heap keeps its freed memory for the next step instead of returning it,
-  the way PyTorch's CUDA caching allocator keeps GPU memory. Blocks are placed as before, so
-  the heap does not fragment more; RSS stays near its peak instead of falling between steps.
+  the way PyTorch's CUDA caching allocator keeps GPU memory. Blocks are placed as by default
+  once glibc's own thresholds have grown, so the heap fragments no more than it would; RSS
+  stays near its peak instead of falling between steps.
   Kernel time per SeMask-T training step 1.5 s with glibc's defaults, 0.5 s with both settings,
   at the same peak RSS (2,917 vs 2,923 MiB); evaluating 24 ADE20K-sized images peaks 6 % higher
   than on huge pages alone (README, "Performance").

@@ -75,14 +75,15 @@ class SemanticFPNHead(nn.Module):
     def forward(self, features: list[Tensor]) -> Tensor:
         """Stride-4 logits (B, K, H/4, W/4), NCHW-contiguous.
 
-        Without gradients the towers run channels-last (NHWC): oneDNN convolutions skip
-        their layout reorders and bilinear upsampling is about 3x faster. With gradients
-        they run NCHW: oneDNN's convolution backward on channels-last maps is about 2x
-        slower on a CPU (SeMask-T, batch 2, 512^2: the head's forward + backward 1.3-1.6 s
-        NCHW against 1.8-2.4 s NHWC). The logits come out NCHW because the full-resolution
-        outputs are NCHW.
+        The towers run channels-last (NHWC): oneDNN convolutions skip their layout reorders
+        and bilinear upsampling is about 3x faster. The exception is CPU training: there
+        they run NCHW, since oneDNN's convolution backward on channels-last maps is about
+        2x slower (SeMask-T, batch 2, 512^2, measured ad hoc: the head's forward + backward
+        1.3-1.6 s NCHW against 1.8-2.4 s NHWC). The logits come out NCHW because the
+        full-resolution outputs are NCHW.
         """
-        layout = torch.contiguous_format if torch.is_grad_enabled() else torch.channels_last
+        nchw = torch.is_grad_enabled() and features[0].device.type == "cpu"
+        layout = torch.contiguous_format if nchw else torch.channels_last
         features = [f.contiguous(memory_format=layout) for f in features]
         out = self.scale_heads[0](features[0])
         # Towers 1.. share their final x2 upsampling, a linear map: maps of equal size are
