@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import table
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MODEL = "semask_swin_t_fpn"
@@ -193,18 +195,28 @@ def markdown(report: dict) -> str:
         "the issue's measured baseline-vs-official ratio (train 0.88x, inference 0.78x); the official code was "
         "measured with glibc's default malloc.",
         "",
-        "| step | code | malloc | median s | best s | GEMM GFLOP/s | vs baseline (median ratio) | vs official (est.) "
-        "| kernel s/iter | page faults/iter | peak RSS MiB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    header = ["step", "code", "malloc", "median s", "best s", "GEMM GFLOP/s", "vs baseline (median ratio)"]
+    header += ["vs official (est.)", "kernel s/iter", "page faults/iter", "peak RSS MiB"]
+    rows = []
     for row in report["rows"]:
         ratio = row["ratio_to_baseline_default"]
-        lines.append(
-            f"| {row['mode']} | {row['code']} | {row['allocator']} | {row['median_s']:.3f} | {row['best_s']:.3f} "
-            f"| {row['gemm_gflops']:.0f} | {ratio:.2f}x | {ratio * ISSUE_RATIO[row['mode']]:.2f}x | {row['sys_s_per_iter']:.2f} "
-            f"| {row['faults_per_iter']:,.0f} | {row['peak_rss_mib']:,.0f} |"
+        rows.append(
+            [
+                row["mode"],
+                row["code"],
+                row["allocator"],
+                f"{row['median_s']:.3f}",
+                f"{row['best_s']:.3f}",
+                f"{row['gemm_gflops']:.0f}",
+                f"{ratio:.2f}x",
+                f"{ratio * ISSUE_RATIO[row['mode']]:.2f}x",
+                f"{row['sys_s_per_iter']:.2f}",
+                f"{row['faults_per_iter']:,.0f}",
+                f"{row['peak_rss_mib']:,.0f}",
+            ]
         )
-    return "\n".join(lines)
+    return "\n".join(lines + table(header, rows))
 
 
 if __name__ == "__main__":

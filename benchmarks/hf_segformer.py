@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from measure import machine_info  # noqa: E402
+from report import table  # noqa: E402
 
 import semask  # noqa: E402
 
@@ -218,18 +219,27 @@ def write_markdown(path: Path, result: dict) -> None:
         'one process (same weights, mapped with `ours_to_hf`); "best-run" columns divide the fastest runs '
         "(other jobs only ever slow a run down). Times are medians.",
         "",
-        "| model | ours ms | ours, literal head ms | HF ms | ours / HF | literal head / HF | "
-        "ours / literal head | best-run ours / HF | best-run literal / HF | max abs diff vs HF |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    header = ["model", "ours ms", "ours, literal head ms", "HF ms", "ours / HF", "literal head / HF"]
+    header += ["ours / literal head", "best-run ours / HF", "best-run literal / HF", "max abs diff vs HF"]
+    rows = []
     for row in result["rows"]:
         ms = row["median_ms"]
-        lines.append(
-            f"| mit_{row['variant']} (nvlabs head) | {ms['ours']:.0f} | {ms['ours_literal_head']:.0f} | {ms['hf']:.0f} "
-            f"| {row['ratio_ours_vs_hf']:.2f}x | {row['ratio_literal_head_vs_hf']:.2f}x "
-            f"| {row['ratio_ours_vs_literal_head']:.2f}x | {row['best_ratio_ours_vs_hf']:.2f}x "
-            f"| {row['best_ratio_literal_head_vs_hf']:.2f}x | {row['max_abs_diff_vs_hf']['ours']:.1e} |"
+        rows.append(
+            [
+                f"mit_{row['variant']} (nvlabs head)",
+                f"{ms['ours']:.0f}",
+                f"{ms['ours_literal_head']:.0f}",
+                f"{ms['hf']:.0f}",
+                f"{row['ratio_ours_vs_hf']:.2f}x",
+                f"{row['ratio_literal_head_vs_hf']:.2f}x",
+                f"{row['ratio_ours_vs_literal_head']:.2f}x",
+                f"{row['best_ratio_ours_vs_hf']:.2f}x",
+                f"{row['best_ratio_literal_head_vs_hf']:.2f}x",
+                f"{row['max_abs_diff_vs_hf']['ours']:.1e}",
+            ]
         )
+    lines += table(header, rows)
     lines += [
         "",
         '"Literal head" is the same model running the head in the SegFormer order (project, resize to '

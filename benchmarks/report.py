@@ -24,7 +24,8 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f} %"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines (every benchmark's tables are written by this)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -75,7 +76,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{tr['memory']['peak_mib']:,.0f}",
             ]
         )
-    lines += _table(
+    lines += table(
         [
             "model",
             "params",
@@ -130,7 +131,7 @@ def markdown(results: dict[str, Any]) -> str:
             )
     if alt:
         lines += ["", "## Other runtimes and settings (512x512, batch 1)", ""]
-        lines += _table(["model", "runtime", "latency ms", "note"], alt)
+        lines += table(["model", "runtime", "latency ms", "note"], alt)
 
     lines += ["", "## Scaling over input size (batch 1)", ""]
     rows = []
@@ -148,19 +149,19 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{r['memory']['increase_mib']:,.0f}",
                 ]
             )
-    lines += _table(
+    lines += table(
         ["model", "size", "GFLOP", "latency ms", "GFLOP/s", "% peak", "peak mem MiB", "mem increase MiB"], rows
     )
 
     for name, e in results["models"].items():
         p = e["profile_512"]
         lines += ["", f"## Profile: {name}, 512x512 inference (self time, one run)", ""]
-        lines += _table(
+        lines += table(
             ["category", "ms", "share"],
             [[c, f"{ms:.0f}", _pct(ms / p["total_self_ms"])] for c, ms in p["categories_ms"].items()],
         )
         lines += [""]
-        lines += _table(
+        lines += table(
             ["op", "self ms", "calls"], [[o["op"], f"{o['self_ms']:.1f}", str(o["calls"])] for o in p["top_ops"][:10]]
         )
     if results.get("train_memory"):

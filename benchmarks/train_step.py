@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from measure import GemmProbe, configure_allocator, count_forward_flops, gemm_peak_flops, peak_memory  # noqa: E402
+from report import table  # noqa: E402
 
 import semask  # noqa: E402
 
@@ -199,17 +200,23 @@ def write_markdown(path: Path, result: dict) -> None:
         f"are the figures. Concurrent GEMM rate {result['gemm_median_flops'] / 1e9:.1f} GFLOP/s (median of probes "
         f"between steps); {result['train_flops'] / 1e9:.0f} GFLOP per step (3 x forward).",
         "",
-        "| variant | median s | best s | vs adamw (median ratio) | vs adamw (best runs) | achieved GFLOP/s | "
-        "fraction of concurrent GEMM | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for v, row in result["variants"].items():
-        lines.append(
-            f"| {v} | {row['median_s']:.2f} | {row['best_s']:.2f} | {row['ratio_vs_adamw']:.2f}x "
-            f"| {row['best_ratio_vs_adamw']:.2f}x | {row['achieved_flops'] / 1e9:.1f} "
-            f"| {row['fraction_of_concurrent_gemm']:.0%} | {row.get('peak_rss_mib', '-')} |"
-        )
-    lines.append("")
+    header = ["variant", "median s", "best s", "vs adamw (median ratio)", "vs adamw (best runs)"]
+    header += ["achieved GFLOP/s", "fraction of concurrent GEMM", "peak RSS MiB"]
+    rows = [
+        [
+            v,
+            f"{row['median_s']:.2f}",
+            f"{row['best_s']:.2f}",
+            f"{row['ratio_vs_adamw']:.2f}x",
+            f"{row['best_ratio_vs_adamw']:.2f}x",
+            f"{row['achieved_flops'] / 1e9:.1f}",
+            f"{row['fraction_of_concurrent_gemm']:.0%}",
+            str(row.get("peak_rss_mib", "-")),
+        ]
+        for v, row in result["variants"].items()
+    ]
+    lines += [*table(header, rows), ""]
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines))
     os.replace(tmp, path)
