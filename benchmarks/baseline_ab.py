@@ -7,9 +7,10 @@ and under the tuned malloc that ``semask train``/``eval``/``demo`` run with (hug
 memory kept; semask/engine/allocator.py). Every (code, allocator) pair is a child process with
 the same weights; the pairs alternate over rounds, and the reported figure is the median of
 per-round ratios to (baseline code, default malloc) of the times normalised by a 2048^3 GEMM
-timed before every run in the same child (the machine's speed drifts by +-15 %). One training step = forward with labels
-(L1 + 0.4 L2), backward, AdamW step as each version's trainer builds it (default AdamW at the
-baseline, fused AdamW now), SeMask-T FPN, K=150, 512x512, batch 2; inference = batch 1.
+timed before every run in the same child (the machine's speed drifts by +-15 %). One training
+step = forward with labels (L1 + 0.4 L2), backward, AdamW step as each version's trainer
+builds it (default AdamW at the baseline, fused AdamW now), SeMask-T FPN, K=150, 512x512,
+batch 2; inference = batch 1.
 
     git archive 8cdb661 | tar -x -C /tmp/base
     python benchmarks/baseline_ab.py --baseline /tmp/base --rounds 3

@@ -3,8 +3,9 @@
 PyTorch's CPU allocator is plain ``malloc``. By default glibc returns the free top of its heap
 to the kernel (past a threshold that grows to at most 64 MiB) and maps every block over its
 mmap threshold (growing from 128 KiB to at most 32 MiB) fresh, so each training step (and each
-large inference) has the kernel fault in and clear its memory again, 4 KiB at a time: with the literal full-size loss about 900,000 faults and 3.6 s of
-kernel time per SeMask-T step (512x512, batch 2, a 2-core VM). Two settings:
+large inference) has the kernel fault in and clear its memory again, 4 KiB at a time: with the
+literal full-size loss about 900,000 faults and 3.6 s of kernel time per SeMask-T step
+(512x512, batch 2, a 2-core VM). Two settings:
 
 * ``glibc.malloc.hugetlb=1`` (glibc >= 2.35, Linux THP in ``madvise`` mode; in ``always`` mode
   the kernel does it already): malloc on transparent huge pages, ~500x fewer faults.
