@@ -82,6 +82,28 @@ class FamilyTester:
         # equal up to float32 summation order (other kernels; SeMask-FPN: 2e-6 of the largest logit)
         torch.testing.assert_close(with_grad, without, rtol=0, atol=2e-5 * without.abs().max().item())
 
+    def test_no_stale_outputs_after_an_optimizer_step(self) -> None:
+        """Predict, take a fused AdamW step (which leaves tensors' version counters alone), predict
+        again: the second prediction equals a fresh model's with the stepped weights."""
+        model = self.make_model().eval()
+        x = _image(1, 3, *self.odd_sizes[0])
+        with torch.inference_mode():
+            before = model(x).logits
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+        model.train()
+        labels = torch.randint(0, K, (1, *self.train_size))
+        model(_image(1, 3, *self.train_size, seed=1), labels=labels).loss.backward()
+        optimizer.step()
+        model.eval()
+        with torch.inference_mode():
+            after = model(x).logits
+        fresh = self.make_model(seed=5).eval()
+        fresh.load_state_dict(model.state_dict())
+        with torch.inference_mode():
+            expected = fresh(x).logits
+        assert not torch.equal(before, after)
+        torch.testing.assert_close(after, expected, rtol=0, atol=0)
+
     def test_loss_at_an_odd_size(self) -> None:
         """With labels at an odd size the loss is a finite scalar and both logits keep the input size."""
         model = self.make_model().train()

@@ -101,30 +101,17 @@ class WindowAttention(nn.Module):
     def attention_mask(self, shift_mask: Tensor | None, windows: int, dtype: torch.dtype) -> Tensor:
         """Relative position bias plus shift mask as one additive mask, 4-D and contiguous so
         that scaled_dot_product_attention takes its fused kernel without copying it:
-        (1 or windows, heads, N, N). The sum is formed per call (it is as large as the
-        attention scores); the bias alone is cached while gradients are off.
+        (1 or windows, heads, N, N). Formed on every call, never cached: it is a function of a
+        parameter, and optimizer steps (fused AdamW among them) may change the table without
+        any sign a cache could key on. The gather is tiny next to the attention it feeds.
         """
-        bias = self.cached_bias(dtype)
+        bias = self.relative_position_bias().to(dtype).unsqueeze(0).contiguous()
         if shift_mask is None:
             return bias
         nw = shift_mask.shape[0]
         if windows != nw:  # several images: the windows of each use the same mask
             shift_mask = shift_mask.repeat(windows // nw, 1, 1)
         return bias + shift_mask.to(dtype).unsqueeze(1)
-
-    def cached_bias(self, dtype: torch.dtype) -> Tensor:
-        """(1, heads, N, N) contiguous bias; cached with gradients off, keyed by the table's
-        storage and version so that any parameter update, load or dtype/device change rebuilds it."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self.relative_position_bias().to(dtype).unsqueeze(0).contiguous()
-        table = self.relative_position_bias_table
-        key = (dtype, table.device, table.data_ptr(), table._version)
-        cached = self.__dict__.get("_bias_cache")
-        if cached is None or cached[0] != key:
-            with torch.inference_mode(False), torch.no_grad():  # usable later in any mode
-                cached = (key, self.relative_position_bias().to(dtype).unsqueeze(0).contiguous())
-            self.__dict__["_bias_cache"] = cached
-        return cached[1]
 
     def forward(
         self, x: Tensor, shift_mask: Tensor | None = None, return_queries: bool = False
