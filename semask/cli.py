@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import AUG_TEST_RATIOS, ExperimentConfig, load_config
+from .config import AUG_TEST_RATIOS, ExperimentConfig, get_recipe, load_config
 from .engine.allocator import LONG_COMMANDS, reexec_with_tuned_malloc
 
 logger = logging.getLogger("semask")
@@ -435,13 +435,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def demo_config(data_root: str, quick: bool = False) -> ExperimentConfig:
-    """The built-in demo experiment, ``semask/configs/demo.yaml`` with its data at ``data_root``.
+    """The built-in demo experiment, the packaged recipe ``demo`` with its data at ``data_root``.
 
     ``quick`` shrinks it to a smoke test.
     """
-    path = Path(__file__).parent / "configs" / "demo.yaml"
     overrides = [f"data.root={data_root}", *(QUICK_OVERRIDES if quick else ())]
-    return load_config(path, overrides)
+    return get_recipe("demo", overrides)
 
 
 QUICK_OVERRIDES = (
@@ -537,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train from a YAML config (torchrun for several GPUs)")
-    p.add_argument("config", help="experiment YAML (see configs/)")
+    p.add_argument("config", help="a packaged recipe name (`semask config` lists them) or an experiment YAML")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.batch_size=4")
     p.add_argument("--work-dir", help="output folder (default: work_dirs/<config name>)")
     p.add_argument(

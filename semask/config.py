@@ -7,8 +7,10 @@ dir so a run can always be reproduced from its own folder.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -367,9 +369,48 @@ class ExperimentConfig:
 AUG_TEST_RATIOS = list(MS_RATIOS)
 
 
+#: The packaged recipes: one YAML per experiment of the paper (and the demo), shipped in the wheel.
+RECIPES_DIR = Path(__file__).parent / "configs"
+
+
+def recipe_names() -> list[str]:
+    """Every packaged recipe by name: the file stem (``semask_swin_t_fpn_ade20k``), sorted.
+
+    Subfolders (``mit/``, ``mask2former/``, ``ablations/``) only group files; names are unique
+    across them (a test keeps them so), and ``ablations/NAME`` is accepted too.
+    """
+    return sorted(p.stem for p in _recipe_files())
+
+
+def _recipe_files() -> list[Path]:
+    return [p for p in RECIPES_DIR.rglob("*.yaml") if "_base_" not in p.relative_to(RECIPES_DIR).parts]
+
+
+def recipe_path(name: str) -> Path:
+    """The packaged YAML file of recipe ``name`` (a file stem, optionally with its subfolder)."""
+    stem = name.removesuffix(".yaml")
+    matches = [p for p in _recipe_files() if stem in (p.stem, p.relative_to(RECIPES_DIR).with_suffix("").as_posix())]
+    if len(matches) == 1:
+        return matches[0]
+    close = difflib.get_close_matches(stem.rsplit("/", 1)[-1], recipe_names(), n=5, cutoff=0.6)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    raise ConfigError(f"no config file or packaged recipe named {name!r}{hint} (`semask config` lists them)")
+
+
+def get_recipe(name: str, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """The packaged recipe ``name`` resolved to an :class:`ExperimentConfig` (overrides applied)."""
+    return load_config(recipe_path(name), overrides)
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Read a YAML experiment file (following ``_base_`` files) and apply ``a.b=value`` overrides."""
+    """Read a YAML experiment (following ``_base_`` files) and apply ``a.b=value`` overrides.
+
+    ``path`` is a file, or the name of a packaged recipe (:func:`recipe_names`) when no such
+    file exists.
+    """
     path = Path(path)
+    if not path.is_file() and path.suffix in ("", ".yaml") and not path.is_absolute():
+        path = recipe_path(str(path))
     return ExperimentConfig.from_dict(_read_with_bases(path, chain=()), str(path), overrides)
 
 
@@ -416,7 +457,11 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"{path}: _base_ must be a file name or a list of file names, got {bases!r}")
     merged: dict[str, Any] = {}
     for base in bases:
-        merged = _merge(merged, _read_with_bases(path.parent / base, (*chain, resolved)))
+        base_path = path.parent / base
+        if not base_path.is_file() and Path(base).suffix in ("", ".yaml") and not Path(base).is_absolute():
+            with contextlib.suppress(ConfigError):  # a packaged recipe by name; else the missing-file error
+                base_path = recipe_path(base)
+        merged = _merge(merged, _read_with_bases(base_path, (*chain, resolved)))
     return _merge(merged, data)
 
 

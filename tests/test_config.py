@@ -8,9 +8,9 @@ import pytest
 
 import semask
 from semask.cli import demo_config
-from semask.config import ConfigError, ExperimentConfig, dump_config, load_config
+from semask.config import RECIPES_DIR, ConfigError, ExperimentConfig, dump_config, get_recipe, load_config, recipe_names
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = RECIPES_DIR
 
 # Official recipes, written from spec section 6 (not from the YAML files).
 RECIPES = {
@@ -110,9 +110,19 @@ def test_every_yaml_under_configs_resolves(path: Path) -> None:
         assert cfg.model.name in semask.list_models()
 
 
-def test_demo_yaml_equals_the_builtin_demo(tmp_path: Path) -> None:
-    cfg = load_config(CONFIGS / "demo_tiny.yaml", [f"data.root={tmp_path}"])
-    assert cfg == demo_config(str(tmp_path))
+def test_recipes_by_name(tmp_path: Path) -> None:
+    """Stems are unique across the subfolders; a name, a name with its folder and a YAML whose
+    ``_base_`` names a recipe all resolve to the packaged file; a typo gets the close matches."""
+    files = [p for p in CONFIGS.rglob("*.yaml") if "_base_" not in p.parts]
+    assert len(recipe_names()) == len(files) == len({p.stem for p in files}) >= 60
+    assert load_config("semask_mit_b0_ade20k") == load_config(CONFIGS / "mit" / "semask_mit_b0_ade20k.yaml")
+    assert get_recipe("ablations/trans_swin_t_fpn_ade20k").model.name == "trans_swin_t_fpn"
+    assert get_recipe("demo", [f"data.root={tmp_path}"]) == demo_config(str(tmp_path))
+    _write(tmp_path / "mine.yaml", "_base_: semask_swin_t_fpn_ade20k\ntrain: {batch_size: 2}\n")
+    mine = load_config(tmp_path / "mine.yaml")
+    assert mine.train.batch_size == 2 and mine.model == get_recipe("semask_swin_t_fpn_ade20k").model
+    with pytest.raises(ConfigError, match="closest: semask_swin_t_fpn_ade20k"):
+        load_config("semask_swin_tt_fpn_ade20k")
 
 
 def test_base_inheritance_and_overrides(tmp_path: Path) -> None:

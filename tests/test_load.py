@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 import semask
 from semask.cli import main
-from semask.config import load_config
+from semask.config import RECIPES_DIR, get_recipe, load_config, recipe_names
 from semask.engine.predict import load_model_any
 from semask.hub import DownloadError
 from semask.models import CheckpointError, SeMaskModel, get_config, list_models, pretrained
@@ -102,12 +102,11 @@ def test_each_entry_fits_its_preset_and_recipe(name: str) -> None:
         assert (list(cfg.ms_sizes), cfg.ms_max_size) == (config.test_sizes, config.test_max_size)
     elif cfg.ms_scales is not None:
         assert cfg.ms_scales == semask.models.base.MS_RATIOS
-    recipes = [p for d in ("configs", "configs/mask2former") for p in (ROOT / d).glob(f"{cfg.preset}*.yaml")]
-    recipe = next((p for p in recipes if p.stem in (f"{cfg.preset}_{cfg.tag}", cfg.preset)), None)
+    recipe = next((n for n in recipe_names() if n in (f"{cfg.preset}_{cfg.tag}", cfg.preset)), None)
     if recipe is None:  # the SegFormer releases come from NVIDIA's recipes, not ours
         assert cfg.hf_repo is not None
         return
-    run = load_config(recipe)
+    run = get_recipe(recipe)
     assert run.model.name == cfg.preset and run.data.type == cfg.dataset
     assert tuple(run.data.crop_size) == cfg.crop_size
     assert run.eval.mode == cfg.eval["mode"] and tuple(run.eval.scale) == cfg.eval["scale"]
@@ -476,7 +475,7 @@ def test_hugging_face_repo_through_huggingface_hub(server, tmp_path, monkeypatch
 
 
 def test_recipes_start_from_imagenet_weights_by_name() -> None:
-    recipes = sorted((ROOT / "configs").rglob("*.yaml"))
+    recipes = sorted(RECIPES_DIR.rglob("*.yaml"))
     starts = {p: (yaml.safe_load(p.read_text()).get("model") or {}).get("backbone_weights") for p in recipes}
     named = {p: w for p, w in starts.items() if w is not None}
     assert len(named) >= 30 and set(named.values()) == {"imagenet"}

@@ -4,14 +4,13 @@ equivalence, ImageNet and official checkpoint loading in the NVlabs, mmseg and H
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import semask
-from semask.config import load_config
+from semask.config import RECIPES_DIR, load_config
 from semask.engine.trainer import param_groups
 from semask.models import mit
 from semask.models.base import CheckpointError
@@ -578,7 +577,7 @@ def test_save_load_round_trip(target: str, tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------- YAML configs
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mit"
+CONFIG_DIR = RECIPES_DIR / "mit"
 
 
 def test_yaml_configs_follow_the_segformer_recipe() -> None:

@@ -472,7 +472,7 @@ def _run_readme_lines(run: dict[str, Path], tmp_path: Path, monkeypatch, heavy: 
         label = np.array(Image.open(run["data"] / "labels" / "val" / f"{i:05d}.png")).astype(np.uint8) + 1
         Image.fromarray(label).save(tmp_path / "gt_dir" / f"{name}.png")
     stand_ins = {
-        "configs/semask_swin_t_fpn_ade20k.yaml": str(run["config"]),
+        "semask_swin_t_fpn_ade20k": str(run["config"]),
         "CONFIG": str(run["config"]),
         "data.root=/data/ADEChallengeData2016": f"data.root={run['data']}",
         "512x512": "64x64",
