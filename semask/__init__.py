@@ -1,5 +1,6 @@
 """semask: SeMask (Semantically Masked Transformers) semantic segmentation in plain PyTorch."""
 
+from .config import get_recipe, load_config, recipe_names
 from .engine.evaluate import evaluate
 from .engine.predict import Prediction, predict, predict_folder
 from .engine.trainer import train
@@ -33,10 +34,13 @@ __all__ = [
     "explain",
     "get_config",
     "get_pretrained",
+    "get_recipe",
     "list_models",
     "list_pretrained",
     "load",
+    "load_config",
     "predict",
     "predict_folder",
+    "recipe_names",
     "train",
 ]

@@ -66,14 +66,38 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
         help=f"the model's multi-scale + flip test (ratios {AUG_TEST_RATIOS}; mask classification: its short-edge sizes)",
     )
     parser.add_argument("--flip", action="store_true", help="also run mirrored images (averaged softmax)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--amp",
-        nargs="?",
-        const="bf16",
-        choices=["bf16", "fp16"],
-        help="mixed-precision autocast (bf16 by default; a CPU needs native bf16)",
-    )
+
+
+def _add_run_options(
+    parser: argparse.ArgumentParser, *, progress: bool = True, device: bool = True, amp: bool = True
+) -> None:
+    """The flags every long-running command shares, with one spelling and meaning everywhere."""
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    if device:
+        parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    if amp:
+        parser.add_argument(
+            "--amp",
+            nargs="?",
+            const="bf16",
+            choices=["bf16", "fp16"],
+            help="mixed-precision autocast (bf16 by default; a CPU needs native bf16)",
+        )
+
+
+def _training_overrides(args: argparse.Namespace) -> list[str]:
+    """``--device`` / ``--amp`` of train and demo as the config overrides they stand for."""
+    extra = []
+    if args.device != "auto":
+        if args.device not in ("cpu", "cuda"):
+            raise ValueError(
+                f"--device {args.device}: training takes auto, cpu or cuda (torchrun gives each process its GPU)"
+            )
+        extra.append(f"train.device={args.device}")
+    if args.amp is not None:
+        extra += ["train.amp=true", f"train.amp_dtype={args.amp}"]
+    return extra
 
 
 def _eval_settings(args: argparse.Namespace, base: Any, model: Any) -> Any:
@@ -155,7 +179,7 @@ def _gather_overrides(
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*args.overrides, *_training_overrides(args)])
     work_dir = Path(args.work_dir) if args.work_dir else Path("work_dirs") / Path(args.config).stem
     summary = train(cfg, work_dir, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -220,6 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             out_json=args.out,
             confusion_png=args.confusion,
             normalize_confusion=args.normalize_confusion,
+            progress=not args.no_progress,
         )
     print(result["table"])
     if args.confusion:
@@ -262,6 +287,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 args.out,
                 alpha=args.alpha,
                 strict=args.strict,
+                progress=not args.no_progress,
                 **settings.predict_options(),
             )
         except UnreadableImagesError as exc:  # the readable images are written; say so, then fail
@@ -348,10 +374,59 @@ def cmd_list_pretrained(args: argparse.Namespace) -> int:
         cfg = get_pretrained(name)
         miou = f"{cfg.paper_miou[0]:.2f} / {cfg.paper_miou[1]:.2f}" if cfg.paper_miou else "-"
         rows.append((name, cfg.kind, cfg.dataset or "ImageNet", miou, cfg.source))
-    widths = [max(len(str(r[i])) for r in [("name", "kind", "data", "paper mIoU", "source"), *rows]) for i in range(5)]
-    for row in [("name", "kind", "data", "paper mIoU", "source"), *rows]:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    _print_table(("name", "kind", "data", "paper mIoU", "source"), rows)
     return 0
+
+
+def cmd_list_models(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import build_model, get_config, list_models, list_pretrained
+
+    rows = []
+    for name in list_models(args.pattern):
+        config = get_config(name)
+        with torch.device("meta"):  # parameter counts without allocating or initialising weights
+            params = sum(p.numel() for p in build_model(config).parameters())
+        weights = ", ".join(n.rsplit(".", 1)[1] for n in list_pretrained(f"{name}.*")) or "-"
+        rows.append((name, f"{params:,}", str(config.num_classes), weights))
+    _print_table(("model", "parameters", "classes", "released weights"), rows)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .config import recipe_names, recipe_path
+    from .models import get_pretrained, list_pretrained
+
+    if args.name is None:
+        rows = []
+        for name in recipe_names():
+            cfg = get_recipe(name)
+            entry = f"{cfg.model.name}.{cfg.data.type}"
+            released = get_pretrained(entry) if entry in list_pretrained() else None
+            miou = (
+                f"{released.paper_miou[0]:.2f} / {released.paper_miou[1]:.2f}"
+                if released and released.paper_miou
+                else "-"
+            )
+            rows.append((name, cfg.model.name, cfg.data.type, f"{cfg.schedule.iters:,}", miou))
+        _print_table(("recipe", "model", "dataset", "iterations", "paper mIoU (s.s. / m.s.)"), rows)
+        print("\nsemask config NAME prints one resolved; semask train NAME [key=value ...] trains it")
+        return 0
+    cfg = load_config(args.name, args.overrides)
+    source = args.name if Path(args.name).is_file() else recipe_path(args.name)
+    print(f"# {args.name} ({source}), resolved{' with ' + ' '.join(args.overrides) if args.overrides else ''}")
+    print("# semask train FILE accepts this file as it is")
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -363,14 +438,17 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from .engine.amp import autocast, resolve_amp_dtype
     from .engine.predict import load_model_any
     from .explain import explain
 
     model, embedded = load_model_any(args.model)
-    model = model.to(_device(args.device))
+    device = _device(args.device)
+    model = model.to(device)
     scale = embedded.eval.scale if embedded is not None and args.scale is _UNSET else args.scale
     scale = None if scale is _UNSET else scale
-    found = explain(model, args.image, classes=args.classes, top_k=args.top_k, scale=scale)
+    with autocast(device, resolve_amp_dtype(device, args.amp)):
+        found = explain(model, args.image, classes=args.classes, top_k=args.top_k, scale=scale)
     files = found.save(args.out, f"{Path(args.image).stem}_explain")
     print(f"composite: {files['composite']}\narrays:    {files['arrays']}")
     print("lambda: " + (", ".join(f"{k}={v:.4f}" for k, v in found.lambdas.items()) or "none"))
@@ -420,7 +498,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else fresh_dir(Path("semask_demo"))
-    summary = run_demo(out, quick=args.quick, progress=not args.no_progress)
+    summary = run_demo(out, quick=args.quick, progress=not args.no_progress, overrides=_training_overrides(args))
     print(
         f"\ndemo finished in {summary['seconds']:.0f} s: val mIoU {summary['mIoU']:.2f} "
         f"(mAcc {summary['mAcc']:.2f}, aAcc {summary['aAcc']:.2f})"
@@ -434,13 +512,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- demo
 
 
-def demo_config(data_root: str, quick: bool = False) -> ExperimentConfig:
+def demo_config(data_root: str, quick: bool = False, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The built-in demo experiment, the packaged recipe ``demo`` with its data at ``data_root``.
 
-    ``quick`` shrinks it to a smoke test.
+    ``quick`` shrinks it to a smoke test; ``overrides`` (``key=value``) come last.
     """
-    overrides = [f"data.root={data_root}", *(QUICK_OVERRIDES if quick else ())]
-    return get_recipe("demo", overrides)
+    return get_recipe("demo", [f"data.root={data_root}", *(QUICK_OVERRIDES if quick else ()), *overrides])
 
 
 QUICK_OVERRIDES = (
@@ -467,7 +544,7 @@ def fresh_dir(base: Path) -> Path:
     return path
 
 
-def run_demo(out: Path, quick: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_demo(out: Path, quick: bool = False, progress: bool = True, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Synthetic data -> train -> evaluate the best checkpoint -> predictions, plots and REPORT.md.
 
     Refuses an ``out`` that holds a demo run already (its checkpoints and logs would mix).
@@ -487,7 +564,7 @@ def run_demo(out: Path, quick: bool = False, progress: bool = True) -> dict[str,
     start = time.perf_counter()
     sizes = DEMO_DATA[quick]
     data_root = make_context_dataset(out / "data", seed=0, **sizes)
-    cfg = demo_config(str(data_root), quick)
+    cfg = demo_config(str(data_root), quick, overrides)
     logger.info("synthetic data in %s; training (%d iterations) in %s", data_root, cfg.schedule.iters, out / "work")
     summary = train(cfg, out / "work", progress=progress)
     best_path = out / "work" / "checkpoints" / "best.pth"
@@ -552,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the work dir holds a run: move it aside to <work dir>.old-<time> and start afresh",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="mIoU of a model on a labelled split")
@@ -568,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confusion", metavar="PNG", help="draw the confusion matrix as a heatmap here")
     p.add_argument("--normalize-confusion", action="store_true", help="heatmap rows as fractions of each true class")
     _add_inference_options(p)
+    _add_run_options(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="segment images; writes class ids, colour maps and overlays")
@@ -584,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-priors", action="store_true", help="also write semantic-prior heatmaps (top-3 classes) to OUT/priors"
     )
     _add_inference_options(p)
+    _add_run_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="semantic-prior maps of one image: composite PNG + raw arrays (.npz)")
@@ -595,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scale", type=_scale_arg, default=_UNSET, metavar="LONGxSHORT", help="resize to fit first; 0 = original"
     )
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    _add_run_options(p, progress=False)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("serve", help="local web demo + JSON endpoint POST /predict (standard library only)")
@@ -629,23 +708,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for augmented_samples.png (default: ROOT/check or <config>_check)")
     p.add_argument("--samples", type=int, default=16, help="augmented training samples to draw (0: none)")
     p.add_argument("--workers", type=int, default=8, help="reader threads")
-    p.add_argument("--no-progress", action="store_true")
+    _add_run_options(p, device=False, amp=False)
     p.set_defaults(func=cmd_check_data)
 
     p = sub.add_parser("demo", help="synthetic data -> train a small SeMask on CPU -> eval -> report")
     p.add_argument("--out", help="output folder (default: ./semask_demo, or the first free ./semask_demo-N)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke-test version (seconds)")
-    p.add_argument("--no-progress", action="store_true")
+    _add_run_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("list-pretrained", help="released weights by name (preset.tag), with paper mIoU and source")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'semask_*fpn*'")
     p.set_defaults(func=cmd_list_pretrained)
 
+    p = sub.add_parser("list-models", help="model presets with parameter counts and their released weights")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'semask_*mask2former*'")
+    p.set_defaults(func=cmd_list_models)
+
+    p = sub.add_parser("config", help="list the packaged recipes, or print one resolved (YAML for semask train)")
+    p.add_argument("name", nargs="?", help="a recipe name (or YAML file) to print resolved; none: list them all")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied before printing")
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("download", help="fetch released weights NAME.TAG into the cache (or --to DIR)")
     p.add_argument("name", help="preset.tag, e.g. semask_swin_t_fpn.ade20k (see semask list-pretrained)")
     p.add_argument("--to", help="folder to put the file in (default: $SEMASK_HOME or ~/.cache/semask)")
-    p.add_argument("--no-progress", action="store_true")
+    _add_run_options(p, device=False, amp=False)
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("info", help="parameters and FLOPs of a preset, or a model's learned lambda per stage")
@@ -686,6 +774,9 @@ def main(argv: Sequence[str] | None = None, *, tune_malloc: bool = False) -> int
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `semask config | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         if args.traceback or not _is_user_error(exc):
             raise  # a bug of semask itself: the traceback is what a bug report needs

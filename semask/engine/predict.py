@@ -165,7 +165,11 @@ def predict(
 
 
 def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Image files from paths that are files or folders (searched recursively), sorted per folder."""
+    """Image files from paths that are files or folders (searched recursively), sorted per folder.
+
+    A file named twice (itself and through its folder, or by two spellings of its path) is kept
+    once, where it first appears.
+    """
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -178,6 +182,10 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             found.append(path)
         else:
             raise FileNotFoundError(f"input image {path} does not exist")
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    found = list(unique.values())
     stems: dict[str, Path] = {}
     for path in found:
         if path.stem in stems and stems[path.stem] != path:

@@ -7,6 +7,7 @@ only describes and finds them; fetching a file is the hub's job, installed here 
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,7 +99,11 @@ def get_pretrained(name: str) -> PretrainedCfg:
         return _PRETRAINED[name]
     preset = name.rsplit(".", 1)[0]
     tags = [n for n in _PRETRAINED if n.rsplit(".", 1)[0] == preset]
-    hint = f"weights of {preset}: {tags}" if tags else f"all weights: {list_pretrained()}"
+    close = difflib.get_close_matches(name, list(_PRETRAINED), n=5, cutoff=0.6)
+    if tags:
+        hint = f"weights of {preset}: {tags}"
+    else:
+        hint = f"closest: {', '.join(close)}" if close else "`semask list-pretrained` lists them"
     raise KeyError(f"no pretrained weights {name!r}; {hint}")
 
 

@@ -7,6 +7,7 @@ Families register both when :mod:`semask.models` is imported.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Callable
 from typing import Any
@@ -46,8 +47,9 @@ def config_class(model_type: str) -> type[ModelConfig]:
 def get_config(name: str, **overrides: Any) -> ModelConfig:
     """The config of preset ``name`` with ``overrides`` applied (validated by the dataclass)."""
     if name not in _PRESETS:
-        close = [n for n in _PRESETS if name.split("_")[0] in n][:8]
-        raise KeyError(f"unknown model {name!r}; similar: {close or list_models()[:8]}")
+        close = difflib.get_close_matches(name, list(_PRESETS), n=5, cutoff=0.6)
+        hint = f"closest: {', '.join(close)}" if close else "`semask list-models` lists them"
+        raise KeyError(f"unknown model {name!r}; {hint}")
     model_type, values = _PRESETS[name]
     cls = config_class(model_type)
     known = {f for f in cls.__dataclass_fields__}
