@@ -55,11 +55,13 @@ class ModelSection:
 
 @dataclass
 class DataConfig:
-    """Dataset location and the training augmentation of spec section 6.
+    """Dataset location and the training augmentation of the model family's data path
+    (:func:`semask.data.pipelines.pipeline_for`: mmseg's, spec section 6, or detectron2's).
 
     ``ratios`` (a list to pick from, as on ADE20K) and ``ratio_range`` (uniform, as on
-    Cityscapes) are alternatives: set exactly one. ``num_classes`` and ``reduce_zero_label``
-    default to what the dataset type defines. ``kwargs`` go to ``build_dataset`` unchanged.
+    Cityscapes) are alternatives: set exactly one (null both with ``short_edges``). ``num_classes``
+    and ``reduce_zero_label`` default to what the dataset type defines. ``kwargs`` go to
+    ``build_dataset`` unchanged.
 
     Folder datasets (``type: folder``) also take ``ignore_index`` (the label value not trained
     on or scored, default 255; also the padding fill of training crops), ``img_suffix`` /
@@ -76,7 +78,7 @@ class DataConfig:
     num_classes: int | None = None
     reduce_zero_label: bool | None = None
     crop_size: tuple[int, int] = (512, 512)
-    scale: tuple[int, int] = (2048, 512)
+    scale: tuple[int, int] | None = (2048, 512)
     ratios: list[float] | None = field(default_factory=lambda: list(MS_RATIOS))
     ratio_range: tuple[float, float] | None = None
     cat_max_ratio: float = 0.75
@@ -93,13 +95,35 @@ class DataConfig:
     label_suffix: str = ".png"
     ignore_color: tuple[int, int, int] | None = None
     in_channels: int | None = None  # image bands; null: model.overrides.in_channels (default 3, RGB)
+    # detectron2's data path (the mask-classification models; semask.data.detectron2), which replaces
+    # scale/ratios/ratio_range: the short edge is picked from short_edges (INPUT.MIN_SIZE_TRAIN), the
+    # long edge capped at max_size (INPUT.MAX_SIZE_TRAIN, fixed); the raw crop is padded bottom/right
+    # to pad_size x pad_size (INPUT.SIZE_DIVISIBILITY; null: no padding) with pad_value (label: the
+    # ignore index) before normalisation. cat_max_ratio is SINGLE_CATEGORY_MAX_AREA there.
+    short_edges: list[int] | None = None
+    max_size: int | None = None
+    pad_size: int | None = None
+    pad_value: int = 128
 
     def __post_init__(self) -> None:
-        if (self.ratios is None) == (self.ratio_range is None):
+        if self.short_edges is not None:
+            mmseg = {"scale": self.scale, "ratios": self.ratios, "ratio_range": self.ratio_range}
+            if any(v is not None for v in mmseg.values()) or not self.short_edges or self.max_size is None:
+                raise ValueError(
+                    f"short_edges ({self.short_edges!r}) needs max_size ({self.max_size!r}) and replaces scale, "
+                    f"ratios and ratio_range ({mmseg}); set those to null"
+                )
+            if min(self.short_edges) < 1 or self.max_size < 1:
+                raise ValueError(f"short_edges and max_size must be positive, got {self.short_edges}, {self.max_size}")
+        elif (self.ratios is None) == (self.ratio_range is None):
             raise ValueError(
                 f"set exactly one of ratios ({self.ratios!r}) and ratio_range ({self.ratio_range!r}); "
                 "use null for the other"
             )
+        if self.pad_size is not None and self.pad_size < max(self.crop_size):
+            raise ValueError(f"pad_size ({self.pad_size}) must be at least the crop size {self.crop_size}")
+        if not 0 <= self.pad_value <= 255:
+            raise ValueError(f"pad_value is a raw 8-bit pixel value (0..255), got {self.pad_value}")
         if self.num_classes == 1:
             raise ValueError(BINARY_HINT.format(where="data.num_classes"))
         if not 0 <= self.ignore_index <= 255:
@@ -322,7 +346,7 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
-        """Checks across sections: binary setups and losses the model family cannot use."""
+        """Checks across sections: binary setups, and data fields and losses the model family cannot use."""
         if self.model.overrides.get("num_classes") == 1:
             raise ValueError(BINARY_HINT.format(where="model.overrides.num_classes"))
         bands = self.model.overrides.get("in_channels", 3)  # the model's mean/std give one value per band
@@ -337,10 +361,13 @@ class ExperimentConfig:
             raise ValueError(
                 f"in_channels={bands}: the photometric distortion works on 8-bit RGB only; set data.photometric: false"
             )
-        if not self.loss.is_default:
-            from .models import get_config
+        from .data.pipelines import pipeline_for
+        from .models import get_config
 
-            family = get_config(self.model.name, **self.model.overrides).model_type
+        model_config = get_config(self.model.name, **self.model.overrides)
+        pipeline_for(model_config).check(self.data)  # e.g. detectron2-only fields for an FPN model
+        if not self.loss.is_default:
+            family = model_config.model_type
             if family == "semask_maskformer":
                 raise ValueError(
                     f"loss.* cannot be set for the mask-classification model {self.model.name}: it trains with "

@@ -281,11 +281,12 @@ def explain(
 
     ``classes``: class names or ids (or ``"boat,car"``) to draw heatmaps for; ``None`` takes
     the ``top_k`` classes covering most pixels of the prediction. ``scale`` = (long, short)
-    resizes the image to fit first, as :func:`semask.predict` does. Raises
+    resizes the image first with the family's test resize, as :func:`semask.predict` does. Raises
     :class:`NoSemanticLayersError` for models without semantic layers (the baselines).
     """
     from .data.palettes import default_palette
-    from .data.transforms import TestTransform, normalize
+    from .data.pipelines import pipeline_for
+    from .data.transforms import normalize
     from .engine.inference import _model_device
 
     layers = semantic_layers(model)
@@ -298,7 +299,8 @@ def explain(
     config = model.config  # type: ignore[union-attr]
     rgb = load_rgb(image)
     model.eval()
-    x = torch.from_numpy(normalize(TestTransform(scale, config.mean, config.std).resize(rgb), config.mean, config.std))
+    resized = pipeline_for(config).test_transform(scale, config.mean, config.std).resize(rgb)  # as predict does
+    x = torch.from_numpy(normalize(resized, config.mean, config.std))
     x = x[None].to(_model_device(model))
     input_size = (x.shape[-2], x.shape[-1])
     padded = input_size

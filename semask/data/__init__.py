@@ -1,4 +1,5 @@
-"""Datasets, mmseg-exact transforms, a synthetic context dataset, palettes and visualisation."""
+"""Datasets, the mmseg- and detectron2-exact data paths (:func:`pipeline_for` picks one per model
+family), a synthetic context dataset, palettes and visualisation."""
 
 from .datasets import (
     DATASETS,
@@ -13,6 +14,7 @@ from .datasets import (
     read_label,
     reduce_zero_label,
 )
+from .detectron2 import ShortEdgeTestTransform, ShortEdgeTrainTransform
 from .palettes import (
     ADE20K_CLASSES,
     ADE20K_PALETTE,
@@ -22,6 +24,7 @@ from .palettes import (
     COCO_STUFF_PALETTE,
     default_palette,
 )
+from .pipelines import DataPipeline, Detectron2Pipeline, MMSegPipeline, pipeline_for
 from .synthetic import CONTEXT_CLASSES, CONTEXT_PALETTE, make_context_dataset
 from .transforms import (
     ADE20K_RATIOS,
@@ -52,8 +55,13 @@ __all__ = [
     "COCOStuff10kDataset",
     "CityscapesDataset",
     "DataError",
+    "DataPipeline",
+    "Detectron2Pipeline",
     "FolderDataset",
+    "MMSegPipeline",
     "SegmentationDataset",
+    "ShortEdgeTestTransform",
+    "ShortEdgeTrainTransform",
     "TestTransform",
     "TrainTransform",
     "Transform",
@@ -62,6 +70,7 @@ __all__ = [
     "default_palette",
     "make_context_dataset",
     "overlay",
+    "pipeline_for",
     "read_image",
     "read_label",
     "reduce_zero_label",

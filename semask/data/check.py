@@ -294,22 +294,12 @@ def check_data(
     out = Path(out_dir) if out_dir is not None else default_out
     grid = None
     if num_samples > 0 and reports[0].good:
-        from .transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform
+        from ..models import get_config
+        from .pipelines import pipeline_for
 
-        mean = cfg.model.overrides.get("mean", IMAGENET_MEAN)
-        std = cfg.model.overrides.get("std", IMAGENET_STD)
-        transform = TrainTransform(
-            crop_size=data.crop_size,
-            scale=data.scale,
-            ratio_range=data.ratio_range,
-            ratios=data.ratios,
-            cat_max_ratio=data.cat_max_ratio,
-            flip_prob=data.flip_prob,
-            photometric=data.photometric,
-            mean=mean,
-            std=std,
-            ignore_index=datasets[0].ignore_index,
-        )
+        model_config = get_config(cfg.model.name, **cfg.model.overrides)  # its family's data path and mean/std
+        mean, std = model_config.mean, model_config.std
+        transform = pipeline_for(model_config).train_transform(data, mean, std, datasets[0].ignore_index)
         grid = sample_grid(
             datasets[0],
             transform,

@@ -10,7 +10,8 @@
   several scales and/or flip, :func:`predict_image` averages the *softmax probabilities* at the
   original size over every (scale, flip) pair, the flipped ones flipped back (mmseg's
   ``aug_test``); each scale resizes the original uint8 image to fit ``scale * ratio``, exactly as
-  the protocol does.
+  the protocol does. The resize itself is the model family's (:mod:`semask.data.pipelines`): the
+  mask-classification models get detectron2's short-edge resize with PIL, as they were tested.
 
 Memory: :func:`predict_image` with one scale and no flip never holds K x H x W scores at the
 original size. Slide mode at the original size (``scale=None``) sums windows into a band of
@@ -36,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.transforms import TestTransform, as_pair, normalize
+from ..data.pipelines import pipeline_for
+from ..data.transforms import as_pair, normalize
 from ..models.base import SeMaskModel
 
 Model = Callable[[Tensor], Any]
@@ -182,11 +184,14 @@ def predict_image(
     """Class-id map (H, W) int64 of one RGB uint8 image, at its original size (with
     ``return_probabilities``, also the (K, H, W) float32 probabilities it is the argmax of).
 
-    For each ratio in ``scales`` the original image is resized to fit ``scale * ratio``
+    The image is resized the way the model's family was tested (:func:`semask.data.pipelines.pipeline_for`:
+    mmseg's keep-ratio fit of ``scale`` = (long, short), or detectron2's short edge ``min(scale)``
+    with the long edge at most ``max(scale)``, PIL bilinear), once per ratio in ``scales``
     (``scale=None``: the original size times the ratio), normalised with ``mean``/``std`` (RGB,
     0-255) and run on the model's device; the argmax of the averaged probabilities is returned.
-    ``sizes`` (with ``max_size``) replace ``scale`` and the ratios: the short edge is resized to
-    each size, the long edge kept at most ``max_size`` (detectron2's multi-scale test).
+    ``sizes`` (with ``max_size``) replace the ratios: short edges, long edge at most ``max_size``
+    (the mask-classification models' multi-scale test, which resizes the ``scale``-resized image
+    again as detectron2's ``DatasetMapperTTA`` does; other families fit the original image).
     """
     _check_call(model, mode, crop_size, stride, scales)
     image = np.asarray(image_rgb_uint8)
@@ -199,14 +204,12 @@ def predict_image(
             f"of shape {image.shape}"
         )
     device = _model_device(model)
-    if sizes is not None:  # fitting (max_size, s) is detectron2's short edge s, long edge <= max_size
+    if sizes is not None:
         if not sizes or max_size is None:
             raise ValueError(f"sizes needs at least one size and a max_size, got {sizes}, {max_size}")
-        resized = (TestTransform((max_size, s), mean, std).resize(image) for s in sizes)
         scales = tuple(sizes)
-    else:
-        transform = TestTransform(scale, mean, std)
-        resized = (transform.resize(image, ratio) for ratio in scales)
+    pipeline = pipeline_for(getattr(model, "config", None))  # the family's test resize
+    resized = pipeline.test_views(image, scale, ratios=scales, sizes=sizes, max_size=max_size)
     inputs = (torch.from_numpy(normalize(x, mean, std))[None].to(device) for x in resized)
     size = (image.shape[0], image.shape[1])
     if len(scales) == 1 and not flip and not return_probabilities:  # memory bounded (module docstring, "Memory")

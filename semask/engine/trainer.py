@@ -198,26 +198,17 @@ def build_datasets(cfg: ExperimentConfig) -> tuple[Any, Any]:
     return train_set, val_set
 
 
-def attach_train_transform(cfg: ExperimentConfig, train_set: Any, mean: Any, std: Any) -> None:
-    """The training augmentation of spec section 6, normalising with the model's mean/std.
+def attach_train_transform(cfg: ExperimentConfig, train_set: Any, model_config: Any) -> None:
+    """The training augmentation of the model family's data path (mmseg's or detectron2's,
+    :func:`semask.data.pipelines.pipeline_for`), normalising with the model's mean/std.
 
     (Evaluation reads raw samples and applies the test resize itself, see :mod:`.evaluate`.)
     """
-    from ..data.transforms import TrainTransform
+    from ..data.pipelines import pipeline_for
 
-    d = cfg.data
-    train_set.transform = TrainTransform(
-        crop_size=d.crop_size,
-        scale=d.scale,
-        ratio_range=d.ratio_range,
-        ratios=d.ratios,
-        cat_max_ratio=d.cat_max_ratio,
-        flip_prob=d.flip_prob,
-        photometric=d.photometric,
-        mean=mean,
-        std=std,
-        ignore_index=getattr(train_set, "ignore_index", 255),
-    )
+    pipeline = pipeline_for(model_config)
+    ignore_index = getattr(train_set, "ignore_index", 255)
+    train_set.transform = pipeline.train_transform(cfg.data, model_config.mean, model_config.std, ignore_index)
 
 
 # ----------------------------------------------------------------------------- training loop
@@ -324,7 +315,7 @@ class _Trainer:
                 f"the model has {model.config.num_classes} classes but the {cfg.data.type} dataset at "
                 f"{cfg.data.root} has {meta.num_classes}"
             )
-        attach_train_transform(cfg, self.train_set, model.config.mean, model.config.std)
+        attach_train_transform(cfg, self.train_set, model.config)
         self.ignore_index = getattr(self.train_set, "ignore_index", 255)
         self.criterion = build_criterion(cfg.loss, model.config, self.train_set, self.ignore_index)
         if cfg.model.grad_checkpointing:
