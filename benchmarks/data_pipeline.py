@@ -13,7 +13,8 @@ Cityscapes-sized (2048x1024, scale (2048, 1024), ratio range 0.5-2.0, crop 768) 
   difference).
 
 samples/s per worker = 1 / (decode + augmentation); workers needed to feed a GPU step
-rate of ``--gpu-rate`` images/s = ceil(rate / per-worker rate). ``opencv-python-headless``
+rate of ``--gpu-rate`` images/s = ceil(rate / per-worker rate). The detectron2 data path of the
+mask-classification models (ADE20K 640 crop, Cityscapes 512x1024) is timed too. ``opencv-python-headless``
 is optional (benchmark-only); without it only the numpy rows are measured. Usage:
     python benchmarks/data_pipeline.py --samples 20 --gpu-rate 8
 """
@@ -182,6 +183,69 @@ def measure(name: str, samples: int, repeats: int, have_cv2: bool) -> dict:
     return row
 
 
+# ----------------------------------------------------------------------------- detectron2 path
+D2_SETTINGS = {  # the mask-classification recipes (semask/configs/mask2former/)
+    "ade20k": dict(
+        size=(512, 683),
+        short_edges=[int(x * 0.1 * 640) for x in range(5, 21)],
+        max_size=2560,
+        crop=(640, 640),
+        pad_size=640,
+    ),
+    "cityscapes": dict(
+        size=(1024, 2048),
+        short_edges=[int(x * 0.1 * 1024) for x in range(5, 21)],
+        max_size=4096,
+        crop=(512, 1024),
+        pad_size=None,
+    ),
+}
+
+
+def detectron2_rows(samples: int, repeats: int) -> dict:
+    """Per-sample time of ShortEdgeTrainTransform (PIL resize, torch-nearest label, crop, SSD colour,
+    flip, pad, normalise) plus PIL decode, one thread."""
+    import torch
+
+    from semask.data.detectron2 import ShortEdgeTrainTransform
+
+    torch.set_num_threads(1)
+    rows = {}
+    for name, cfg in D2_SETTINGS.items():
+        h, w = cfg["size"]
+        image, label = synthetic_photo(h, w, seed=1)
+        data = jpeg_bytes(image)
+        transform = ShortEdgeTrainTransform(cfg["short_edges"], cfg["max_size"], cfg["crop"], pad_size=cfg["pad_size"])
+        decode_ms = per_call_ms(lambda data=data: decode(data), repeats)
+        augment_ms = pipeline_ms(transform, image, label, samples, "numpy")  # type: ignore[arg-type]
+        rows[name] = {
+            "image": f"{w}x{h}",
+            "crop": cfg["crop"],
+            "decode_ms": decode_ms,
+            "pipeline_ms": augment_ms,
+            "samples_per_s_per_worker": 1e3 / (decode_ms + augment_ms),
+        }
+    return rows
+
+
+def detectron2_markdown(rows: dict) -> list[str]:
+    lines = [
+        "",
+        "detectron2 data path of the mask-classification models (`semask.data.detectron2.ShortEdgeTrainTransform`,"
+        " the recipes' settings):",
+        "",
+        "| image | crop | decode ms | augment ms | samples/s per worker |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        crop = "x".join(str(c) for c in row["crop"])
+        lines.append(
+            f"| {name} {row['image']} | {crop} | {row['decode_ms']:.1f} | {row['pipeline_ms']:.1f} "
+            f"| {row['samples_per_s_per_worker']:.1f} |"
+        )
+    return lines
+
+
 def write_markdown(path: Path, result: dict) -> None:
     rate = result["gpu_rate"]
     lines = [
@@ -219,6 +283,7 @@ def write_markdown(path: Path, result: dict) -> None:
                 a = row["agreement"]
                 cells = [f"{a[k]['fraction_differing']:.2%}, {a[k]['max_abs_diff']}" for k in a]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += detectron2_markdown(result["detectron2"]) if "detectron2" in result else []
     lines += ["", result["decision"], ""]
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines))
@@ -300,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in SETTINGS:
         result["rows"][name] = measure(name, args.samples, args.repeats, opencv is not None)
         print(name, json.dumps(result["rows"][name]), flush=True)
+    result["detectron2"] = detectron2_rows(args.samples, args.repeats)
+    print("detectron2", json.dumps(result["detectron2"]), flush=True)
     result["decision"] = decide(result)
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = args.out / "data_pipeline_cpu.json.tmp"
