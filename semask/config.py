@@ -296,12 +296,15 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Test protocol: resize to fit ``scale`` (keep ratio), whole or sliding-window inference.
+    """Test protocol: resize with ``scale`` = (long, short) the way the model's family was tested
+    (mmseg's keep-ratio fit, or detectron2's short edge with a long-edge cap), whole or
+    sliding-window inference.
 
     ``scales`` are the multi-scale ratios (``[1.0]`` = single scale); with ``flip`` each scale is
     also run mirrored and the probabilities are averaged at the original size. ``sizes`` replace
     the ratios by short-edge sizes (long edge at most ``max_size``): the mask-classification
-    models' official multi-scale test (``model.aug_test()`` gives each family's setting).
+    models' official multi-scale test, applied to the ``scale``-resized image as detectron2 does
+    (``model.aug_test()`` gives each family's setting).
     """
 
     mode: Literal["whole", "slide"] = "whole"

@@ -1,8 +1,9 @@
 """Evaluation on a labelled split with the mmseg protocol (spec sections 6-7).
 
-Every image is resized to fit ``eval.scale`` (times each ratio for multi-scale), segmented
-whole or with a sliding window, and its prediction compared with the label at the ORIGINAL
-resolution; per-class counts are summed over the split (and over processes under DDP).
+Every image is resized with ``eval.scale`` (times each ratio for multi-scale; the model family's
+test resize, :mod:`semask.data.pipelines`), segmented whole or with a sliding window, and its
+prediction compared with the label at the ORIGINAL resolution; per-class counts are summed over
+the split (and over processes under DDP).
 """
 
 from __future__ import annotations

@@ -130,7 +130,8 @@ def predict(
     probabilities at the original size (K x H x W floats per image: memory grows with both).
 
     The image is normalised with ``model.config.mean/std``. ``scale`` = (long, short) resizes
-    it to fit first, as the benchmark test protocols do (e.g. (2048, 512) for ADE20K models);
+    it first with the family's test resize, as the benchmark test protocols do (e.g. (2048, 512)
+    for ADE20K FPN models: fit; (2560, 640) for mask classification: short edge 640, long <= 2560);
     ``None`` runs at the original size. ``scales``/``flip`` give multi-scale + flip testing
     (``sizes``/``max_size``: short-edge sizes instead of ratios, the mask-classification protocol).
     The model runs on the device of its parameters, in eval mode (the caller's mode is restored).
