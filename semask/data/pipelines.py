@@ -12,6 +12,7 @@ config's ``model_type``, and training, evaluation, prediction, serving, explanat
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,8 @@ from .transforms import TestTransform, TrainTransform, Transform
 if TYPE_CHECKING:
     from ..config import DataConfig
 
-#: DataConfig fields only the detectron2 path reads (with their defaults).
-DETECTRON2_FIELDS: dict[str, Any] = {"short_edges": None, "max_size": None, "pad_size": None, "pad_value": 128}
+#: DataConfig fields only the detectron2 path reads.
+DETECTRON2_FIELDS = ("short_edges", "max_size", "pad_size", "pad_value")
 
 
 class DataPipeline:
@@ -69,7 +70,8 @@ class MMSegPipeline(DataPipeline):
     name = "mmseg"
 
     def check(self, data: DataConfig) -> None:
-        used = [f"data.{k}" for k, default in DETECTRON2_FIELDS.items() if getattr(data, k) != default]
+        defaults = {f.name: f.default for f in dataclasses.fields(data)}
+        used = [f"data.{k}" for k in DETECTRON2_FIELDS if getattr(data, k) != defaults[k]]
         if used:
             raise ValueError(
                 f"{', '.join(used)} belong to detectron2's data path (mask-classification models); this model "
