@@ -27,7 +27,7 @@ from semask.config import RECIPES_DIR, get_recipe, load_config, recipe_names
 from semask.engine.predict import load_model_any
 from semask.hub import DownloadError
 from semask.models import CheckpointError, SeMaskModel, get_config, list_models, pretrained
-from semask.models.io import FORMATS
+from semask.models.loader import FORMATS
 from semask.models.mit.model import mit_imagenet_name
 from semask.models.pretrained import PretrainedCfg, get_pretrained, list_pretrained
 from semask.models.registry import register_preset

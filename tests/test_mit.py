@@ -12,8 +12,7 @@ from safetensors.torch import save_file
 import semask
 from semask.config import RECIPES_DIR, load_config
 from semask.engine.trainer import param_groups
-from semask.models import mit
-from semask.models.base import CheckpointError
+from semask.models import CheckpointError, mit
 from semask.models.mit import MixTransformer, SeMaskMiT
 from semask.models.semask_fpn.convert import _is_official_fpn
 from semask.models.summary import count_parameters

@@ -9,7 +9,7 @@ import torch
 from conftest import TINY, randomize, to_official
 
 import semask
-from semask.models.base import CheckpointError
+from semask.models import CheckpointError
 from semask.models.loss import segmentation_cross_entropy
 from semask.models.summary import describe
 

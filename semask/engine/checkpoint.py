@@ -85,8 +85,8 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise TrainingCheckpointError(f"training checkpoint {path} does not exist")
-    from ..models.base import CheckpointError
     from ..models.io import torch_load
+    from ..models.strict import CheckpointError
 
     try:  # says why: an empty file, a truncated write, pickled code we refuse to run
         state = torch_load(path)
@@ -108,7 +108,7 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_from_state(state: dict[str, Any], source: str) -> nn.Module:
     """Rebuild the model a training checkpoint holds (architecture from ``model_config``), strictly."""
-    from ..models.io import model_from_config_and_state
+    from ..models.loader import model_from_config_and_state
 
     return model_from_config_and_state(state["model_config"], state["model"], source)
 

@@ -74,7 +74,7 @@ def load_model_any(spec: str | os.PathLike[str]) -> tuple[nn.Module, ExperimentC
     that come with it: a training checkpoint's config, or a registered checkpoint's dataset and
     test protocol (so ``semask eval semask_swin_t_fpn.ade20k --data-root R`` runs the paper's test).
     """
-    from ..models.io import load_with_meta
+    from ..models.loader import load_with_meta
 
     model, meta = load_with_meta(spec)
     if "config" in meta:

@@ -5,11 +5,13 @@ from . import (
     mit,  # noqa: F401
     semask_fpn,  # noqa: F401  (registers presets)
 )
-from .base import BackboneLoadReport, CheckpointError, ModelConfig, SeMaskModel
-from .io import load, read_checkpoint
+from .base import ModelConfig, SeMaskModel
+from .io import read_checkpoint
+from .loader import create_model, load
 from .outputs import SegmentationOutput
 from .pretrained import PretrainedCfg, get_pretrained, list_pretrained
-from .registry import build_model, create_model, get_config, list_models
+from .registry import build_model, get_config, list_models
+from .strict import BackboneLoadReport, CheckpointError
 
 __all__ = [
     "BackboneLoadReport",

@@ -1,29 +1,22 @@
-"""Pieces every semask model family shares: the config and model base classes, strict weight loading."""
+"""Pieces every semask model family shares: the config and model base classes and their hooks."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
+from .io import read_checkpoint, save
+from .loader import load
+from .pretrained import IMAGENET_MEAN, IMAGENET_STD, MS_RATIOS, get_pretrained, is_pretrained_name, resolve_weights
+
 logger = logging.getLogger(__name__)
-
-# ImageNet statistics in 0-255 RGB, used by every official SeMask / Swin / SegFormer recipe.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-# mmseg's ratio list: the ADE20K / COCO-Stuff training resize choices and the multi-scale test ratios.
-MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model; the message lists every offending key."""
 
 
 @dataclass
@@ -97,61 +90,6 @@ def tuple_field(*values: Any) -> Any:
     return field(default_factory=lambda: tuple(values))
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load every tensor or fail with a message naming missing, unexpected and mis-shaped keys."""
-    load_state_dict_checked(model, state_dict, source)
-
-
-def load_state_dict_checked(
-    model: nn.Module,
-    state_dict: Mapping[str, torch.Tensor],
-    source: str,
-    may_start_fresh: Callable[[str], bool] = lambda key: False,
-    unused: Iterable[str] = (),
-) -> BackboneLoadReport:
-    """The one strict loader: every key must match except those ``may_start_fresh`` allows to be
-    missing (e.g. semantic layers absent from ImageNet weights); ``unused`` keys dropped by the
-    caller are only reported."""
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in own)
-    mis_shaped = sorted(
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
-    )
-    bad_missing = [k for k in missing if not may_start_fresh(k)]
-    if bad_missing or unexpected or mis_shaped:
-        raise CheckpointError(format_key_report(source, bad_missing, unexpected, mis_shaped))
-    model.load_state_dict(state_dict, strict=not missing)
-    return BackboneLoadReport(loaded=len(state_dict), missing=missing, unexpected=sorted(unused))
-
-
-def format_key_report(source: str, missing: list[str], unexpected: list[str], mis_shaped: list[str]) -> str:
-    lines = [f"{source} does not match the model:"]
-    for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
-        if keys:
-            shown = "\n    ".join(keys[:25]) + (f"\n    ... and {len(keys) - 25} more" if len(keys) > 25 else "")
-            lines.append(f"  {len(keys)} {title} keys:\n    {shown}")
-    return "\n".join(lines)
-
-
-@dataclass
-class BackboneLoadReport:
-    """What an ImageNet initialisation did not fill (new SeMask parts) or did not use."""
-
-    loaded: int
-    missing: list[str]
-    unexpected: list[str]
-
-    def __str__(self) -> str:
-        return (
-            f"loaded {self.loaded} tensors; {len(self.missing)} start fresh "
-            f"({', '.join(sorted({k.split('.')[0] if k.startswith('norm') else k.split('.class_injection')[0] for k in self.missing}))}); "
-            f"{len(self.unexpected)} unused ({', '.join(self.unexpected[:6])}{'...' if len(self.unexpected) > 6 else ''})"
-        )
-
-
 class SeMaskModel(nn.Module):
     """Base of every family: typed ``config``, loading and saving, and the trainer's hooks.
 
@@ -172,9 +110,7 @@ class SeMaskModel(nn.Module):
     # -------------------------------------------------------------- loading and saving
     @classmethod
     def from_pretrained(cls, spec: str | os.PathLike[str], **overrides: Any) -> SeMaskModel:
-        """Any name ``preset.tag`` or file :func:`semask.models.io.load` reads, checked to be a ``cls``."""
-        from .io import load
-
+        """Any name ``preset.tag`` or file :func:`semask.models.loader.load` reads, checked to be a ``cls``."""
         model = load(spec, **overrides)
         if not isinstance(model, cls):
             raise TypeError(f"{spec} holds a {type(model).__name__}, not a {cls.__name__}")
@@ -182,8 +118,6 @@ class SeMaskModel(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
         """Weights + config: a folder (``model.safetensors`` + ``config.json``), or one ``.safetensors`` file."""
-        from .io import save
-
         return save(self, path)
 
     def load_backbone_weights(self, weights: str | os.PathLike[str]) -> Any:
@@ -191,9 +125,6 @@ class SeMaskModel(nn.Module):
 
         Returns (and logs) a report of what starts fresh; anything else missing is an error.
         """
-        from .io import read_checkpoint
-        from .pretrained import get_pretrained, is_pretrained_name, resolve_weights
-
         spec = str(weights)
         if not Path(spec).exists() and not is_pretrained_name(spec) and "/" not in spec and "." not in spec:
             spec = f"{self.imagenet_name()}.{spec}"  # a bare tag

@@ -1,9 +1,7 @@
-"""One loader for every way a SeMask model is stored: :func:`load`.
-
-Reads (never unpickling code): registered names ``preset.tag``; our model folders and
-``.safetensors`` files; our training checkpoints; official mmseg 0.x ``.pth`` files (with their
-``meta``, ``optimizer`` and numpy scalars), detectron2 ``.pth`` and model-zoo ``.pkl`` files;
-Hugging Face SegFormer folders and bare state dicts (transformers 4 and 5 key names).
+"""Weight files, read and written without running code: ``.pth`` / ``.bin`` through
+``torch.load(weights_only=True)`` (numpy scalars of an mmseg ``meta`` admitted), detectron2
+``.pkl`` through an unpickler of arrays only, ``.safetensors``; our model format (a folder or one
+file) written atomically. Which model a file holds is the loader's question (:mod:`.loader`).
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import logging
 import os
 import pickle
 import re
@@ -25,24 +22,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .base import CheckpointError, load_state_dict_strict
-from .pretrained import PretrainedCfg, get_pretrained, is_pretrained_name, resolve_weights
-from .registry import build_model, config_class, converters, get_config
-
-logger = logging.getLogger(__name__)
+from .strict import CheckpointError
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CONFIG_METADATA_KEY = "semask_config"
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".pkl", ".safetensors")
-FORMATS = (
-    "a registered name preset.tag (semask.list_pretrained())",
-    "a semask model folder (config.json + model.safetensors) or .safetensors file",
-    "a semask training checkpoint (checkpoints/*.pth)",
-    "an official SeMask / mmseg .pth (state_dict + meta)",
-    "a detectron2 .pth ({'model': ...}) or model-zoo .pkl (numpy arrays)",
-    "a Hugging Face SegFormer folder (config.json + model.safetensors / pytorch_model.bin) or state dict",
-)
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -167,119 +151,6 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} should hold a JSON object, found {type(data).__name__}")
     return data
-
-
-# ----------------------------------------------------------------------------- building models
-def config_from_dict(data: dict[str, Any]) -> Any:
-    data = dict(data)
-    model_type = data.pop("model_type", None)
-    if model_type is None:
-        raise CheckpointError("config has no 'model_type'")
-    return config_class(model_type).from_dict(data)
-
-
-def model_from_config_and_state(config: dict[str, Any], state_dict: dict[str, Tensor], source: str) -> nn.Module:
-    """Our own format: the config says the architecture, the weights must fit it exactly."""
-    model = build_model(config_from_dict(config))
-    load_state_dict_strict(model, state_dict, source)
-    return model
-
-
-def convert_official(state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any) -> nn.Module:
-    """Build the model an official (mmseg / detectron2 / NVlabs / HF) state dict describes."""
-    for _family, detect, convert in converters():
-        if detect(state_dict):
-            return convert(state_dict, meta, source=source, **overrides)
-    sample = ", ".join(sorted(state_dict)[:5])
-    raise CheckpointError(_unknown(source, f"a state dict whose first keys are {sample}"))
-
-
-def _unknown(source: str, looked_like: str) -> str:
-    tried = "\n  ".join(FORMATS)
-    return f"{source} is none of the formats semask reads:\n  {tried}\nIt looked like {looked_like}."
-
-
-def _load_folder(path: Path, overrides: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    config_file = path / CONFIG_NAME
-    if not config_file.is_file():
-        found = sorted(p.name for p in path.iterdir())[:10]
-        raise CheckpointError(_unknown(str(path), f"a folder without {CONFIG_NAME} (holding {found})"))
-    config = read_json(config_file)
-    if config.get("model_type") == "segformer":
-        from .mit.convert import hf_segformer_config
-
-        weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
-        if weights is None:
-            raise FileNotFoundError(f"{path} has a SegFormer config.json but no model.safetensors or pytorch_model.bin")
-        state_dict, meta = read_checkpoint(weights)
-        values = {**hf_segformer_config(config, str(config_file)), **overrides}
-        return convert_official(state_dict, meta, str(weights), **values), meta
-    if "model_type" not in config:
-        raise CheckpointError(f"{config_file} has no 'model_type': neither a semask nor a Hugging Face config")
-    weights = path / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} is missing; is {path} a folder written by save_pretrained?")
-    _refuse_overrides(overrides, path)
-    state_dict, meta = read_safetensors(weights)
-    return model_from_config_and_state(config, state_dict, str(path)), meta
-
-
-def _refuse_overrides(overrides: dict[str, Any], path: Path) -> None:
-    if overrides:
-        raise ValueError(f"{sorted(overrides)} cannot change the saved model {path}: its config.json decides")
-
-
-def _load_file(path: Path, overrides: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    state_dict, meta = read_checkpoint(path)
-    if CONFIG_METADATA_KEY in meta:  # our single-file .safetensors
-        _refuse_overrides(overrides, path)
-        return model_from_config_and_state(json.loads(meta[CONFIG_METADATA_KEY]), state_dict, str(path)), meta
-    if "model_config" in meta:  # our training checkpoint
-        _refuse_overrides(overrides, path)
-        return model_from_config_and_state(meta["model_config"], state_dict, str(path)), meta
-    return convert_official(state_dict, meta, str(path), **overrides), meta
-
-
-def pretrained_overrides(cfg: PretrainedCfg) -> dict[str, Any]:
-    """The preset's settings for the entry's classes: they decide what the weights cannot show
-    (semantic window, which stages attend globally, heads). Class names come from the file."""
-    values = get_config(cfg.preset, num_classes=cfg.num_classes, mean=cfg.mean, std=cfg.std).to_dict()
-    for key in ("model_type", "class_names", "palette"):
-        values.pop(key)
-    return values
-
-
-def load(spec: str | os.PathLike[str], **overrides: Any) -> nn.Module:
-    """A model, in eval mode, from a name ``preset.tag`` or any file or folder in :data:`FORMATS`.
-
-    ``overrides`` (config fields) settle what official weights cannot show; our own formats
-    carry their config and refuse them.
-    """
-    return load_with_meta(spec, **overrides)[0]
-
-
-def load_with_meta(spec: str | os.PathLike[str], **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """:func:`load`, plus what the file says besides the weights: an mmseg ``meta``, a training
-    checkpoint's ``config`` and ``model_config``, or ``pretrained_cfg`` for a registered name."""
-    if is_pretrained_name(os.fspath(spec)) and not Path(spec).exists():
-        cfg = get_pretrained(os.fspath(spec))
-        if cfg.kind != "model":
-            raise ValueError(f"{spec} are encoder weights: use create_model(..., backbone_weights={cfg.tag!r})")
-        path = resolve_weights(cfg)
-        values = {**pretrained_overrides(cfg), **overrides}
-        model, meta = _load_folder(path, values) if path.is_dir() else _load_file(path, values)
-        return model.eval(), {**meta, "pretrained_cfg": cfg}
-    path = Path(spec)
-    if not path.exists():
-        hint = ""
-        if "/" not in os.fspath(spec) and path.suffix not in WEIGHT_SUFFIXES:
-            try:
-                get_pretrained(os.fspath(spec))
-            except KeyError as err:
-                hint = f"; as a name: {err.args[0]}"
-        raise FileNotFoundError(f"model {spec} is neither a registered name nor an existing file or folder{hint}")
-    model, meta = _load_folder(path, overrides) if path.is_dir() else _load_file(path, overrides)
-    return model.eval(), meta
 
 
 # ----------------------------------------------------------------------------- writing

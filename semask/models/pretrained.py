@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .base import IMAGENET_MEAN, IMAGENET_STD
+# ImageNet statistics in 0-255 RGB, the input normalisation of every released SeMask / Swin / SegFormer file.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+# mmseg's ratio list: the ADE20K / COCO-Stuff training resize choices and the multi-scale test ratios.
+MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 An *architecture* is a model class whose ``config_class`` is a :class:`ModelConfig`
 subclass; a *preset* is a name bound to an architecture and a set of config values.
-Families register both when :mod:`semask.models` is imported.
+Families register both when :mod:`semask.models` is imported, together with the converters of
+their official key layouts and readers of other libraries' ``config.json``; the loader finds
+them here, so nothing in the package imports a family to load it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import nn
-
-from .base import ModelConfig
 
 _ARCHITECTURES: dict[str, type[nn.Module]] = {}
 _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -38,13 +38,14 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _PRESETS if fnmatch.fnmatch(n, pattern))
 
 
-def config_class(model_type: str) -> type[ModelConfig]:
+def config_class(model_type: str) -> Any:
+    """The config dataclass (a :class:`semask.models.base.ModelConfig` subclass) of ``model_type``."""
     if model_type not in _ARCHITECTURES:
         raise KeyError(f"unknown model_type {model_type!r}; known: {sorted(_ARCHITECTURES)}")
-    return _ARCHITECTURES[model_type].config_class  # type: ignore[attr-defined,no-any-return]
+    return _ARCHITECTURES[model_type].config_class  # type: ignore[attr-defined]
 
 
-def get_config(name: str, **overrides: Any) -> ModelConfig:
+def get_config(name: str, **overrides: Any) -> Any:
     """The config of preset ``name`` with ``overrides`` applied (validated by the dataclass)."""
     if name not in _PRESETS:
         close = difflib.get_close_matches(name, list(_PRESETS), n=5, cutoff=0.6)
@@ -59,30 +60,9 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
     return cls(**{**values, **overrides})
 
 
-def build_model(config: ModelConfig) -> nn.Module:
+def build_model(config: Any) -> nn.Module:
     """Instantiate the architecture ``config`` describes (random initialisation)."""
     return _ARCHITECTURES[config.model_type](config)
-
-
-def create_model(
-    name: str, *, pretrained: str | None = None, backbone_weights: str | None = None, **overrides: Any
-) -> nn.Module:
-    """Build preset ``name`` (timm style).
-
-    ``pretrained`` is a tag of the preset's released weights (``"ade20k"``; see
-    :func:`semask.list_pretrained`): downloaded once, verified and loaded strictly.
-    ``backbone_weights`` initialises only the encoder: a tag (``"imagenet"``) or a file.
-    """
-    if pretrained is not None:
-        if backbone_weights is not None:
-            raise ValueError("pass pretrained (the whole model) or backbone_weights (the encoder), not both")
-        from .io import load
-
-        return load(f"{name}.{pretrained}", **overrides)
-    model = build_model(get_config(name, **overrides))
-    if backbone_weights is not None:
-        model.load_backbone_weights(backbone_weights)  # type: ignore[operator]
-    return model
 
 
 # Official-checkpoint converters: (detector, converter) pairs tried in order.
@@ -98,3 +78,17 @@ def register_converter(family: str, detect: Detector, convert: Converter) -> Non
 
 def converters() -> list[tuple[str, Detector, Converter]]:
     return list(_CONVERTERS)
+
+
+# Readers of another library's config.json (by its model_type) -> our config fields.
+ConfigReader = Callable[[dict[str, Any], str], dict[str, Any]]
+_CONFIG_READERS: dict[str, ConfigReader] = {}
+
+
+def register_config_reader(model_type: str, reader: ConfigReader) -> None:
+    """Teach :func:`semask.load` folders whose ``config.json`` has another library's ``model_type``."""
+    _CONFIG_READERS[model_type] = reader
+
+
+def config_reader(model_type: Any) -> ConfigReader | None:
+    return _CONFIG_READERS.get(model_type) if isinstance(model_type, str) else None

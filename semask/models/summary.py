@@ -99,7 +99,7 @@ def full_flops(model: nn.Module, pixel_values: torch.Tensor) -> int:
 
 def describe(name: str, num_classes: int = 150, size: tuple[int, int] = (512, 512)) -> ModelSummary:
     """Summary of preset ``name`` at ``num_classes`` and input ``size`` (H, W)."""
-    from .registry import create_model
+    from .loader import create_model
 
     model = create_model(name, num_classes=num_classes).eval()
     x = torch.zeros(1, 3, *size)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .base import BackboneLoadReport, ModelConfig, load_state_dict_checked, stage_indices, tuple_field
+from .base import ModelConfig, stage_indices, tuple_field
 from .layers import (
     CACHE_BYTES,
     DropPath,
@@ -33,6 +33,7 @@ from .layers import (
 )
 from .pretrained import PretrainedCfg, register_pretrained
 from .semantic_layer import SelfAttentionBlock, SemanticAttentionBlock, SemanticLayer
+from .strict import BackboneLoadReport, load_state_dict_checked
 
 # Additive mask value between tokens of different regions in shifted windows (official value).
 SHIFT_MASK_VALUE = -100.0

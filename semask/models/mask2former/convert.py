@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..base import CheckpointError, load_state_dict_strict
-from ..registry import register_converter
+from ..registry import build_model, register_converter
+from ..strict import CheckpointError, load_state_dict_strict
 from .model import MaskFormerConfig, SeMaskMaskFormer
 
 logger = logging.getLogger(__name__)
@@ -111,8 +111,6 @@ def convert_official_maskformer(
     state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any
 ) -> SeMaskMaskFormer:
     """Build the model a detectron2 SeMask checkpoint describes and load it strictly."""
-    from ..registry import build_model
-
     inferred = infer_maskformer_config(state_dict, overrides.get("decoder_heads", 8))
     assumed = {
         k: v

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import (
-    BackboneLoadReport,
     SeMaskModel,
     check_choice,
     tuple_field,
@@ -27,6 +26,7 @@ from ..outputs import SegmentationOutput
 from ..pretrained import PretrainedCfg, register_pretrained
 from ..registry import register_architecture, register_preset
 from ..semantic_layer import SemanticLayer
+from ..strict import BackboneLoadReport
 from ..swin import SwinBackboneConfig, load_swin_imagenet, swin_from_config, swin_imagenet_name
 from .criterion import SetCriterion
 from .pixel_decoders import FPNPixelDecoder, MSDeformAttnPixelDecoder

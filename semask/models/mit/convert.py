@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..base import (
-    BackboneLoadReport,
-    CheckpointError,
-    load_state_dict_checked,
-    load_state_dict_strict,
-)
 from ..layers import adapt_first_conv_in_state
-from ..registry import register_converter
+from ..registry import build_model, register_config_reader, register_converter
+from ..strict import BackboneLoadReport, CheckpointError, load_state_dict_checked, load_state_dict_strict
 from .config import _MIT_WIDE, SeMaskMiTConfig
 from .encoder import MixTransformer
-
-if TYPE_CHECKING:
-    from .model import SeMaskMiT
 
 # --------------------------------------------------------------- key schemes -> ours
 # Our encoder keys are the NVlabs ones. Rules rename mmseg / Hugging Face encoder keys
@@ -237,9 +229,7 @@ def _class_metadata(meta: dict[str, Any], num_classes: int) -> dict[str, Any]:
 _RELEASED_WIDTHS = {_MIT_WIDE, (32, 64, 160, 256)}  # B0 and B1-B5: heads C_i / C_1 = (1, 2, 5, 8)
 
 
-def _build_and_load(ours: dict[str, Tensor], meta: dict[str, Any], source: str, overrides: dict[str, Any]) -> SeMaskMiT:
-    from ..registry import build_model
-
+def _build_and_load(ours: dict[str, Tensor], meta: dict[str, Any], source: str, overrides: dict[str, Any]) -> nn.Module:
     values = infer_mit_config(ours, source)
     if "num_heads" not in overrides and values["embed_dims"] not in _RELEASED_WIDTHS:
         raise CheckpointError(
@@ -253,7 +243,7 @@ def _build_and_load(ours: dict[str, Tensor], meta: dict[str, Any], source: str, 
         if key.endswith("num_batches_tracked"):
             ours.setdefault(key, torch.zeros_like(value))
     load_state_dict_strict(model, ours, source)
-    return model  # type: ignore[return-value]
+    return model
 
 
 def _is_nvlabs_mit(state_dict: dict[str, Any]) -> bool:
@@ -263,7 +253,7 @@ def _is_nvlabs_mit(state_dict: dict[str, Any]) -> bool:
     )
 
 
-def convert_nvlabs_mit(state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any) -> SeMaskMiT:
+def convert_nvlabs_mit(state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any) -> nn.Module:
     ours = dict(state_dict)
     if "decode_head.linear_fuse.conv.weight" in ours:
         # mmseg's base head builds a conv_seg the all-MLP head never uses; drop it.
@@ -277,7 +267,7 @@ def _is_mmseg_segformer(state_dict: dict[str, Any]) -> bool:
 
 def convert_mmseg_segformer(
     state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any
-) -> SeMaskMiT:
+) -> nn.Module:
     """mmseg 0.x/1.x SegFormer: encoder renamed, head names already ours (``convs``, ``fusion_conv``, ``conv_seg``)."""
     encoder, rest = _split_prefix("backbone.", state_dict)
     ours = {**_with_prefix("backbone.", mmseg_encoder_to_ours(encoder, source)), **rest}
@@ -358,7 +348,7 @@ def hf_segformer_config(config: dict[str, Any], source: str) -> dict[str, Any]:
 
 def convert_hf_segformer(
     state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any
-) -> SeMaskMiT:
+) -> nn.Module:
     """Hugging Face ``SegformerForSemanticSegmentation`` weights (same maths as NVlabs)."""
     encoder, rest = _split_prefix("segformer.encoder.", hf5_to_hf4_keys(state_dict))
     head, rest = _split_prefix("decode_head.", rest)
@@ -373,3 +363,4 @@ def convert_hf_segformer(
 register_converter("mit_nvlabs", _is_nvlabs_mit, convert_nvlabs_mit)
 register_converter("mit_mmseg", _is_mmseg_segformer, convert_mmseg_segformer)
 register_converter("mit_hf", _is_hf_segformer, convert_hf_segformer)
+register_config_reader("segformer", hf_segformer_config)

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..base import (
-    BackboneLoadReport,
-)
 from ..pretrained import PretrainedCfg, register_pretrained
 from ..registry import register_architecture, register_preset
 from ..segmenter import EncoderDecoderModel
+from ..strict import BackboneLoadReport
 from .config import _VARIANTS, SeMaskMiTConfig
 from .convert import load_mit_imagenet
 from .encoder import MixTransformer

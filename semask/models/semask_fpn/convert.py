@@ -7,10 +7,8 @@ from typing import Any
 
 from torch import Tensor
 
-from ..base import (
-    load_state_dict_strict,
-)
-from ..registry import register_converter
+from ..registry import build_model, register_converter
+from ..strict import load_state_dict_strict
 from .model import SeMaskFPN, SeMaskFPNConfig
 
 
@@ -63,8 +61,6 @@ def official_to_semask_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 def convert_official_fpn(
     state_dict: dict[str, Tensor], meta: dict[str, Any], source: str, **overrides: Any
 ) -> SeMaskFPN:
-    from ..registry import build_model
-
     values = infer_fpn_config(state_dict)
     classes, palette = meta.get("CLASSES"), meta.get("PALETTE")
     if classes is not None and len(classes) == values["num_classes"]:
