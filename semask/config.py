@@ -32,18 +32,25 @@ class ModelSection:
 
     ``pretrained`` initialises the whole model (a name ``preset.tag`` or any file ``semask.load``
     reads); ``backbone_weights`` only the encoder (``imagenet``, a name, or an ImageNet file).
+    ``reset_classes`` fine-tunes ``pretrained`` weights on the dataset's classes: every tensor that
+    does not depend on the class count is loaded, the class-specific ones start fresh (rows of
+    classes with the same name are copied; the report goes to train.log).
     """
 
     name: str = "semask_swin_t_fpn"
     overrides: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
     backbone_weights: str | None = None
+    reset_classes: bool = False
     grad_checkpointing: bool = False  # recompute encoder stages in backward: less memory, ~1 more forward
     freeze_encoder: bool = False  # train only the decoder (no encoder gradients are computed)
 
     def __post_init__(self) -> None:
         """Check the name and every override against the preset now, not when training starts."""
         from .models import get_config
+
+        if self.reset_classes and self.pretrained is None:
+            raise ValueError("model.reset_classes applies to model.pretrained weights; set model.pretrained too")
 
         try:
             get_config(self.name, **self.overrides)

@@ -3,11 +3,13 @@
 :class:`FamilyTester` holds the checks; each ``Test*`` subclass names a preset, tiny overrides and
 how that family's official checkpoints are laid out. The checks: output shapes at odd sizes, our
 own save/load bit-exact, the official layout round trip, ONNX + onnxruntime, ``torch.export`` of
-the model itself, ``torch.compile`` and gradient checkpointing.
+the model itself, ``torch.compile``, gradient checkpointing and fine-tuning on other classes
+(``reset_classes``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,7 +21,9 @@ from conftest import TINY, randomize, to_official
 from torch import nn
 
 import semask
+from semask.models import CheckpointError
 from semask.models.outputs import SegmentationOutput
+from semask.models.registry import build_model
 
 K = 5
 
@@ -232,7 +236,47 @@ class FamilyTester:
         for name in ref:
             torch.testing.assert_close(got[name], ref[name], rtol=1e-6, atol=1e-7, msg=name)
 
+    def test_reset_classes_loads_the_rest_and_starts_the_classes_fresh(self, tmp_path: Path) -> None:
+        """5 named classes -> 3: every other tensor is the weights', the class-specific ones are
+        exactly the family's fresh initialisation except the rows of classes of the same name."""
+        model = self.make_model(seed=1)
+        model.config = dataclasses.replace(model.config, class_names=["sea", "land", "boat", "car", "buoy"])
+        model.save_pretrained(tmp_path / "m")
+        with pytest.raises(CheckpointError, match="has 5 classes, 3 were asked for: pass reset_classes=True"):
+            semask.load(tmp_path / "m", num_classes=3)
+        names = ["Car", "road", "sea "]  # case and spaces do not matter
+        torch.manual_seed(11)
+        source = semask.load(tmp_path / "m")  # the loader builds the source first, then the new model
+        fresh = build_model(dataclasses.replace(source.config, num_classes=3, class_names=names, palette=None))
+        torch.manual_seed(11)
+        got, meta = semask.models.loader.load_with_meta(tmp_path / "m", class_names=names, reset_classes=True)
+        report = meta["class_reset"]
+        assert got.config.num_classes == 3 and got.config.class_names == names
+        assert report.copied == [("Car", 0, 3), ("sea ", 2, 0)] and report.fresh == ["road"]
+        assert "car (0 <- 3)" in str(report).lower() and "drawn fresh: road" in str(report)
+        reset = set(report.reset)
+        assert reset and all(any(re.fullmatch(p, k) for p in self.class_specific) for k in reset)
+        assert all(any(re.fullmatch(p, k) for k in reset) for p in self.class_specific)
+        new, old, init = got.state_dict(), source.state_dict(), fresh.state_dict()
+        assert report.loaded == len(new) - len(reset)
+        for key in new:
+            if key not in reset:
+                assert torch.equal(new[key], old[key]), key
+                continue
+            assert new[key].shape[0] == 3 + key.endswith(("class_embed.weight", "class_embed.bias")), key
+            torch.testing.assert_close(new[key][0], old[key][3], rtol=0, atol=0, msg=key)  # car
+            torch.testing.assert_close(new[key][2], old[key][0], rtol=0, atol=0, msg=key)  # sea
+            torch.testing.assert_close(new[key][1], init[key][1], rtol=0, atol=0, msg=key)  # road: the family's init
+            torch.testing.assert_close(new[key][3:], init[key][3:], rtol=0, atol=0, msg=key)  # "no object"
+        with torch.no_grad():
+            assert got(_image(1, 3, *self.odd_sizes[0])).logits.shape == (1, 3, *self.odd_sizes[0])
+
     unused_in_loss: ClassVar[int] = 0
+    # the class-specific tensors of the family (regexes over state-dict keys)
+    class_specific: ClassVar[tuple[str, ...]] = (
+        r"decode_head\.conv_seg\.(weight|bias)",
+        r"backbone\.layers\.[0-3]\.semantic_layer\.class_injection\.0\.mlp_cls_[qk]\.(weight|bias)",
+    )
 
 
 class TestSeMaskFPN(FamilyTester):
@@ -249,6 +293,10 @@ MIT_TINY = dict(conftest.MIT_TINY, semantic_window_size=4)
 class TestSeMaskMiT(FamilyTester):
     preset = "semask_mit_b0"
     overrides: ClassVar[dict[str, Any]] = MIT_TINY
+    class_specific = (
+        r"decode_head\.conv_seg\.(weight|bias)",
+        r"backbone\.semantic_layer\.[0-3]\.class_injection\.0\.mlp_cls_[qk]\.(weight|bias)",
+    )
 
     def official_checkpoint(self, model: nn.Module) -> dict[str, Any]:
         return {"state_dict": dict(model.state_dict())}  # NVlabs keys: backbone.patch_embed1..., block1.0...
@@ -266,6 +314,10 @@ class TestSeMaskMask2Former(FamilyTester):
     preset = "semask_swin_t_mask2former"
     overrides: ClassVar[dict[str, Any]] = M2F_TINY
     train_size = (40, 56)
+    class_specific = (
+        r"sem_seg_head\.predictor\.class_embed\.(weight|bias)",
+        r"backbone\.layers\.[0-3]\.semantic_layer\.class_injection\.0\.mlp_cls_[qk]\.(weight|bias)",
+    )
 
     def official_checkpoint(self, model: nn.Module) -> dict[str, Any]:
         """detectron2: ``.gamma``, index buffers, the criterion's ``empty_weight``, under ``model``."""
@@ -288,3 +340,38 @@ class TestSeMaskMask2Former(FamilyTester):
             padded = model(torch.nn.functional.pad(x, (0, 96 - w, 0, 64 - h)))
         assert out.pred_masks.shape == (1, 8, 16, 24)  # (64 x 96) / 4
         torch.testing.assert_close(out.logits, padded.logits[..., :h, :w], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "class_specific"),
+    [
+        ("swin_t_fpn", TINY, [r"decode_head\.conv_seg\..*"]),
+        ("trans_swin_t_fpn", TINY, [r"decode_head\.conv_seg\..*"]),  # self-attention q/k are C x C: kept
+        ("swin_t_fpn_aux", TINY, [r"decode_head\.conv_seg\..*", r"backbone\.layers\.\d\.aux_classifier\..*"]),
+        ("query_swin_t_fpn", TINY, [r"decode_head\.conv_seg\..*", r"backbone\.layers\.\d\.aux_classifier\..*"]),
+        ("segformer_b0", MIT_TINY, [r"decode_head\.linear_pred\..*"]),
+        ("mit_b0", MIT_TINY, [r"decode_head\.conv_seg\..*"]),
+        ("semask_swin_t_maskformer", M2F_TINY, [r"sem_seg_head\.predictor\.class_embed\..*", r".*\.mlp_cls_[qk]\..*"]),
+        (
+            "semask_swin_t_mask2former_msfapn",
+            M2F_TINY,
+            [r"sem_seg_head\.predictor\.class_embed\..*", r".*\.mlp_cls_[qk]\..*"],
+        ),
+    ],
+)
+def test_reset_classes_of_baselines_and_ablations(
+    preset: str, overrides: dict[str, Any], class_specific: list[str], tmp_path: Path
+) -> None:
+    """Each preset's class-specific tensors are exactly its classifiers (and, for SeMask, the
+    semantic projections); the rest loads, and the model runs with the new classes."""
+    torch.manual_seed(0)
+    model = randomize(semask.create_model(preset, num_classes=K, **overrides))
+    model.save_pretrained(tmp_path / "m")
+    got, meta = semask.models.loader.load_with_meta(tmp_path / "m", num_classes=2, reset_classes=True)
+    reset = meta["class_reset"].reset
+    assert {p for p in class_specific if any(re.fullmatch(p, k) for k in reset)} == set(class_specific)
+    assert all(any(re.fullmatch(p, k) for p in class_specific) for k in reset)
+    old = model.state_dict()
+    assert all(torch.equal(v, old[k]) for k, v in got.state_dict().items() if k not in reset)
+    with torch.no_grad():
+        assert got(_image(1, 3, 40, 56)).logits.shape == (1, 2, 40, 56)

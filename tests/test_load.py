@@ -291,7 +291,10 @@ def test_our_folder_and_file_and_base_class_round_trip(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="not a SeMaskMiT"):
         type(semask.create_model("test_tiny_segformer", num_classes=4)).from_pretrained(tmp_path / "folder")
     with pytest.raises(ValueError, match="cannot change the saved model"):
+        semask.load(tmp_path / "folder", embed_dim=32)
+    with pytest.raises(CheckpointError, match="has 5 classes, 7 were asked for: pass reset_classes=True"):
         semask.load(tmp_path / "folder", num_classes=7)
+    assert semask.load(tmp_path / "folder", num_classes=5).config == model.config  # the same classes: fine
 
 
 def test_anything_else_lists_the_formats_tried(tmp_path: Path) -> None:

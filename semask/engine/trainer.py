@@ -156,7 +156,8 @@ def model_for_run(
 ) -> nn.Module:
     """The model ``cfg`` names, for ``num_classes`` classes (and ``in_channels`` input bands),
     initialised as ``cfg`` asks."""
-    from ..models import create_model, load
+    from ..models import create_model
+    from ..models.loader import load_with_meta
 
     overrides = dict(cfg.overrides)
     if in_channels != 3:
@@ -166,13 +167,13 @@ def model_for_run(
     if cfg.pretrained is not None:
         if cfg.backbone_weights is not None:
             raise ValueError("set model.pretrained or model.backbone_weights, not both")
-        # a name preset.tag or any file semask.load reads; overrides settle what official weights cannot show
-        extra = {k: v for k, v in overrides.items() if k != "num_classes"}
-        model = load(cfg.pretrained, **extra)
-        if model.config.num_classes != num_classes:
-            raise ValueError(
-                f"model.pretrained={cfg.pretrained} has {model.config.num_classes} classes, the dataset {num_classes}"
-            )
+        # a name preset.tag or any file semask.load reads; overrides settle what official weights cannot show;
+        # the dataset's classes: the same count renames them, another needs model.reset_classes
+        classes = {"num_classes": num_classes, "class_names": class_names, "palette": palette}
+        overrides.update({k: v for k, v in classes.items() if v is not None})
+        model, meta = load_with_meta(cfg.pretrained, reset_classes=cfg.reset_classes, **overrides)
+        if meta["class_reset"] is not None:
+            logger.info("model.reset_classes: %s", meta["class_reset"])
         return model.train()
     if class_names is not None:
         overrides.setdefault("class_names", list(class_names))

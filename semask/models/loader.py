@@ -15,6 +15,7 @@ then the registries, this loader, :mod:`.base`, the shared layers and the famili
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,16 @@ from typing import Any
 from torch import Tensor, nn
 
 from .io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME, read_checkpoint, read_json, read_safetensors
+from .palettes import DATASET_CLASSES
 from .pretrained import PretrainedCfg, get_pretrained, is_pretrained_name, resolve_weights
 from .registry import build_model, config_class, config_reader, converters, get_config
+from .reset import fit_classes
 from .strict import CheckpointError, load_state_dict_strict
+
+logger = logging.getLogger(__name__)
+
+#: What a model's classes are; the loader sets them after loading the weights as they are.
+CLASS_FIELDS = ("num_classes", "class_names", "palette")
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".pkl", ".safetensors")
 FORMATS = (
@@ -118,18 +126,36 @@ def pretrained_overrides(cfg: PretrainedCfg) -> dict[str, Any]:
     return values
 
 
-def load(spec: str | os.PathLike[str], **overrides: Any) -> nn.Module:
+def load(spec: str | os.PathLike[str], *, reset_classes: bool = False, **overrides: Any) -> nn.Module:
     """A model, in eval mode, from a name ``preset.tag`` or any file or folder in :data:`FORMATS`.
 
     ``overrides`` (config fields) settle what official weights cannot show; our own formats
-    carry their config and refuse them.
+    carry their config and refuse them. ``num_classes`` / ``class_names`` / ``palette`` ask for
+    classes: the same number renames them; another number is an error unless ``reset_classes``,
+    which loads every tensor that does not depend on the classes, starts the class-specific ones
+    fresh and copies the rows of classes whose names the weights know
+    (:func:`semask.models.reset.reset_classes`; the report is logged).
     """
-    return load_with_meta(spec, **overrides)[0]
+    model, meta = load_with_meta(spec, reset_classes=reset_classes, **overrides)
+    if meta.get("class_reset") is not None:
+        logger.info("%s", meta["class_reset"])
+    return model
 
 
-def load_with_meta(spec: str | os.PathLike[str], **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+def load_with_meta(
+    spec: str | os.PathLike[str], *, reset_classes: bool = False, **overrides: Any
+) -> tuple[nn.Module, dict[str, Any]]:
     """:func:`load`, plus what the file says besides the weights: an mmseg ``meta``, a training
-    checkpoint's ``config`` and ``model_config``, or ``pretrained_cfg`` for a registered name."""
+    checkpoint's ``config`` and ``model_config``, ``pretrained_cfg`` for a registered name, and
+    ``class_reset`` (the :class:`~semask.models.reset.ClassResetReport`, or None)."""
+    wanted = {k: overrides.pop(k) for k in CLASS_FIELDS if k in overrides}
+    model, meta = _load_as_stored(spec, overrides)
+    model, report = fit_classes(model, wanted, reset_classes, os.fspath(spec))
+    return model.eval(), {**meta, "class_reset": report}
+
+
+def _load_as_stored(spec: str | os.PathLike[str], overrides: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """The model ``spec`` holds, with the classes of its weights."""
     if is_pretrained_name(os.fspath(spec)) and not Path(spec).exists():
         cfg = get_pretrained(os.fspath(spec))
         if cfg.kind != "model":
@@ -137,7 +163,8 @@ def load_with_meta(spec: str | os.PathLike[str], **overrides: Any) -> tuple[nn.M
         path = resolve_weights(cfg)
         values = {**pretrained_overrides(cfg), **overrides}
         model, meta = _load_folder(path, values) if path.is_dir() else _load_file(path, values)
-        return model.eval(), {**meta, "pretrained_cfg": cfg}
+        _name_dataset_classes(model, cfg)
+        return model, {**meta, "pretrained_cfg": cfg}
     path = Path(spec)
     if not path.exists():
         hint = ""
@@ -147,23 +174,40 @@ def load_with_meta(spec: str | os.PathLike[str], **overrides: Any) -> tuple[nn.M
             except KeyError as err:
                 hint = f"; as a name: {err.args[0]}"
         raise FileNotFoundError(f"model {spec} is neither a registered name nor an existing file or folder{hint}")
-    model, meta = _load_folder(path, overrides) if path.is_dir() else _load_file(path, overrides)
-    return model.eval(), meta
+    return _load_folder(path, overrides) if path.is_dir() else _load_file(path, overrides)
+
+
+def _name_dataset_classes(model: nn.Module, cfg: PretrainedCfg) -> None:
+    """Class names and colours of the entry's dataset for files that carry none (detectron2)."""
+    config = model.config  # type: ignore[union-attr]
+    names, palette = DATASET_CLASSES.get(cfg.dataset or "", (None, None))
+    if config.class_names is None and names is not None and len(names) == config.num_classes:
+        config.class_names = list(names)
+        config.palette = config.palette or [list(c) for c in palette]
 
 
 def create_model(
-    name: str, *, pretrained: str | None = None, backbone_weights: str | None = None, **overrides: Any
+    name: str,
+    *,
+    pretrained: str | None = None,
+    backbone_weights: str | None = None,
+    reset_classes: bool = False,
+    **overrides: Any,
 ) -> nn.Module:
     """Build preset ``name`` (timm style).
 
     ``pretrained`` is a tag of the preset's released weights (``"ade20k"``; see
-    :func:`semask.list_pretrained`): downloaded once, verified and loaded strictly.
-    ``backbone_weights`` initialises only the encoder: a tag (``"imagenet"``) or a file.
+    :func:`semask.list_pretrained`): downloaded once, verified and loaded strictly; with
+    ``num_classes`` other than the weights' and ``reset_classes=True`` the class-specific
+    tensors start fresh (:func:`load`). ``backbone_weights`` initialises only the encoder: a tag
+    (``"imagenet"``) or a file.
     """
     if pretrained is not None:
         if backbone_weights is not None:
             raise ValueError("pass pretrained (the whole model) or backbone_weights (the encoder), not both")
-        return load(f"{name}.{pretrained}", **overrides)
+        return load(f"{name}.{pretrained}", reset_classes=reset_classes, **overrides)
+    if reset_classes:
+        raise ValueError("reset_classes=True applies to pretrained weights: pass pretrained=TAG as well")
     model = build_model(get_config(name, **overrides))
     if backbone_weights is not None:
         model.load_backbone_weights(backbone_weights)  # type: ignore[operator]
