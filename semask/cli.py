@@ -217,7 +217,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 raise ValueError(
                     f"{target} carries no dataset settings; pass --data-type and --data-root (and --split)"
                 )
-            cfg = ExperimentConfig.from_dict({}, "defaults", args.overrides)
+            protocol = model.config.protocol  # the model's own test protocol, under the overrides
+            cfg = ExperimentConfig.from_dict({"eval": protocol} if protocol else {}, "defaults", args.overrides)
     data = cfg.data
     data_type = args.data_type or data.type
     data_root = args.data_root or data.root
@@ -260,24 +261,22 @@ def _base_dataset_kwargs(data: Any) -> dict[str, Any]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .config import EvalConfig
     from .engine.amp import autocast, resolve_amp_dtype
-    from .engine.predict import UnreadableImagesError, load_model_any, predict_folder
+    from .engine.predict import UnreadableImagesError, load_model_any, model_protocol, predict_folder
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be between 0 and 1 (overlay opacity), got {args.alpha}")
     if Path(args.out).is_file():
         raise ValueError(f"--out {args.out} is a file; give a folder for the labels/, color/ and overlay/ PNGs")
     device = _device(args.device)
-    model, embedded = load_model_any(args.model)
+    model, _ = load_model_any(args.model)
     if args.save_priors:
         from .engine.health import semantic_layers
 
         if not semantic_layers(model):
             raise ValueError(f"--save-priors: {args.model} has no semantic layers (a baseline), so no prior maps")
     model = model.to(device)
-    base = embedded.eval if embedded is not None else EvalConfig(scale=None)
-    settings = _eval_settings(args, base, model)
+    settings = _eval_settings(args, model_protocol(model), model)
     failure = None
     with autocast(device, resolve_amp_dtype(device, args.amp)):
         try:
@@ -442,13 +441,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .engine.predict import load_model_any
     from .explain import explain
 
-    model, embedded = load_model_any(args.model)
+    model, _ = load_model_any(args.model)
     device = _device(args.device)
     model = model.to(device)
-    scale = embedded.eval.scale if embedded is not None and args.scale is _UNSET else args.scale
-    scale = None if scale is _UNSET else scale
+    options = {} if args.scale is _UNSET else {"scale": args.scale}  # default: the model's protocol
     with autocast(device, resolve_amp_dtype(device, args.amp)):
-        found = explain(model, args.image, classes=args.classes, top_k=args.top_k, scale=scale)
+        found = explain(model, args.image, classes=args.classes, top_k=args.top_k, **options)
     files = found.save(args.out, f"{Path(args.image).stem}_explain")
     print(f"composite: {files['composite']}\narrays:    {files['arrays']}")
     print("lambda: " + (", ".join(f"{k}={v:.4f}" for k, v in found.lambdas.items()) or "none"))
@@ -464,7 +462,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         max_upload_mb=args.max_upload_mb,
         max_pixels=args.max_pixels,
-        scale=args.scale,
+        **({} if args.scale is _UNSET else {"scale": args.scale}),
     )
     return 0
 
@@ -685,9 +683,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="larger images get 422")
     p.add_argument(
         "--scale",
-        type=_size,
+        type=_scale_arg,
+        default=_UNSET,
         metavar="LONGxSHORT",
-        help="resize uploads to fit first (default: a training checkpoint's eval.scale, else the original size)",
+        help="resize uploads to fit first; 0 = the original size (default: the model's test protocol)",
     )
     p.set_defaults(func=cmd_serve)
 

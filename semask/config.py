@@ -329,6 +329,21 @@ class EvalConfig:
         if self.sizes is not None and (not self.sizes or min(self.sizes) < 1 or not self.max_size):
             raise ValueError(f"sizes needs positive short-edge sizes and a max_size, got {self.sizes}, {self.max_size}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists for tuples): what a model records as its ``config.protocol``."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, protocol: dict[str, Any], source: str = "protocol") -> EvalConfig:
+        """The protocol a model records (any subset of the fields; the rest keep their defaults), checked."""
+        return _build(cls, dict(protocol), source, "eval.")
+
+    @classmethod
+    def of_model(cls, model: Any, default: EvalConfig) -> EvalConfig:
+        """The test protocol ``model`` records in ``config.protocol``, or ``default`` if it records none."""
+        protocol = getattr(getattr(model, "config", None), "protocol", None)
+        return default if protocol is None else cls.from_dict(protocol, f"{type(model).__name__}.config.protocol")
+
     def predict_options(self) -> dict[str, Any]:
         """The keyword arguments of ``semask.predict`` / ``predict_folder`` / ``predict_image`` for this protocol."""
         return dict(

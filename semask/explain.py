@@ -34,7 +34,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .engine.health import semantic_lambdas, semantic_layers
-from .engine.predict import load_rgb
+from .engine.predict import FROM_MODEL, load_rgb, model_protocol
 
 __all__ = ["Explanation", "NoSemanticLayersError", "explain", "prior_heatmaps"]
 
@@ -275,13 +275,14 @@ def explain(
     classes: Sequence[int | str] | str | None = None,
     top_k: int = 3,
     *,
-    scale: tuple[int, int] | None = None,
+    scale: tuple[int, int] | None = FROM_MODEL,
 ) -> Explanation:
     """Run ``model`` on ``image`` once and collect its semantic-prior maps (module docstring).
 
     ``classes``: class names or ids (or ``"boat,car"``) to draw heatmaps for; ``None`` takes
     the ``top_k`` classes covering most pixels of the prediction. ``scale`` = (long, short)
-    resizes the image first with the family's test resize, as :func:`semask.predict` does. Raises
+    resizes the image first with the family's test resize, as :func:`semask.predict` does (default:
+    the scale of the model's test protocol; one whole-image pass, whatever the protocol's mode). Raises
     :class:`NoSemanticLayersError` for models without semantic layers (the baselines).
     """
     from .data.palettes import default_palette
@@ -297,6 +298,7 @@ def explain(
             "semantic-prior maps to explain; use a SeMask preset (semask_*)"
         )
     config = model.config  # type: ignore[union-attr]
+    scale = model_protocol(model, scale=scale).scale
     rgb = load_rgb(image)
     model.eval()
     resized = pipeline_for(config).test_transform(scale, config.mean, config.std).resize(rgb)  # as predict does

@@ -14,8 +14,8 @@ from test_train import tiny_config
 import semask
 from semask.cli import main
 from semask.config import dump_config
-from semask.data import make_context_dataset
-from semask.engine.predict import predict
+from semask.data import colorize, make_context_dataset
+from semask.engine.predict import load_model_any, predict
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,9 +30,10 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One short training run through ``semask train`` shared by the tests below."""
+    """One short training run through ``semask train`` shared by the tests below (48x72 images,
+    tested resized to fit 64x64: the protocol is not the original size)."""
     root = tmp_path_factory.mktemp("cli")
-    data = make_context_dataset(root / "data", num_train=8, num_val=3, size=64, seed=1)
+    data = make_context_dataset(root / "data", num_train=8, num_val=3, size=(48, 72), seed=1)
     config = dump_config(
         tiny_config(data, "schedule.iters=4", "train.eval_interval=2", "train.ckpt_interval=2"), root / "tiny.yaml"
     )
@@ -84,6 +85,63 @@ def test_train_writes_the_run_folder_and_resume_extends_it(
     assert "resuming from" in (resumed / "train.log").read_text()
 
 
+def test_one_model_gives_one_answer_everywhere(trained: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    """The trainer's final val record, ``semask eval`` of the final checkpoint, ``semask eval W/model``,
+    ``semask predict W/model`` + ``semask score`` agree exactly, and ``semask.predict(semask.load(W/model),
+    image)`` equals the CLI's PNG: the model records its test protocol (issue 24: 38.40 / 38.40 / 38.74 /
+    38.06 before, as ``eval W/model`` used the default resize and ``predict`` the original size)."""
+    root, work, data = trained["root"], trained["work"], trained["data"]
+    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in records if r["type"] == "val"][-1]
+    assert final["iter"] == 4 and len([r for r in records if r["type"] == "val"]) == 2  # an earlier eval too
+    protocol = json.loads((work / "model" / "config.json").read_text())["protocol"]
+    assert protocol["mode"] == "whole" and protocol["scale"] == [64, 64]
+
+    def miou(name: str) -> float:
+        return json.loads((root / name).read_text())["mIoU"]
+
+    def run(*argv: str) -> None:
+        assert main(list(argv)) == 0, argv
+
+    run("eval", str(work / "checkpoints" / "latest.pth"), "--out", str(root / "ckpt.json"), "--num-workers", "0")
+    model_dir = str(work / "model")
+    run("eval", model_dir, "--data-type", "folder", "--data-root", str(data), "--num-workers", "0",
+        "--pred-dir", str(root / "evalpred"), "--out", str(root / "model.json"))  # fmt: skip
+    images = data / "images" / "val"
+    run("predict", model_dir, str(images), "--out", str(root / "out"), "--alpha", "0.6")
+    run("score", str(root / "out" / "labels"), str(data / "labels" / "val"), "--num-classes", "5",
+        "--out", str(root / "score.json"))  # fmt: skip
+    assert final["mIoU"] == miou("ckpt.json") == miou("model.json") == miou("score.json")
+    assert json.loads((root / "score.json").read_text())["IoU"] == pytest.approx(
+        json.loads((root / "model.json").read_text())["IoU"], nan_ok=True, rel=0, abs=0
+    )
+    model = semask.load(work / "model")
+    for image in sorted(images.iterdir()):
+        ids = np.array(Image.open(root / "out" / "labels" / image.name))
+        assert ids.shape == (48, 72)
+        assert np.array_equal(ids, np.array(Image.open(root / "evalpred" / image.name)))
+        assert np.array_equal(predict(model, image), ids)
+        overlay = np.array(Image.open(root / "out" / "overlay" / image.name))
+        assert overlay.shape == np.array(Image.open(image)).shape
+        assert np.array_equal(
+            np.array(Image.open(root / "out" / "color" / image.name)), colorize(ids, model.config.palette)
+        )
+    # the protocol is what decides: the original size gives other ids (so the checks above can fail)
+    first = sorted(images.iterdir())[0]
+    native = predict(model, first, scale=None)
+    assert not np.array_equal(native, predict(model, first))
+    run("predict", model_dir, str(first), "--out", str(root / "native"), "--scale", "0")
+    assert np.array_equal(np.array(Image.open(root / "native" / "labels" / first.name)), native)
+
+
+def test_a_checkpoint_without_a_recorded_protocol_uses_its_config(trained: dict[str, Path], tmp_path: Path) -> None:
+    state = torch.load(trained["work"] / "checkpoints" / "latest.pth", weights_only=False)
+    assert state["model_config"].pop("protocol") == state["config"]["eval"]
+    torch.save(state, tmp_path / "old.pth")  # as written before models recorded their protocol
+    model, run = load_model_any(tmp_path / "old.pth")
+    assert model.config.protocol == run.eval.to_dict() == state["config"]["eval"]
+
+
 def test_eval_predict_and_score_agree(trained: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     root, work = trained["root"], trained["work"]
     summary = json.loads((work / "summary.json").read_text())
@@ -117,38 +175,11 @@ def test_eval_predict_and_score_agree(trained: dict[str, Path], capsys: pytest.C
     )
     final = json.loads((root / "final.json").read_text())
     assert final["mIoU"] == pytest.approx(summary["metrics"]["mIoU"], abs=1e-9)
-    assert (
-        main(
-            [
-                "score",
-                str(root / "pred"),
-                str(trained["data"] / "labels" / "val"),
-                "--num-classes",
-                "5",
-                "--out",
-                str(root / "score.json"),
-            ]
-        )
-        == 0
-    )
-    scored = json.loads((root / "score.json").read_text())
-    assert scored["mIoU"] == pytest.approx(final["mIoU"], abs=1e-9)
-    assert scored["IoU"] == pytest.approx(final["IoU"], nan_ok=True)
-
-    # predict at the original size (64x64 = the eval scale): same ids as eval saved
-    images = trained["data"] / "images" / "val"
-    assert main(["predict", str(work / "model"), str(images), "--out", str(root / "out"), "--alpha", "0.6"]) == 0
-    for image in sorted(images.iterdir()):
-        ids = np.array(Image.open(root / "out" / "labels" / image.name))
-        assert np.array_equal(ids, np.array(Image.open(root / "pred" / image.name)))
-        overlay = np.array(Image.open(root / "out" / "overlay" / image.name))
-        assert overlay.shape == np.array(Image.open(image)).shape
-        assert np.array(Image.open(root / "out" / "color" / image.name)).shape == overlay.shape
 
     # the Python API takes a path, a PIL image or an array and gives the same ids
     model = semask.load(work / "model")
-    first = sorted(images.iterdir())[0]
-    ids = np.array(Image.open(root / "out" / "labels" / first.name))
+    first = sorted((trained["data"] / "images" / "val").iterdir())[0]
+    ids = np.array(Image.open(root / "pred" / first.name))
     for image in (first, Image.open(first), np.array(Image.open(first).convert("RGB"))):
         assert np.array_equal(predict(model, image), ids)
     with pytest.raises(ValueError, match=r"\(H, W, 3\) RGB or \(H, W\) grey uint8 array, got float32"):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
 import semask
 from semask.cli import demo_config
@@ -206,3 +208,20 @@ def test_from_dict_applies_overrides_to_an_embedded_config() -> None:
     cfg = ExperimentConfig.from_dict(stored, "ckpt", ["data.root=/elsewhere"])
     assert cfg.data.root == "/elsewhere"
     assert stored["data"]["root"] != "/elsewhere"  # the input dict is not modified
+
+
+def test_a_models_protocol_has_the_fields_of_eval_config(tmp_path: Path) -> None:
+    from semask.config import EvalConfig
+    from semask.models.base import PROTOCOL_FIELDS
+
+    assert set(PROTOCOL_FIELDS) == {f.name for f in dataclasses.fields(EvalConfig)}
+    cfg = EvalConfig(mode="slide", crop_size=(64, 64), stride=(48, 48), scale=(256, 128), flip=True)
+    assert EvalConfig.from_dict(cfg.to_dict()) == cfg
+    model = semask.create_model("semask_swin_t_fpn", num_classes=3, protocol=cfg.to_dict(), **TINY)
+    model.save_pretrained(tmp_path / "m")
+    assert EvalConfig.of_model(semask.load(tmp_path / "m"), EvalConfig()) == cfg
+    assert EvalConfig.of_model(semask.create_model("semask_swin_t_fpn", num_classes=3, **TINY), cfg) is cfg
+    with pytest.raises(ValueError, match=r"protocol has unknown fields \['scael'\]"):
+        semask.create_model("semask_swin_t_fpn", num_classes=3, protocol={"scael": [1, 1]}, **TINY)
+    with pytest.raises(ConfigError, match="eval.mode must be one of 'whole', 'slide'"):
+        EvalConfig.from_dict({"mode": "sliding"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -80,6 +81,16 @@ def test_prediction_disagreement_and_heatmaps() -> None:
     assert e.heatmaps.min() >= 0
     # confidences are probabilities
     assert e.confidence.min() >= 1 / K - 1e-6 and e.confidence.max() <= 1
+
+
+def test_the_model_protocol_sets_the_default_scale() -> None:
+    model = tiny()
+    image = random_image(40, 56, seed=1)
+    model.config = dataclasses.replace(model.config, protocol={"mode": "whole", "scale": [112, 80]})
+    by_protocol = semask.explain(model, image)
+    assert by_protocol.prediction.shape == (40, 56)
+    np.testing.assert_array_equal(by_protocol.prediction, semask.explain(model, image, scale=(112, 80)).prediction)
+    assert not np.array_equal(by_protocol.prediction, semask.explain(model, image, scale=None).prediction)
 
 
 def test_classes_by_name_and_top_k() -> None:

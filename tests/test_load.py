@@ -376,6 +376,7 @@ def test_name_downloads_once_verifies_and_loads(server, tmp_path: Path, monkeypa
     loaded = semask.load("test_tiny_semask_fpn.local")
     same_outputs(model, loaded)
     assert loaded.config.class_names == list("abcde")
+    assert loaded.config.protocol == {"mode": "whole", "scale": [256, 64]}  # the registered test protocol
     again = semask.create_model("test_tiny_semask_fpn", pretrained="local")  # from the cache: no request
     same_outputs(model, again)
     assert server.log == [("GET", "/w.pth")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import io
 import json
@@ -93,6 +94,22 @@ def test_predict_returns_the_label_png_of_semask_predict(server: Any) -> None:
     palette = np.asarray(service.palette, np.uint8)
     np.testing.assert_array_equal(colours, palette[expected])
     assert "priors" not in answer
+
+
+def test_the_model_protocol_decides_unless_told_otherwise() -> None:
+    """Labels come from the model's test protocol (here sliding windows on a resized image), with or
+    without priors; ``scale`` replaces its resize."""
+    model = tiny_model()
+    protocol = {"mode": "slide", "crop_size": [32, 32], "stride": [24, 24], "scale": [96, 48]}
+    model.config = dataclasses.replace(model.config, protocol=protocol)
+    image = scene()
+    expected = semask.predict(model, image)
+    assert not np.array_equal(expected, semask.predict(model, image, mode="whole", scale=None))
+    for priors in (False, True):
+        answer = ModelService(model).run(image, priors=priors)
+        np.testing.assert_array_equal(decode_png(answer["label_png"]), expected)
+    native = ModelService(model, scale=None).run(image)
+    np.testing.assert_array_equal(decode_png(native["label_png"]), semask.predict(model, image, scale=None))
 
 
 def test_priors_multipart_and_jpeg(server: Any) -> None:

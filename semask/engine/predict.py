@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..config import ExperimentConfig
+from ..config import EvalConfig, ExperimentConfig
 from ..data.datasets import IMAGE_SUFFIXES  # one list for training folders, eval and predict
 
 
@@ -73,12 +73,18 @@ def load_model_any(spec: str | os.PathLike[str]) -> tuple[nn.Module, ExperimentC
     """A model (eval mode) from anything :func:`semask.models.load` reads, plus the run settings
     that come with it: a training checkpoint's config, or a registered checkpoint's dataset and
     test protocol (so ``semask eval semask_swin_t_fpn.ade20k --data-root R`` runs the paper's test).
+    A checkpoint written before models recorded their protocol gets its config's ``eval``.
     """
+    import dataclasses
+
     from ..models.loader import load_with_meta
 
     model, meta = load_with_meta(spec)
     if "config" in meta:
-        return model, ExperimentConfig.from_dict(meta["config"], source=f"{spec} (embedded config)")
+        run = ExperimentConfig.from_dict(meta["config"], source=f"{spec} (embedded config)")
+        if model.config.protocol is None:
+            model.config = dataclasses.replace(model.config, protocol=run.eval.to_dict())
+        return model, run
     pretrained = meta.get("pretrained_cfg")
     if pretrained is not None and pretrained.dataset is not None:
         run = {
@@ -108,18 +114,39 @@ class Prediction:
         return {self.class_names[int(ids[k])]: float(counts[k]) / self.labels.size for k in order}
 
 
+class _FromModel:
+    """The default of :func:`predict`'s protocol keywords: the model's own test protocol."""
+
+    def __repr__(self) -> str:
+        return "FROM_MODEL"
+
+
+FROM_MODEL: Any = _FromModel()
+#: Without a recorded protocol: the image at its original size, in one piece.
+NATIVE = EvalConfig(scale=None)
+
+
+def model_protocol(model: nn.Module, default: EvalConfig = NATIVE, **given: Any) -> EvalConfig:
+    """The test protocol of ``model`` (``config.protocol``; ``default`` if it records none) with the
+    ``given`` :class:`EvalConfig` fields that are not :data:`FROM_MODEL` put in."""
+    import dataclasses
+
+    base = EvalConfig.of_model(model, default)
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not FROM_MODEL})
+
+
 def predict(
     model: nn.Module,
     image: ImageInput | Sequence[ImageInput],
     *,
-    scale: tuple[int, int] | None = None,
-    mode: str = "whole",
-    crop_size: tuple[int, int] | None = None,
-    stride: tuple[int, int] | None = None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    sizes: Sequence[int] | None = None,
-    max_size: int | None = None,
+    scale: tuple[int, int] | None = FROM_MODEL,
+    mode: str = FROM_MODEL,
+    crop_size: tuple[int, int] | None = FROM_MODEL,
+    stride: tuple[int, int] | None = FROM_MODEL,
+    scales: Sequence[float] = FROM_MODEL,
+    flip: bool = FROM_MODEL,
+    sizes: Sequence[int] | None = FROM_MODEL,
+    max_size: int | None = FROM_MODEL,
     return_probabilities: bool = False,
 ) -> np.ndarray | list[Prediction]:
     """Segment one image, or a list of them.
@@ -129,26 +156,33 @@ def predict(
     per image, with the class names and, with ``return_probabilities``, the (K, H, W) class
     probabilities at the original size (K x H x W floats per image: memory grows with both).
 
-    The image is normalised with ``model.config.mean/std``. ``scale`` = (long, short) resizes
-    it first with the family's test resize, as the benchmark test protocols do (e.g. (2048, 512)
-    for ADE20K FPN models: fit; (2560, 640) for mask classification: short edge 640, long <= 2560);
-    ``None`` runs at the original size. ``scales``/``flip`` give multi-scale + flip testing
-    (``sizes``/``max_size``: short-edge sizes instead of ratios, the mask-classification protocol).
-    The model runs on the device of its parameters, in eval mode (the caller's mode is restored).
+    The image is normalised with ``model.config.mean/std`` and segmented with the model's test
+    protocol (``model.config.protocol``: what the trainer evaluated with, or a released model's
+    paper protocol; without one, the original size in one piece), so the ids equal what
+    ``semask predict`` writes and ``semask eval`` scores. Keywords replace single settings:
+    ``scale`` = (long, short) resizes the image first with the family's test resize (e.g.
+    (2048, 512) for ADE20K FPN models: fit; (2560, 640) for mask classification: short edge 640,
+    long <= 2560; ``None``: the original size), ``mode``/``crop_size``/``stride`` whole or
+    sliding-window inference, ``scales``/``flip`` multi-scale + flip testing (``sizes``/``max_size``:
+    short-edge sizes instead of ratios, the mask-classification protocol). The model runs on the
+    device of its parameters, in eval mode (the caller's mode is restored).
     """
     from .inference import eval_mode, predict_image
 
     config = model.config  # type: ignore[union-attr]
-    options = dict(
+    protocol = model_protocol(
+        model,
+        scale=scale,
         mode=mode,
         crop_size=crop_size,
         stride=stride,
         scales=scales,
         flip=flip,
-        num_classes=config.num_classes,
         sizes=sizes,
         max_size=max_size,
     )
+    options = {**protocol.predict_options(), "num_classes": config.num_classes}
+    scale = options.pop("scale")
     many = isinstance(image, (list, tuple))
     if return_probabilities and not many:
         raise ValueError("return_probabilities needs a list of images (it returns Prediction objects)")

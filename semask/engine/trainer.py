@@ -9,6 +9,7 @@ consumed), so an interrupted run ends with the same weights as an uninterrupted 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -316,6 +317,8 @@ class _Trainer:
                 f"the model has {model.config.num_classes} classes but the {cfg.data.type} dataset at "
                 f"{cfg.data.root} has {meta.num_classes}"
             )
+        # the test protocol travels with the weights: every checkpoint and model/ record cfg.eval
+        model.config = dataclasses.replace(model.config, protocol=cfg.eval.to_dict())
         attach_train_transform(cfg, self.train_set, model.config)
         self.ignore_index = getattr(self.train_set, "ignore_index", 255)
         self.criterion = build_criterion(cfg.loss, model.config, self.train_set, self.ignore_index)

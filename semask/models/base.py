@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -18,13 +19,21 @@ from .pretrained import IMAGENET_MEAN, IMAGENET_STD, MS_RATIOS, get_pretrained, 
 
 logger = logging.getLogger(__name__)
 
+#: The fields of a test protocol (:class:`semask.config.EvalConfig`; a test keeps the two in step).
+PROTOCOL_FIELDS = ("mode", "crop_size", "stride", "scale", "scales", "flip", "sizes", "max_size")
+
 
 @dataclass
 class ModelConfig:
     """Fields common to every family: classes and the metadata needed to use a saved model.
 
-    Subclasses add architecture fields and set ``model_type``, the key under which
-    :func:`semask.models.registry.register_architecture` finds the model class.
+    ``protocol`` is the test protocol the weights are scored with (:class:`semask.config.EvalConfig`
+    fields, e.g. ``{"mode": "whole", "scale": [2048, 512]}``; None: unknown): ``semask.predict``,
+    ``semask eval`` / ``predict`` / ``serve`` / ``explain`` and the ONNX metadata use it unless told
+    otherwise, so one model gives one answer everywhere. The trainer records its ``eval`` section,
+    registered weights their paper protocol. Subclasses add architecture fields and set
+    ``model_type``, the key under which :func:`semask.models.registry.register_architecture` finds
+    the model class.
     """
 
     model_type: ClassVar[str] = ""
@@ -34,6 +43,7 @@ class ModelConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN  # one value per input channel
     std: tuple[float, ...] = IMAGENET_STD
     in_channels: int = 3  # input bands; != 3 adapts the patch embedding (see layers.adapt_input_conv)
+    protocol: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
@@ -51,6 +61,11 @@ class ModelConfig:
                 f"in_channels={self.in_channels} needs mean and std with one value per channel (std > 0), got "
                 f"mean={list(self.mean)}, std={list(self.std)}"
             )
+        if self.protocol is not None:
+            unknown = sorted(set(self.protocol) - set(PROTOCOL_FIELDS))
+            if unknown:
+                raise ValueError(f"protocol has unknown fields {unknown}; a protocol has {list(PROTOCOL_FIELDS)}")
+            self.protocol = json.loads(json.dumps(dict(self.protocol)))  # plain JSON values: equal after a save
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": self.model_type, **dataclasses.asdict(self)}

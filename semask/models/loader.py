@@ -14,6 +14,7 @@ then the registries, this loader, :mod:`.base`, the shared layers and the famili
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -121,7 +122,7 @@ def pretrained_overrides(cfg: PretrainedCfg) -> dict[str, Any]:
     """The preset's settings for the entry's classes: they decide what the weights cannot show
     (semantic window, which stages attend globally, heads). Class names come from the file."""
     values = get_config(cfg.preset, num_classes=cfg.num_classes, mean=cfg.mean, std=cfg.std).to_dict()
-    for key in ("model_type", "class_names", "palette"):
+    for key in ("model_type", "class_names", "palette", "protocol"):
         values.pop(key)
     return values
 
@@ -164,6 +165,8 @@ def _load_as_stored(spec: str | os.PathLike[str], overrides: dict[str, Any]) -> 
         values = {**pretrained_overrides(cfg), **overrides}
         model, meta = _load_folder(path, values) if path.is_dir() else _load_file(path, values)
         _name_dataset_classes(model, cfg)
+        if model.config.protocol is None and cfg.eval:  # type: ignore[union-attr]  # the paper's test
+            model.config = dataclasses.replace(model.config, protocol=dict(cfg.eval))  # type: ignore[union-attr]
         return model, {**meta, "pretrained_cfg": cfg}
     path = Path(spec)
     if not path.exists():

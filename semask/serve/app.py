@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..engine.predict import FROM_MODEL
 from .page import PAGE
 
 logger = logging.getLogger("semask.serve")
@@ -100,7 +101,7 @@ class ModelService:
         self,
         model: nn.Module,
         *,
-        scale: tuple[int, int] | None = None,
+        scale: tuple[int, int] | None = FROM_MODEL,
         max_pixels: int = 4096 * 4096,
         max_upload_bytes: int = 10 * 1024 * 1024,
         max_queue: int = 8,
@@ -138,6 +139,7 @@ class ModelService:
         from ..data.visualize import colorize
         from ..engine.predict import predict
 
+        options = {} if self.scale is FROM_MODEL else {"scale": self.scale}  # default: the model's protocol
         if not self.slots.acquire(blocking=False):
             raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "the server is busy; try again in a moment")
         try:
@@ -145,13 +147,11 @@ class ModelService:
                 start = time.perf_counter()
                 found = None
                 with torch.inference_mode():
+                    label = predict(self.model, rgb, **options)  # the model's protocol: what `semask predict` writes
                     if priors and self.has_priors:
                         from ..explain import explain
 
-                        found = explain(self.model, rgb, top_k=top_k, scale=self.scale)
-                        label = found.prediction
-                    else:
-                        label = predict(self.model, rgb, scale=self.scale)
+                        found = explain(self.model, rgb, top_k=top_k, **options)
                 seconds = time.perf_counter() - start
         finally:
             self.slots.release()
@@ -329,16 +329,17 @@ def serve(
     *,
     max_upload_mb: float = 10.0,
     max_pixels: int = 4096 * 4096,
-    scale: tuple[int, int] | None = None,
+    scale: tuple[int, int] | None = FROM_MODEL,
 ) -> None:
-    """Load ``model`` (a path as ``semask predict`` takes, or a module) once and serve it until Ctrl-C."""
+    """Load ``model`` (a path as ``semask predict`` takes, or a module) once and serve it until Ctrl-C.
+
+    Images are segmented with the model's test protocol; ``scale`` replaces its resize (None: the
+    original size)."""
     name = str(model) if not isinstance(model, nn.Module) else type(model).__name__
     if not isinstance(model, nn.Module):
         from ..engine.predict import load_model_any
 
-        model, embedded = load_model_any(model)
-        if scale is None and embedded is not None:
-            scale = embedded.eval.scale
+        model, _ = load_model_any(model)
     service = ModelService(
         model, scale=scale, max_pixels=max_pixels, max_upload_bytes=int(max_upload_mb * 1024 * 1024), name=name
     )
