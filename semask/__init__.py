@@ -1,5 +1,6 @@
 """semask: SeMask (Semantically Masked Transformers) semantic segmentation in plain PyTorch."""
 
+from . import losses, metrics
 from .config import get_recipe, load_config, recipe_names
 from .engine.evaluate import evaluate
 from .engine.predict import Prediction, predict, predict_folder
@@ -39,6 +40,8 @@ __all__ = [
     "list_pretrained",
     "load",
     "load_config",
+    "losses",
+    "metrics",
     "predict",
     "predict_folder",
     "recipe_names",

@@ -18,7 +18,7 @@ from semask.models.loss import (
     CrossEntropyLoss,
     DiceLoss,
     FocalLoss,
-    LovaszSoftmaxLoss,
+    LovaszLoss,
     OhemCrossEntropyLoss,
     SegmentationCriterion,
     WeightedSum,
@@ -108,9 +108,9 @@ def test_lovasz_softmax_by_hand() -> None:
     # gradient (0.5, 0.5) = 0.15; class 1 errors sorted (0.2 fg, 0.1 bg), gradient (1, 0) = 0.2
     logits = two_class_logits([0.9, 0.2, 0.5])
     y = labels(0, 1, 255)
-    assert LovaszSoftmaxLoss()(logits, y).item() == pytest.approx(0.175, rel=1e-5)
+    assert LovaszLoss()(logits, y).item() == pytest.approx(0.175, rel=1e-5)
     perfect = torch.tensor([[[[20.0, -20.0]], [[-20.0, 20.0]]]])
-    assert LovaszSoftmaxLoss()(perfect, labels(0, 1)).item() == pytest.approx(0.0, abs=1e-6)
+    assert LovaszLoss()(perfect, labels(0, 1)).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_weighted_sums_and_build_by_name() -> None:
@@ -121,7 +121,7 @@ def test_weighted_sums_and_build_by_name() -> None:
     assert isinstance(loss, WeightedSum)
     expected = CrossEntropyLoss()(logits, y) + 0.5 * DiceLoss()(logits, y)
     assert loss(logits, y).item() == pytest.approx(expected.item(), rel=1e-6)
-    assert isinstance(build_loss([{"name": "lovasz"}]), LovaszSoftmaxLoss)
+    assert isinstance(build_loss([{"name": "lovasz"}]), LovaszLoss)
     with pytest.raises(ValueError, match="unknown loss 'bce'"):
         build_loss([{"name": "bce"}])
 
@@ -299,3 +299,26 @@ def test_a_custom_ignore_index_reaches_every_term() -> None:
     assert out.loss.item() == pytest.approx(expected, rel=1e-5) and out.loss_semantic is None
     with pytest.raises(ValueError, match=r"outside \[0, 1\] \(and not the ignore index 7\)"):
         criterion(SegmentationOutput(logits), labels(0, 1, 255))
+
+
+def test_public_losses_module_is_what_the_trainer_builds() -> None:
+    import semask
+    from semask.models import loss as model_loss
+
+    for name in semask.losses.__all__:
+        assert getattr(semask.losses, name) is getattr(model_loss, name), name
+    config = semask.get_config("semask_swin_t_fpn", num_classes=3)
+    section = LossConfig(
+        main=[LossTermConfig("ce"), LossTermConfig("dice", weight=0.5)], semantic=[LossTermConfig("lovasz")]
+    )
+    criterion = build_criterion(section, config)
+    assert isinstance(criterion, semask.losses.SegmentationCriterion)
+    assert isinstance(criterion.main, semask.losses.WeightedSum) and isinstance(
+        criterion.semantic, semask.losses.LovaszLoss
+    )
+    assert [type(t) for t in criterion.main.terms] == [semask.losses.CrossEntropyLoss, semask.losses.DiceLoss]
+    # used standalone, smp style: loss(logits, labels), logits below the label size are resized
+    logits = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (2, 8, 10), generator=torch.Generator().manual_seed(1))
+    standalone = semask.losses.WeightedSum([(1.0, semask.losses.CrossEntropyLoss()), (0.5, semask.losses.DiceLoss())])
+    assert standalone(logits, y).item() == pytest.approx(criterion.main(logits, y).item(), abs=0)

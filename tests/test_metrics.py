@@ -183,3 +183,17 @@ def test_score_folders_suffixes_and_errors(tmp_path):
     _save(tmp_path / "pred2" / "a.png", PRED_A.clip(0, 3))
     with pytest.raises(ValueError, match=r"gt2.*a.png: label ids must be 0..1 or 255"):
         score_folders(tmp_path / "pred2", tmp_path / "gt2", 2)
+
+
+def test_public_metrics_module_is_the_one_eval_uses():
+    import semask
+    from semask.engine import metrics as engine_metrics
+
+    for name in semask.metrics.__all__:  # the same objects semask eval, the trainer and score use
+        assert getattr(semask.metrics, name) is getattr(engine_metrics, name), name
+    # image A alone, by hand: c0 I=1 U=2, c1 I=3 U=4, c2 I=2 U=3 (the 7 and the ignored pixel dropped)
+    result = semask.metrics.compute_metrics(PRED_A, LABEL_A, 4)
+    assert result["IoU"][:3] == pytest.approx([50.0, 75.0, 200 / 3], abs=1e-9) and math.isnan(result["IoU"][3])
+    matrix = semask.metrics.confusion_matrix(torch.as_tensor(PRED_A), torch.as_tensor(LABEL_A), 4)
+    np.testing.assert_array_equal(matrix, [[1, 1, 0, 0], [0, 3, 0, 0], [0, 0, 2, 0], [0, 0, 0, 0]])
+    assert result["confusion_matrix"] == matrix.tolist()

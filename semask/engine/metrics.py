@@ -120,6 +120,26 @@ class IoUAccumulator:
         return result
 
 
+def compute_metrics(
+    pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> dict[str, Any]:
+    """The metrics of one image (H, W) or batch (B, H, W) of class ids: :meth:`IoUAccumulator.compute`
+    of a fresh accumulator (for a whole split, :meth:`IoUAccumulator.update` per image: per-image
+    means are not the split's)."""
+    accumulator = IoUAccumulator(num_classes, ignore_index)
+    accumulator.update(pred, label)
+    return accumulator.compute()
+
+
+def confusion_matrix(
+    pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> np.ndarray:
+    """(K, K) int64 pixel counts, rows ground truth, columns prediction; ignored pixels skipped."""
+    accumulator = IoUAccumulator(num_classes, ignore_index)
+    accumulator.update(pred, label)
+    return accumulator.confusion
+
+
 def _nanmean(values: np.ndarray) -> float:
     finite = values[~np.isnan(values)]
     return float(finite.mean()) if finite.size else float("nan")

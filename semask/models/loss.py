@@ -289,7 +289,7 @@ class DiceLoss(SegLoss):
         return 1 - (dice * weight).sum(-1).mean() / weight.sum()
 
 
-class LovaszSoftmaxLoss(SegLoss):
+class LovaszLoss(SegLoss):
     """Lovasz-softmax (Berman et al. 2018), over the whole batch, classes present in the labels.
 
     For each class c present among the valid pixels: errors ``e_i = |[y_i = c] - p_i(c)|`` sorted
@@ -353,7 +353,7 @@ class WeightedSum(SegLoss):
 
 # Loss name -> class; the config's LossName literal must list exactly these names.
 LOSSES: dict[str, type[SegLoss]] = {
-    cls.name: cls for cls in (CrossEntropyLoss, OhemCrossEntropyLoss, FocalLoss, DiceLoss, LovaszSoftmaxLoss)
+    cls.name: cls for cls in (CrossEntropyLoss, OhemCrossEntropyLoss, FocalLoss, DiceLoss, LovaszLoss)
 }
 
 
