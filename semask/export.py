@@ -1,16 +1,22 @@
 """ONNX export of a segmentation model's logits (optional extra: ``pip install semask[onnx]``).
 
-The exported graph maps ``pixel_values`` (B, 3, H, W), normalised as ``model.config``
-says, to ``logits`` (B, K, H, W). Losses and the semantic-prior branch are training
-aids and are left out. The model is traced with ``torch.export`` (the dynamo ONNX
-exporter); when onnxruntime is installed the file is run once and compared with PyTorch.
-The exporter's own log lines and warnings are silenced; one summary line is logged
-(logger ``semask.export``, level INFO).
+The exported graph maps ``pixel_values`` (B, C, H, W) float32, RGB in 0-255 normalised as
+``(x - mean) / std``, to ``logits`` (B, K, H, W) at the input size. A static export takes
+exactly the traced size (B = 1); ``dynamic=True`` any batch, height and width. What the graph
+needs beside the pixels travels in the file's ``metadata_props`` (:data:`METADATA_KEYS`, JSON
+strings): ``mean``, ``std``, ``class_names``, ``palette``, ``protocol`` (the model's test protocol,
+:class:`semask.config.EvalConfig` fields: how ``semask predict`` resizes images before the graph
+and the logits after it), ``num_classes``, ``in_channels``. Losses and the semantic-prior branch
+are training aids and are left out. The model is traced with ``torch.export`` (the dynamo ONNX
+exporter); when onnxruntime is installed the file is run once and compared with PyTorch. The
+exporter's own log lines and warnings are silenced; one summary line is logged (logger
+``semask.export``, level INFO).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -22,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .models.io import atomic_write
+from .models.palettes import default_palette
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +38,26 @@ VERIFY_RTOL = 1e-4
 # Loggers of the exporter stack, held at ERROR during an export (torch.onnx alone logs a line
 # per optimizer pass; symbolic shapes log every guard when the root logger is at INFO).
 _NOISY_LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx", "onnxruntime")
+
+
+METADATA_KEYS = ("mean", "std", "class_names", "palette", "protocol", "num_classes", "in_channels")
+
+
+def onnx_metadata(model: nn.Module) -> dict[str, str]:
+    """The ``metadata_props`` of ``model``'s ONNX file: :data:`METADATA_KEYS` as JSON strings
+    (unnamed classes get their ids as names, no palette the default colours)."""
+    config = model.config  # type: ignore[union-attr]
+    k = config.num_classes
+    values = {
+        "mean": list(config.mean),
+        "std": list(config.std),
+        "class_names": list(config.class_names or [str(i) for i in range(k)]),
+        "palette": [list(map(int, c)) for c in (config.palette or default_palette(k))[:k]],
+        "protocol": getattr(config, "protocol", None),
+        "num_classes": k,
+        "in_channels": getattr(config, "in_channels", 3),
+    }
+    return {key: json.dumps(values[key]) for key in METADATA_KEYS}
 
 
 class ExportError(RuntimeError):
@@ -80,7 +107,10 @@ def export_onnx(
         h, w = generic_size(h), generic_size(w)
     device = next(model.parameters()).device
     # torch.export treats a size-1 dimension as static, so a dynamic batch is traced with 2 images.
-    example = torch.randn(2 if dynamic else 1, 3, h, w, device=device, generator=torch.Generator(device).manual_seed(0))
+    channels = getattr(getattr(model, "config", None), "in_channels", 3)
+    example = torch.randn(
+        2 if dynamic else 1, channels, h, w, device=device, generator=torch.Generator(device).manual_seed(0)
+    )
     was_training = model.training
     wrapper = LogitsOnly(model).eval()
     start = time.perf_counter()
@@ -104,6 +134,7 @@ def export_onnx(
             )
             if program is None:
                 raise ExportError("torch.onnx.export returned no program")
+            program.model.metadata_props.update(onnx_metadata(model))
             atomic_write(path, lambda tmp: program.save(str(tmp)))
         err = check_onnx(path, wrapper, example) if verify else None
     finally:

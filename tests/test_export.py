@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import randomize
@@ -98,3 +102,53 @@ def test_torch_export_of_the_model_itself_returns_its_output_dataclass() -> None
     assert isinstance(out, SegmentationOutput) and out.semantic_logits is None
     with torch.no_grad():
         torch.testing.assert_close(out.logits, model(x).logits, rtol=0, atol=1e-5)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_onnx_example() -> str:
+    """The onnxruntime block of the README's ONNX section, as users copy it."""
+    section = README.read_text().split("## Export: ONNX", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_metadata_and_the_readme_example_reproduce_semask_predict(tmp_path, monkeypatch) -> None:
+    """The README's 10 lines (onnxruntime, OpenCV, Pillow) give the class ids `semask predict` writes,
+    on a photo resized to the model's test protocol; the metadata carries what they need."""
+    cv2 = pytest.importorskip("cv2")
+    from matplotlib import cbook
+    from PIL import Image
+
+    from semask.cli import main
+    from semask.data.transforms import rescale_size
+
+    names = ["sky", "wall", "person", "tie", "background"]
+    model = small_model()
+    # the protocol halves the photo: there OpenCV's bilinear (the README's) and semask's image resize
+    # agree bit for bit (at other factors the numpy version of OpenCV's rule rounds ~10 % of values
+    # one step apart, and ids near a tie can flip)
+    protocol = {"mode": "whole", "scale": [75, 64]}
+    model.config = dataclasses.replace(model.config, class_names=names, protocol=protocol)
+    model.save_pretrained(tmp_path / "m")
+    photo = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    photo.resize((150, 128), Image.BILINEAR).save(tmp_path / "image.png")  # lossless: both read the same pixels
+    h, w = rescale_size((128, 150), (75, 64))  # the size the protocol feeds the graph: static export at it
+    assert (h, w) == (64, 75)
+    assert main(["export", str(tmp_path / "m"), "--size", f"{h}x{w}", "--out", str(tmp_path / "model.onnx")]) == 0
+    assert main(["predict", str(tmp_path / "m"), str(tmp_path / "image.png"), "--out", str(tmp_path / "pred")]) == 0
+    expected = np.array(Image.open(tmp_path / "pred" / "labels" / "image.png"))
+
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+    assert meta["mean"] == list(model.config.mean) and meta["std"] == list(model.config.std)
+    assert meta["class_names"] == names and meta["num_classes"] == 5 and meta["in_channels"] == 3
+    assert meta["palette"] == semask.models.palettes.default_palette(5) and meta["protocol"] == protocol
+
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(readme_onnx_example(), scope)  # the README block as it stands
+    assert scope["x"].shape == (1, 3, h, w) and scope["labels"].shape == expected.shape == (128, 150)
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(scope["labels"], expected)
+    assert cv2 is scope["cv2"]
