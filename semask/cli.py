@@ -469,9 +469,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .engine.predict import load_model_any
-    from .export import export_onnx
+    from .export import export_hf, export_onnx
 
     source = Path(args.model)
+    if args.format == "hf":
+        out = Path(args.out) if args.out else source.parent / f"{source.stem}_hf"
+        model, _ = load_model_any(args.model)
+        print(f"exported {args.model} to {export_hf(model, out)} (transformers SegformerForSemanticSegmentation)")
+        return 0
+    if args.size is None:
+        raise ValueError("--format onnx needs --size HxW (the traced input size; with --dynamic any size works)")
     out = Path(args.out) if args.out else source.parent / f"{source.stem}.onnx"
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the .onnx file to write, e.g. {out / 'model.onnx'}")
@@ -741,12 +748,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=(512, 512), metavar="HxW")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("export", help="export a model to ONNX")
+    p = sub.add_parser("export", help="export a model to ONNX, or a SegFormer to a Hugging Face folder")
     p.add_argument("model", help="model folder, .safetensors, training checkpoint or official .pth")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--size", type=_size, required=True, metavar="HxW", help="example input size")
-    p.add_argument("--dynamic", action="store_true", help="dynamic batch and image size")
-    p.add_argument("--out", help="output .onnx file (default: MODEL.onnx beside the model)")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "hf"],
+        default="onnx",
+        help="onnx: one graph pixel_values -> logits; hf: transformers' SegFormer layout (SegFormer models)",
+    )
+    p.add_argument("--size", type=_size, metavar="HxW", help="ONNX: example input size (required)")
+    p.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch and image size")
+    p.add_argument("--out", help="output .onnx file or hf folder (default: MODEL.onnx / MODEL_hf beside the model)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="loss / mIoU curves from a work dir or metrics.jsonl")

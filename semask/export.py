@@ -1,4 +1,5 @@
-"""ONNX export of a segmentation model's logits (optional extra: ``pip install semask[onnx]``).
+"""Export: an ONNX graph of a model's logits (:func:`export_onnx`, optional extra
+``pip install semask[onnx]``), and a Hugging Face SegFormer folder (:func:`export_hf`).
 
 The exported graph maps ``pixel_values`` (B, C, H, W) float32, RGB in 0-255 normalised as
 ``(x - mean) / std``, to ``logits`` (B, K, H, W) at the input size. A static export takes
@@ -11,6 +12,11 @@ are training aids and are left out. The model is traced with ``torch.export`` (t
 exporter); when onnxruntime is installed the file is run once and compared with PyTorch. The
 exporter's own log lines and warnings are silenced; one summary line is logged (logger
 ``semask.export``, level INFO).
+
+The Hugging Face folder (``config.json`` with ``id2label`` / ``label2id``, ``model.safetensors``,
+``preprocessor_config.json``) loads with transformers'
+``SegformerForSemanticSegmentation.from_pretrained`` and with :func:`semask.load`; SegFormer models
+only (:func:`semask.models.mit.convert.to_hf_segformer` says what is refused and why).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .models.io import atomic_write
+from .models.mit.convert import to_hf_segformer
 from .models.palettes import default_palette
 
 logger = logging.getLogger(__name__)
@@ -220,3 +227,33 @@ def check_onnx(path: Path, model: nn.Module, example: Tensor) -> float | None:
     if err > VERIFY_RTOL * scale:
         raise ExportError(f"{path}: onnxruntime differs from PyTorch by {err:.3g} (max |logits| {scale:.3g})")
     return err
+
+
+def export_hf(model: nn.Module, out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``model`` as a Hugging Face SegFormer folder and return it (module docstring).
+
+    ``preprocessor_config.json`` makes transformers' ``SegformerImageProcessor`` normalise with
+    the model's mean and std and keep the image size (its resize is to a fixed square, which is
+    not the model's test protocol; resize first as ``config.json["semask"]["protocol"]`` says).
+    """
+    from safetensors.torch import save_file
+
+    config, weights = to_hf_segformer(model)
+    out = Path(out_dir)
+    if out.is_file():
+        raise ValueError(f"{out} is a file; a Hugging Face model is a folder")
+    processor = {
+        "image_processor_type": "SegformerImageProcessor",
+        "do_resize": False,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [m / 255 for m in config["semask"]["mean"]],
+        "image_std": [v / 255 for v in config["semask"]["std"]],
+        "do_reduce_labels": False,
+    }
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
+    for name, content in (("config.json", config), ("preprocessor_config.json", processor)):
+        atomic_write(out / name, lambda tmp, c=content: Path(tmp).write_text(json.dumps(c, indent=2) + "\n"))
+    logger.info("exported a Hugging Face SegFormer folder to %s (%d tensors)", out, len(weights))
+    return out

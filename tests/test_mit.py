@@ -3,8 +3,11 @@ equivalence, ImageNet and official checkpoint loading in the NVlabs, mmseg and H
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -615,3 +618,90 @@ def test_recipe_parameter_groups() -> None:
     assert by_name["backbone.block1.0.attn.q.weight"] == (pytest.approx(6e-5), 0.01)
     assert by_name["decode_head.fusion_conv.bn.weight"] == (pytest.approx(6e-4), 0.01)
     assert by_name["decode_head.conv_seg.weight"] == (pytest.approx(6e-4), 0.01)
+
+
+# ------------------------------------------------------------------ export to Hugging Face
+def test_hugging_face_export_is_the_spec_layout_and_round_trips(tmp_path) -> None:
+    """The exported folder holds the spec 2.4 / 2.5 names (this file's independent mapping), and our
+    importer reads it back to the same weights, classes, colours, normalisation and protocol."""
+    from semask.export import export_hf
+    from semask.models.io import read_checkpoint
+
+    model = trained_like(tiny_mit("mit_b0", **NVLABS_TINY, drop_path_rate=0.0))
+    protocol = {"mode": "slide", "crop_size": [64, 64], "stride": [48, 48], "scale": [128, 96]}
+    model.config = dataclasses.replace(model.config, class_names=CLASSES, palette=PALETTE, protocol=protocol)
+    out = export_hf(model, tmp_path / "hf")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "segformer" and config["architectures"] == ["SegformerForSemanticSegmentation"]
+    assert config["id2label"] == {str(i): n for i, n in enumerate(CLASSES)}
+    assert config["label2id"] == {n: i for i, n in enumerate(CLASSES)}
+    assert (config["hidden_sizes"], config["num_attention_heads"]) == (
+        list(TINY["embed_dims"]),
+        list(TINY["num_heads"]),
+    )
+    weights, _ = read_checkpoint(out / "model.safetensors")
+    encoder, head = split(model)
+    expected = {
+        **{"segformer.encoder." + k: v for k, v in ours_to_hf_encoder(encoder).items()},
+        **{"decode_head." + k: v for k, v in ours_to_hf_head(head).items()},
+    }
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+    loaded = semask.load(out)
+    assert isinstance(loaded, SeMaskMiT) and loaded.config.decode_head == "nvlabs"
+    for field in ("class_names", "palette", "protocol", "mean", "std", "embed_dims", "depths", "num_heads"):
+        assert getattr(loaded.config, field) == getattr(model.config, field), field
+    got = loaded.state_dict()
+    assert got.keys() == model.state_dict().keys()
+    assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
+    assert_same_outputs(model, loaded)
+
+
+def test_hugging_face_export_refuses_what_segformer_cannot_hold(tmp_path, capsys) -> None:
+    from semask.cli import main
+    from semask.export import export_hf
+
+    with pytest.raises(ValueError, match="SeMask-MiT's semantic layers .* have no place in transformers' SegFormer"):
+        export_hf(tiny_mit("semask_mit_b0", decode_head="nvlabs"), tmp_path / "a")
+    with pytest.raises(ValueError, match="the mmseg SegFormer head .* has no Hugging Face equivalent"):
+        export_hf(tiny_mit("mit_b0"), tmp_path / "b")
+    fpn = semask.create_model("swin_t_fpn", num_classes=3, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    fpn.save_pretrained(tmp_path / "fpn")
+    assert main(["export", str(tmp_path / "fpn"), "--format", "hf"]) == 1
+    assert "only SegFormer / MiT models have a Hugging Face layout" in capsys.readouterr().err
+    assert not any(p.exists() for p in (tmp_path / "a", tmp_path / "b", tmp_path / "fpn_hf"))
+    segformer = tiny_mit("mit_b0", **NVLABS_TINY)
+    segformer.save_pretrained(tmp_path / "seg")
+    assert main(["export", str(tmp_path / "seg"), "--format", "hf"]) == 0
+    assert_same_outputs(segformer.eval(), semask.load(tmp_path / "seg_hf"))
+
+
+@pytest.mark.slow
+def test_transformers_loads_the_export_with_equal_logits(tmp_path) -> None:
+    """SegFormer-B0 (K=150, random weights and BN statistics) through transformers'
+    ``SegformerForSemanticSegmentation.from_pretrained`` and ``AutoImageProcessor``."""
+    transformers = pytest.importorskip("transformers")
+    from semask.data import ADE20K_CLASSES
+    from semask.export import export_hf
+
+    torch.manual_seed(0)
+    model = trained_like(semask.create_model("segformer_b0", num_classes=150, class_names=list(ADE20K_CLASSES)))
+    export_hf(model, tmp_path / "hf")
+    hf = transformers.SegformerForSemanticSegmentation.from_pretrained(tmp_path / "hf").eval()
+    assert hf.config.id2label[20] == "car" and hf.config.label2id["car"] == 20 and hf.config.num_labels == 150
+    x = torch.randn(1, 3, 256, 320, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model(x, upsample_logits=False).logits  # the decoder's stride 4, as transformers returns them
+        theirs = hf(pixel_values=x).logits
+    assert theirs.shape == ours.shape == (1, 150, 64, 80)
+    diff = (theirs - ours).abs().max().item()
+    print(f"max |logit difference| transformers vs semask: {diff:.2e} (max |logit| {ours.abs().max().item():.2f})")
+    assert diff < 1e-4 * ours.abs().max().item()  # LayerNorm eps (transformers 1e-5, NVlabs 1e-6), summation order
+    image = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
+    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / "hf")
+    pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+    from semask.data.transforms import normalize
+
+    torch.testing.assert_close(pixels[0], torch.from_numpy(normalize(image, model.config.mean, model.config.std)))

@@ -1,4 +1,5 @@
-"""Official MiT / SegFormer weights -> ours: NVlabs, mmseg 0.x/1.x and Hugging Face (transformers 4 and 5) key schemes, ImageNet encoders."""
+"""Official MiT / SegFormer weights -> ours: NVlabs, mmseg 0.x/1.x and Hugging Face (transformers 4 and 5) key schemes, ImageNet encoders;
+and ours -> a Hugging Face SegFormer folder (:func:`to_hf_segformer`, the inverse of the Hugging Face import)."""
 
 from __future__ import annotations
 
@@ -326,6 +327,15 @@ _HF_CONFIG_FIELDS = {  # Hugging Face SegformerConfig -> ours
 }
 
 
+_HF_OPTIONAL_FIELDS = {  # read when present (training-only settings and the input bands)
+    "drop_path_rate": "drop_path_rate",
+    "classifier_dropout_prob": "decoder_dropout",
+    "num_channels": "in_channels",
+}
+#: Our settings a Hugging Face config has no field for; a folder we export keeps them under this key.
+HF_EXTRA_KEY = "semask"
+
+
 def hf_segformer_config(config: dict[str, Any], source: str) -> dict[str, Any]:
     """Our config fields from a Hugging Face SegFormer ``config.json`` (heads and strides are only there)."""
     missing = [k for k in (*_HF_CONFIG_FIELDS, "mlp_ratios") if k not in config]
@@ -340,9 +350,13 @@ def hf_segformer_config(config: dict[str, Any], source: str) -> dict[str, Any]:
         raise CheckpointError(f"{source}: mlp_ratios {config['mlp_ratios']} differ per stage, which MiT here does not")
     values["mlp_ratio"] = float(ratios.pop())
     values["decode_head"] = "nvlabs"
+    values.update({ours: config[hf] for hf, ours in _HF_OPTIONAL_FIELDS.items() if hf in config})
     id2label = config.get("id2label")
     if isinstance(id2label, dict) and id2label:
         values["class_names"] = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    extra = config.get(HF_EXTRA_KEY)
+    if isinstance(extra, dict):  # a folder semask exported: mean, std, palette, protocol
+        values.update({k: extra[k] for k in ("mean", "std", "palette", "protocol") if extra.get(k) is not None})
     return values
 
 
@@ -358,6 +372,132 @@ def convert_hf_segformer(
         **rest,
     }
     return _build_and_load(ours, meta, source, overrides)
+
+
+# ------------------------------------------------------------ export to Hugging Face
+# Our keys -> transformers 4 SegFormer keys (the names of the released Hub checkpoints, which
+# transformers 5 renames on load); {i} is the 0-based stage of our 1-based {s}.
+_OURS_TO_HF = _rules(
+    (r"^backbone\.patch_embed(?P<s>\d)\.proj\.(?P<r>.+)$", "segformer.encoder.patch_embeddings.{i}.proj.{r}"),
+    (r"^backbone\.patch_embed(?P<s>\d)\.norm\.(?P<r>.+)$", "segformer.encoder.patch_embeddings.{i}.layer_norm.{r}"),
+    (r"^backbone\.block(?P<s>\d)\.(?P<j>\d+)\.norm1\.(?P<r>.+)$", "segformer.encoder.block.{i}.{j}.layer_norm_1.{r}"),
+    (r"^backbone\.block(?P<s>\d)\.(?P<j>\d+)\.norm2\.(?P<r>.+)$", "segformer.encoder.block.{i}.{j}.layer_norm_2.{r}"),
+    (
+        r"^backbone\.block(?P<s>\d)\.(?P<j>\d+)\.attn\.q\.(?P<r>.+)$",
+        "segformer.encoder.block.{i}.{j}.attention.self.query.{r}",
+    ),
+    (
+        r"^backbone\.block(?P<s>\d)\.(?P<j>\d+)\.attn\.sr\.(?P<r>.+)$",
+        "segformer.encoder.block.{i}.{j}.attention.self.sr.{r}",
+    ),
+    (
+        r"^backbone\.block(?P<s>\d)\.(?P<j>\d+)\.attn\.norm\.(?P<r>.+)$",
+        "segformer.encoder.block.{i}.{j}.attention.self.layer_norm.{r}",
+    ),
+    (
+        r"^backbone\.block(?P<s>\d)\.(?P<j>\d+)\.attn\.proj\.(?P<r>.+)$",
+        "segformer.encoder.block.{i}.{j}.attention.output.dense.{r}",
+    ),
+    (r"^backbone\.block(?P<s>\d)\.(?P<j>\d+)\.mlp\.fc1\.(?P<r>.+)$", "segformer.encoder.block.{i}.{j}.mlp.dense1.{r}"),
+    (
+        r"^backbone\.block(?P<s>\d)\.(?P<j>\d+)\.mlp\.dwconv\.dwconv\.(?P<r>.+)$",
+        "segformer.encoder.block.{i}.{j}.mlp.dwconv.dwconv.{r}",
+    ),
+    (r"^backbone\.block(?P<s>\d)\.(?P<j>\d+)\.mlp\.fc2\.(?P<r>.+)$", "segformer.encoder.block.{i}.{j}.mlp.dense2.{r}"),
+    (r"^backbone\.norm(?P<s>\d)\.(?P<r>.+)$", "segformer.encoder.layer_norm.{i}.{r}"),
+    (r"^decode_head\.linear_c(?P<s>\d)\.proj\.(?P<r>.+)$", "decode_head.linear_c.{i}.proj.{r}"),
+    (r"^decode_head\.linear_fuse\.conv\.weight$", "decode_head.linear_fuse.weight"),
+    (r"^decode_head\.linear_fuse\.bn\.(?P<r>.+)$", "decode_head.batch_norm.{r}"),
+    (r"^decode_head\.linear_pred\.(?P<r>.+)$", "decode_head.classifier.{r}"),
+)
+_OUR_KV = re.compile(r"^backbone\.block(?P<s>\d)\.(?P<j>\d+)\.attn\.kv\.(?P<r>weight|bias)$")
+
+
+def to_hf_segformer(model: nn.Module) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(``config.json``, state dict) of ``model`` as a Hugging Face ``SegformerForSemanticSegmentation``.
+
+    What transformers' SegFormer can hold: the MiT encoder and the all-MLP head
+    (``decode_head="nvlabs"``, the ``segformer_b*`` presets). SeMask-MiT's semantic layers and
+    mmseg's SegFormer head (our MiT default) have no place in it and are refused, naming the
+    preset that fits. Our key/value Linear ``kv`` is split into ``key`` and ``value``; settings the
+    format has no field for (mean, std, palette, test protocol) go under ``"semask"``, which
+    :func:`hf_segformer_config` reads back.
+    """
+    config = model.config  # type: ignore[union-attr]
+    if not isinstance(config, SeMaskMiTConfig):
+        raise ValueError(
+            f"only SegFormer / MiT models have a Hugging Face layout (SegformerForSemanticSegmentation); this is a "
+            f"{type(model).__name__}"
+        )
+    if config.is_semask:
+        raise ValueError(
+            "SeMask-MiT's semantic layers (num_semantic_blocks > 0) have no place in transformers' SegFormer: "
+            "its SegformerForSemanticSegmentation is the plain MiT encoder + all-MLP head. Export a SegFormer "
+            "(segformer_b*, num_semantic_blocks=0, decode_head='nvlabs'), or keep the semask format "
+            "(save_pretrained) or ONNX for this model"
+        )
+    if config.decode_head != "nvlabs":
+        raise ValueError(
+            f"the {config.decode_head} SegFormer head (1x1 conv + BN + ReLU per stage, our MiT default) has no "
+            "Hugging Face equivalent: SegformerForSemanticSegmentation has the NVlabs all-MLP head "
+            "(decode_head='nvlabs', the segformer_b* presets)"
+        )
+    weights: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        kv = _OUR_KV.match(key)
+        if kv:
+            c = value.shape[0] // 2
+            prefix = f"segformer.encoder.block.{int(kv['s']) - 1}.{kv['j']}.attention.self"
+            weights[f"{prefix}.key.{kv['r']}"] = value[:c].clone()
+            weights[f"{prefix}.value.{kv['r']}"] = value[c:].clone()
+            continue
+        for pattern, template in _OURS_TO_HF:
+            m = pattern.match(key)
+            if m:
+                groups = m.groupdict()
+                if "s" in groups:
+                    groups["i"] = str(int(groups["s"]) - 1)
+                weights[template.format(**groups)] = value
+                break
+        else:
+            raise ValueError(f"{key} has no Hugging Face SegFormer name")
+    n = len(config.depths)
+    k = config.num_classes
+    names = list(config.class_names or [str(i) for i in range(k)])
+    ratio = int(config.mlp_ratio) if float(config.mlp_ratio).is_integer() else config.mlp_ratio
+    hf_config = {
+        "architectures": ["SegformerForSemanticSegmentation"],
+        "model_type": "segformer",
+        "num_channels": config.in_channels,
+        "num_encoder_blocks": n,
+        "depths": list(config.depths),
+        "sr_ratios": list(config.sr_ratios),
+        "hidden_sizes": list(config.embed_dims),
+        "patch_sizes": list(config.patch_sizes),
+        "strides": list(config.strides),
+        "num_attention_heads": list(config.num_heads),
+        "mlp_ratios": [ratio] * n,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "classifier_dropout_prob": config.decoder_dropout,
+        "initializer_range": 0.02,
+        "drop_path_rate": config.drop_path_rate,
+        "layer_norm_eps": 1e-6,
+        "decoder_hidden_size": config.decoder_channels,
+        "semantic_loss_ignore_index": 255,
+        "reshape_last_stage": True,
+        "id2label": {str(i): name for i, name in enumerate(names)},
+        "label2id": {name: i for i, name in enumerate(names)},
+        HF_EXTRA_KEY: {
+            "mean": list(config.mean),
+            "std": list(config.std),
+            "palette": config.palette,
+            "protocol": config.protocol,
+        },
+    }
+    return hf_config, weights
 
 
 register_converter("mit_nvlabs", _is_nvlabs_mit, convert_nvlabs_mit)
