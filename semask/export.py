@@ -7,7 +7,9 @@ exactly the traced size (B = 1); ``dynamic=True`` any batch, height and width. W
 needs beside the pixels travels in the file's ``metadata_props`` (:data:`METADATA_KEYS`, JSON
 strings): ``mean``, ``std``, ``class_names``, ``palette``, ``protocol`` (the model's test protocol,
 :class:`semask.config.EvalConfig` fields: how ``semask predict`` resizes images before the graph
-and the logits after it), ``num_classes``, ``in_channels``. Losses and the semantic-prior branch
+and the logits after it), ``resize`` (the family's test resize of ``protocol.scale``: ``"mmseg"``,
+a keep-ratio fit of (long, short), or ``"detectron2"``, short edge ``min(scale)`` with the long
+edge at most ``max(scale)``), ``num_classes``, ``in_channels``. Losses and the semantic-prior branch
 are training aids and are left out. The model is traced with ``torch.export`` (the dynamo ONNX
 exporter); when onnxruntime is installed the file is run once and compared with PyTorch. The
 exporter's own log lines and warnings are silenced; one summary line is logged (logger
@@ -33,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .data.pipelines import pipeline_for
 from .models.io import atomic_write
 from .models.mit.convert import to_hf_segformer
 from .models.palettes import default_palette
@@ -47,7 +50,7 @@ VERIFY_RTOL = 1e-4
 _NOISY_LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx", "onnxruntime")
 
 
-METADATA_KEYS = ("mean", "std", "class_names", "palette", "protocol", "num_classes", "in_channels")
+METADATA_KEYS = ("mean", "std", "class_names", "palette", "protocol", "resize", "num_classes", "in_channels")
 
 
 def onnx_metadata(model: nn.Module) -> dict[str, str]:
@@ -61,6 +64,7 @@ def onnx_metadata(model: nn.Module) -> dict[str, str]:
         "class_names": list(config.class_names or [str(i) for i in range(k)]),
         "palette": [list(map(int, c)) for c in (config.palette or default_palette(k))[:k]],
         "protocol": getattr(config, "protocol", None),
+        "resize": pipeline_for(config).name,  # how protocol.scale resizes: "mmseg" fit or "detectron2" short edge
         "num_classes": k,
         "in_channels": getattr(config, "in_channels", 3),
     }

@@ -144,6 +144,7 @@ def test_metadata_and_the_readme_example_reproduce_semask_predict(tmp_path, monk
     assert meta["mean"] == list(model.config.mean) and meta["std"] == list(model.config.std)
     assert meta["class_names"] == names and meta["num_classes"] == 5 and meta["in_channels"] == 3
     assert meta["palette"] == semask.models.palettes.default_palette(5) and meta["protocol"] == protocol
+    assert meta["resize"] == "mmseg"
 
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
