@@ -1,33 +1,39 @@
-"""Training and test pipelines with the exact semantics of mmsegmentation 0.x (spec section 6).
+"""Training and test pipelines of the Semantic-FPN and MiT families, as mmsegmentation 0.x computes them.
 
-The official SeMask-FPN numbers come from mmseg 0.11, which works on OpenCV uint8 images. Each
-step below reproduces what that code computes, in numpy and without OpenCV:
+The official SeMask-FPN numbers come from mmseg 0.11 (``SeMask-FPN/mmseg/datasets/pipelines/
+transforms.py`` with mmcv 1.3), which works on OpenCV uint8 images; SegFormer's pipeline is the
+same code. Each step below makes the OpenCV call that code makes, so every augmented pixel is the
+official one (tests compare against the cv2 calls on real photos):
 
 * **Resize** (``mmcv.imrescale``): the target scale ``(long, short)`` is first multiplied by the
   sampled ratio and truncated to ints, then the image is scaled by
   ``min(long / max(h, w), short / min(h, w))`` ("fit"), the new side being
-  ``int(side * factor + 0.5)``. Images use OpenCV ``INTER_LINEAR`` semantics: half-pixel
-  centres, borders clamped, *no* antialiasing when shrinking (PIL's bilinear filter widens its
-  support when shrinking, which would blur training images differently from the reference).
-  It is computed in float32 and rounded half up to uint8; OpenCV's 11-bit fixed-point weights
-  can differ from that by one grey level on rare pixels. Labels use OpenCV ``INTER_NEAREST``:
-  source index ``floor(dst * (src / dst))``, which is not PIL's centre-aligned nearest rule.
+  ``int(side * factor + 0.5)``; then ``cv2.resize`` with ``INTER_LINEAR`` (images; no
+  antialiasing when shrinking) or ``INTER_NEAREST`` (labels). The whole image is resized, then
+  cropped, as mmseg does.
 * **Random crop** (``RandomCrop``): offsets drawn uniformly in ``[0, max(H - ch, 0)]`` (rows
   first). While ``cat_max_ratio < 1`` the crop is redrawn when it holds a single class or one
   class covers ``>= cat_max_ratio`` of its non-ignored pixels; after 10 rejected crops the 11th
   draw is used unchecked, exactly as mmseg does. ``cat_max_ratio >= 1`` disables the check.
-  The crop is chosen on the resized label and only that window of the image is interpolated,
-  which gives the same pixels as resizing everything and cropping, at a fraction of the cost.
 * **Flip**: horizontal, when ``rng.random() < flip_prob``.
 * **Photometric distortion**: brightness, then contrast either before (mode 1) or after
-  (mode 0) the HSV steps, then saturation, then hue, each applied with probability 1/2. Every
-  step works on uint8 images and truncates (does not round) back to uint8 after clipping, like
-  mmseg's ``convert``. Saturation and hue each convert to HSV and back with OpenCV's uint8
-  formulas (H in 0..180, S and V in 0..255); HSV does not depend on channel order, so working
-  on RGB instead of mmseg's BGR gives the same numbers. The hue shift is an integer drawn from
+  (mode 0) the HSV steps, then saturation, then hue, each applied with probability 1/2.
+  Brightness and contrast are mmseg's ``convert`` (float32 affine map, clip, truncate to
+  uint8); saturation and hue convert with ``cv2.cvtColor`` on uint8 (H in 0..180). mmseg works
+  on BGR images (``mmcv.bgr2hsv`` / ``hsv2bgr``); ``COLOR_RGB2HSV`` of the RGB image gives the
+  same HSV bytes and ``COLOR_HSV2RGB`` the same pixels in RGB order, and the per-channel
+  brightness/contrast maps do not depend on the order. The hue shift is an integer drawn from
   ``[-18, 18)`` (numpy's exclusive upper bound, as in mmseg).
-* **Normalise** with the RGB mean/std, **then pad** bottom/right to the crop size with 0 for the
-  image (i.e. the mean colour) and the ignore index for the label.
+* **Normalise** with the RGB mean/std in float32, ``(x - mean) / std``, **then pad** bottom/right
+  to the crop size with 0 for the image (i.e. the mean colour) and the ignore index for the
+  label (mmseg's order: ``Normalize`` before ``Pad(pad_val=0, seg_pad_val=255)``).
+
+OpenCV versions: on real photos, ``cv2.resize`` (both interpolations) and the HSV conversions of
+OpenCV 4.5.1 (what mmcv 1.3 ran in 2021) and 5.1 give identical bytes (checked ad hoc with both
+wheels), so no pin is needed. mmcv's ``imnormalize`` (``cv2.subtract`` / ``cv2.multiply`` by
+``1 / std``) gives exactly ``(x - mean) / std`` in float32 on OpenCV 4.5 but differs by one float32
+ulp on about a quarter of the values on OpenCV 5.1, so normalisation stays in numpy, which
+equals the official one.
 
 All randomness comes from the ``numpy.random.Generator`` passed in, in the order mmseg draws
 it, so a sample is a pure function of ``(image, label, rng state)``.
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import cv2
 import numpy as np
 
 from ..models.base import IMAGENET_MEAN, IMAGENET_STD, MS_RATIOS
@@ -71,58 +78,24 @@ def scaled(scale: tuple[int, int], ratio: float) -> tuple[int, int]:
     return int(scale[0] * ratio), int(scale[1] * ratio)
 
 
-def resize_image(
-    image: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int] | None = None
-) -> np.ndarray:
-    """Bilinear resize of an HxWxC uint8 image to ``size`` = (h, w), OpenCV INTER_LINEAR rules.
-
-    ``window`` = (top, left, height, width) returns only that part of the resized image.
-    """
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize`` of an HxWxC image to ``size`` = (h, w) with ``INTER_LINEAR`` (mmcv's bilinear)."""
     h, w = size
     if min(h, w) < 1:
         raise ValueError(f"cannot resize to {size}")
-    top, left, height, width = (0, 0, h, w) if window is None else window
     if image.shape[:2] == (h, w):
-        return image[top : top + height, left : left + width]
-    y0, y1, wy = _linear_taps(image.shape[0], h, top, height)
-    x0, x1, wx = _linear_taps(image.shape[1], w, left, width)
-    rows = image[y0].astype(np.float32)
-    below = image[y1].astype(np.float32)
-    below -= rows
-    below *= wy[:, None, None]
-    rows += below
-    out = rows[:, x0]
-    right = rows[:, x1]
-    right -= out
-    right *= wx[None, :, None]
-    out += right
-    if image.dtype == np.float32:  # float bands are kept as they are
-        return out
-    out += 0.5  # values stay in the integer type's range: truncating x + 0.5 rounds half up
-    return out.astype(image.dtype)
-
-
-def _linear_taps(src: int, dst: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of output pixels start..start+count-1 (half-pixel centres)."""
-    pos = np.maximum((np.arange(start, start + count, dtype=np.float64) + 0.5) * (src / dst) - 0.5, 0.0)
-    first = np.minimum(pos.astype(np.intp), src - 1)
-    return first, np.minimum(first + 1, src - 1), (pos - first).astype(np.float32)
+        return image
+    out = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    return out if out.ndim == image.ndim else out[..., None]  # OpenCV drops a single channel axis
 
 
 def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an HxW label map, OpenCV INTER_NEAREST rules."""
-    h, w = label.shape
-    if (h, w) == tuple(size):
+    """``cv2.resize`` of an HxW label map to ``size`` = (h, w) with ``INTER_NEAREST`` (mmcv's nearest)."""
+    if label.shape == tuple(size):
         return label
-    rows = _nearest_index(h, size[0])
-    cols = _nearest_index(w, size[1])
-    return label[rows[:, None], cols[None, :]]
-
-
-def _nearest_index(src: int, dst: int) -> np.ndarray:
-    # OpenCV computes the inverse of the (dst / src) scale in double precision and floors.
-    inverse = 1.0 / (dst / src)
-    return np.minimum(np.floor(np.arange(dst) * inverse).astype(np.int64), src - 1)
+    if label.dtype == np.int64:  # OpenCV has no 64-bit integers; class ids fit in 32 bits
+        return cv2.resize(label.astype(np.int32), size[::-1], interpolation=cv2.INTER_NEAREST).astype(np.int64)
+    return cv2.resize(label, size[::-1], interpolation=cv2.INTER_NEAREST)
 
 
 def crop_offsets(
@@ -156,63 +129,6 @@ def crop_offsets(
 
 # --------------------------------------------------------------------------- colour
 
-_HSV_SHIFT = 12
-_DIVISORS = np.arange(1, 256, dtype=np.float64)
-# OpenCV's fixed-point reciprocal tables (entry 0 is 0: grey pixels get S = 0 and H = 0).
-_S_DIV = np.concatenate([[0], np.rint((255 << _HSV_SHIFT) / _DIVISORS)]).astype(np.int32)
-_H_DIV = np.concatenate([[0], np.rint((180 << _HSV_SHIFT) / (6.0 * _DIVISORS))]).astype(np.int32)
-_HALF = 1 << (_HSV_SHIFT - 1)
-_H_SCALE = np.float32(6.0) / np.float32(180.0)
-_INV_255 = np.float32(1.0) / np.float32(255.0)
-
-
-def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> uint8 HSV exactly as OpenCV's ``COLOR_RGB2HSV`` (H in 0..180)."""
-    r, g, b = (image[..., c].astype(np.int32) for c in range(3))
-    v = np.maximum(np.maximum(r, g), b)
-    diff = v - np.minimum(np.minimum(r, g), b)
-    s = np.take(_S_DIV, v)
-    s *= diff
-    s += _HALF
-    s >>= _HSV_SHIFT
-    h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
-    h *= np.take(_H_DIV, diff)
-    h += _HALF
-    h >>= _HSV_SHIFT
-    h[h < 0] += 180
-    out = np.empty(image.shape, np.uint8)
-    out[..., 0], out[..., 1], out[..., 2] = h, s, v
-    return out
-
-
-# OpenCV takes each output channel from one of v, v(1-s), v(1-s*f), v(1-s(1-f)) depending on the
-# 60-degree sector of the hue (f = fractional position inside it). Written as v(1 - s*k) with
-# k = A + B*f, these tables give (A, B) per channel (rows r, g, b) and sector (columns); the
-# float32 operations are then the same as OpenCV's.
-_SECTOR_A = np.array([[0, 0, 1, 1, 1, 0], [1, 0, 0, 0, 1, 1], [1, 1, 1, 0, 0, 0]], np.float32)
-_SECTOR_B = np.array([[0, 1, 0, 0, -1, 0], [-1, 0, 0, 1, 0, 0], [0, 0, -1, 0, 0, 1]], np.float32)
-
-
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """uint8 HSV (H in 0..180) -> uint8 RGB exactly as OpenCV's ``COLOR_HSV2RGB`` (float32 maths)."""
-    h = hsv[..., 0].astype(np.float32) * _H_SCALE
-    s = hsv[..., 1].astype(np.float32) * _INV_255
-    v = hsv[..., 2].astype(np.float32) * _INV_255
-    h[h >= 6] -= 6
-    start = np.floor(h)
-    frac = h - start
-    sector = start.astype(np.intp)
-    out = np.empty(hsv.shape, np.uint8)
-    for c in range(3):
-        k = np.take(_SECTOR_A[c], sector)
-        k += np.take(_SECTOR_B[c], sector) * frac
-        k *= s
-        value = np.float32(1) - k
-        value *= v
-        value *= np.float32(255)
-        out[..., c] = np.rint(value, out=value)  # values lie in [0, 255]: no clipping needed
-    return out
-
 
 def _convert(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
     # mmseg's convert: float32 affine map, clip, then truncate to uint8.
@@ -228,6 +144,7 @@ def photometric_distortion(
     hue_delta: int = 18,
 ) -> np.ndarray:
     """mmseg 0.x ``PhotoMetricDistortion`` on a uint8 RGB image (see the module docstring)."""
+    image = np.ascontiguousarray(image)  # OpenCV needs positive strides (a flipped view has none)
 
     def contrast(img: np.ndarray) -> np.ndarray:
         if rng.integers(2):
@@ -240,13 +157,13 @@ def photometric_distortion(
     if mode == 1:
         image = contrast(image)
     if rng.integers(2):
-        hsv = rgb_to_hsv(image)
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
         hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(*saturation_range))
-        image = hsv_to_rgb(hsv)
+        image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     if rng.integers(2):
-        hsv = rgb_to_hsv(image)
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
         hsv[..., 0] = (hsv[..., 0].astype(np.int64) + rng.integers(-hue_delta, hue_delta)) % 180
-        image = hsv_to_rgb(hsv)
+        image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     if mode == 0:
         image = contrast(image)
     return image
@@ -337,13 +254,11 @@ class TrainTransform:
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         _check_image(image, label, len(self.mean))
         size = rescale_size(image.shape[:2], scaled(self.scale, self.sample_ratio(rng)))
-        label = resize_label(label, size)
-        window = (0, 0, *size)
+        image, label = resize_image(image, size), resize_label(label, size)
         if self.crop_size is not None:
             top, left = crop_offsets(label, self.crop_size, rng, self.cat_max_ratio, self.ignore_index)
-            window = (top, left, min(self.crop_size[0], size[0]), min(self.crop_size[1], size[1]))
-            label = label[top : top + window[2], left : left + window[3]]
-        image = resize_image(image, size, window)
+            image = image[top : top + self.crop_size[0], left : left + self.crop_size[1]]
+            label = label[top : top + self.crop_size[0], left : left + self.crop_size[1]]
         if rng.random() < self.flip_prob:
             image, label = image[:, ::-1], label[:, ::-1]
         if self.photometric:
