@@ -182,14 +182,15 @@ class LossTermConfig:
     ``w_c = 1 / ln(1.02 + f_c)`` with ``f_c`` class c's share of the labelled pixels of the
     training split (the ENet rule; an absent class gets the largest weight, 1 / ln 1.02 = 50.5).
     ``reduction`` null takes the model's ``loss_reduction`` (``all`` for the paper's models).
-    ``thresh``/``min_kept``: OHEM; ``gamma``: focal; ``smooth``/``exponent``: Dice."""
+    ``thresh``/``min_kept``: OHEM (``thresh: null`` keeps the ``min_kept`` x batch highest-loss
+    pixels, mmseg's ``OHEMPixelSampler(thresh=None)``); ``gamma``: focal; ``smooth``/``exponent``: Dice."""
 
     name: LossName = "ce"
     weight: float = 1.0
     class_weight: list[float] | Literal["auto"] | None = None
     label_smoothing: float = 0.0
     reduction: Literal["all", "valid"] | None = None
-    thresh: float = 0.7
+    thresh: float | None = 0.7
     min_kept: int = 100000
     gamma: float = 2.0
     smooth: float = 1.0

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import semask
 from semask.config import ConfigError, ExperimentConfig, LossConfig, LossName, LossTermConfig
 from semask.engine.criterion import build_criterion, training_forward
 from semask.models.loss import (
@@ -82,6 +83,89 @@ def test_ohem_keeps_pixels_below_the_threshold_or_the_min_kept_hardest() -> None
     loss = OhemCrossEntropyLoss(thresh=0.7, min_kept=3, reduction="valid")
     assert loss.kept(logits, y).tolist() == [[[0.0, 1.0, 1.0, 1.0, 0.0]]]
     assert loss(logits, y).item() == pytest.approx((-LN(0.6) - LN(0.3) - LN(0.8)) / 3, rel=1e-5)
+
+
+def _ohem_image(entries: list[tuple[float, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, 2, 2, 3) logits and (1, 2, 3) labels from (odds, logit index, label) per pixel: the
+    logits are 0 except ln(odds) at the index, so the CE is ln(1 + odds) when the label is the
+    other class and ln((1 + odds) / odds) when it is that class."""
+    logits = torch.zeros(1, 2, 6, dtype=torch.float64)
+    for i, (odds, index, _) in enumerate(entries):
+        logits[0, index, i] = LN(odds)
+    y = torch.tensor([label for _, _, label in entries]).reshape(1, 2, 3)
+    return logits.reshape(1, 2, 2, 3).float(), y
+
+
+def test_ohem_without_threshold_keeps_the_min_kept_hardest_pixels_by_hand() -> None:
+    """mmseg's OHEMPixelSampler(thresh=None): the min_kept x batch highest-loss valid pixels weigh 1,
+    the weighted CE is averaged over all pixels (mmseg 'mean'); ignored pixels are never kept."""
+    image, y = _ohem_image([(7, 1, 0), (3, 1, 0), (1, 1, 1), (3, 0, 0), (7, 1, 255), (3, 1, 1)])
+    # CE per pixel: ln 8, ln 4, ln 2, ln 4/3, (ignored; ln 8 if it counted), ln 4/3
+    loss = OhemCrossEntropyLoss(thresh=None, min_kept=2)
+    assert loss.kept(image, y).tolist() == [[[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]]
+    assert loss(image, y).item() == pytest.approx((LN(8) + LN(4)) / 6, rel=1e-6)  # = 5 ln 2 / 6
+    valid_mean = OhemCrossEntropyLoss(thresh=None, min_kept=2, reduction="valid")(image, y)
+    assert valid_mean.item() == pytest.approx((LN(8) + LN(4)) / 2, rel=1e-6)
+    # fewer valid pixels (5) than min_kept: every valid pixel is kept
+    many = OhemCrossEntropyLoss(thresh=None, min_kept=10)
+    assert many.kept(image, y).tolist() == [[[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]]]
+    assert many(image, y).item() == pytest.approx(LN(8 * 4 * 2 * 16 / 9) / 6, rel=1e-6)
+    # the kept set is chosen over the whole batch (min_kept x B pixels), not per image
+    second, y2 = _ohem_image([(15, 1, 0), (1 / 3, 1, 0), (1 / 3, 1, 0), (3, 0, 0), (3, 0, 0), (1 / 3, 1, 0)])
+    # second image: ln 16 once, all others ln 4/3
+    batch = OhemCrossEntropyLoss(thresh=None, min_kept=2)
+    both, y_both = torch.cat([image, second]), torch.cat([y, y2])
+    assert batch.kept(both, y_both).sum().item() == 4
+    assert batch(both, y_both).item() == pytest.approx((LN(16) + LN(8) + LN(4) + LN(2)) / 12, rel=1e-6)
+    # class weights scale each pixel's loss and take part in the ranking, as mmseg's weighted CE
+    weighted = OhemCrossEntropyLoss(thresh=None, min_kept=1, class_weight=[1.0, 4.0])
+    assert weighted.kept(image, y).tolist() == [[[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]]  # 4 ln 2 > ln 8
+    assert weighted(image, y).item() == pytest.approx(4 * LN(2) / 6, rel=1e-6)
+
+
+@pytest.mark.parametrize("thresh", [None, 0.7])
+def test_ohem_from_stride4_logits_equals_ohem_of_the_resized_logits(thresh: float | None) -> None:
+    """The trainer hands the losses stride-4 logits: OHEM ranks and sums band by band, with the same
+    kept pixels, value and gradient as resizing the logits to the labels first (as mmseg does)."""
+    g = torch.Generator().manual_seed(0)
+    small = torch.randn(2, 5, 9, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 5, (2, 36, 44), generator=g)
+    y[:, :4] = 255
+    for loss in (
+        OhemCrossEntropyLoss(thresh=thresh, min_kept=300),
+        OhemCrossEntropyLoss(thresh=thresh, min_kept=300, class_weight=[1, 2, 3, 0.5, 1], reduction="valid"),
+    ):
+        big = torch.nn.functional.interpolate(small, size=(36, 44), mode="bilinear", align_corners=False)
+        assert torch.equal(loss.kept(small, y), loss.kept(big, y))
+        assert 0 < loss.kept(small, y).sum() < (y != 255).sum()
+        (grad_small,) = torch.autograd.grad(loss(small, y), small)
+        (grad_big,) = torch.autograd.grad(loss(big, y), small)
+        # the literal path computes in float32 (as mmseg), the banded one keeps float64
+        assert loss(small, y).item() == pytest.approx(loss(big, y).item(), rel=1e-6)
+        torch.testing.assert_close(grad_small, grad_big, rtol=1e-5, atol=1e-9)
+
+
+def test_ohem_samples_only_the_main_loss() -> None:
+    """SeMask's decode head samples the main CE only; the 0.4 x semantic CE stays a plain mean."""
+    g = torch.Generator().manual_seed(1)
+    out = SegmentationOutput(
+        logits=torch.randn(2, 4, 6, 6, generator=g), semantic_logits=torch.randn(2, 4, 6, 6, generator=g)
+    )
+    y = torch.randint(0, 4, (2, 24, 24), generator=g)
+    cfg = ExperimentConfig.from_dict(
+        {
+            "model": {"name": "semask_swin_t_fpn", "overrides": {"num_classes": 4}},
+            "loss": {"main": [{"name": "ohem", "thresh": None, "min_kept": 50}]},
+        }
+    )
+    assert cfg.loss.main == [LossTermConfig("ohem", thresh=None, min_kept=50)]
+    criterion = build_criterion(cfg.loss, semask.get_config("semask_swin_t_fpn", num_classes=4))
+    got = criterion(SegmentationOutput(out.logits, out.semantic_logits), y)
+    reference = add_semantic_prior_loss(SegmentationOutput(out.logits, out.semantic_logits), y, 0.4)
+    assert torch.equal(got.loss_semantic, reference.loss_semantic)
+    assert got.loss_main.item() == pytest.approx(OhemCrossEntropyLoss(None, 50)(out.logits, y).item())
+    assert got.loss_main < reference.loss_main  # 100 of 1152 pixels kept, averaged over all
+    assert got.loss.item() == pytest.approx((got.loss_main + 0.4 * got.loss_semantic).item())
 
 
 def test_focal_loss_by_hand() -> None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .outputs import SegmentationOutput
-from .upsampled_ce import upsampled_cross_entropy
+from .upsampled_ce import upsampled_cross_entropy, upsampled_pixel_cross_entropy
 
 IGNORE_INDEX = 255
 # How the cross-entropy is averaged (see segmentation_cross_entropy).
@@ -121,6 +121,14 @@ class SegLoss(nn.Module):
             return per_pixel.sum() / weights.sum().clamp(min=1e-12)
         raise ValueError(f"unknown loss reduction {reduction!r}; use 'all' or 'valid'")
 
+    def _reduce_sum(self, total: Tensor, labels: Tensor, weights: Tensor, reduction: str) -> Tensor:
+        """``total`` (the summed pixel losses) over all pixels or over ``weights``' sum, as :meth:`_reduce`."""
+        if reduction == "all":
+            return total / labels.numel()
+        if reduction == "valid":
+            return total / weights.sum().clamp(min=1e-12)
+        raise ValueError(f"unknown loss reduction {reduction!r}; use 'all' or 'valid'")
+
     def _pixel_weights(self, labels: Tensor, class_weight: Tensor | None) -> Tensor:
         valid = labels != self.ignore_index
         if class_weight is None:
@@ -161,28 +169,49 @@ class CrossEntropyLoss(SegLoss):
             label_smoothing=self.label_smoothing,
         )
 
-    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        logits = _at_label_size(logits, labels)
+    def summed(self, logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Sum of the per-pixel losses (times ``mask``, (B, H, W), when given). Logits smaller than
+        the labels (the decoders' stride-4 maps) are resized band by band, never as a full-size
+        tensor (:func:`semask.models.upsampled_ce.upsampled_cross_entropy`; label smoothing
+        resizes them first)."""
         weight = _class_weight_tensor(self.class_weight, logits.shape[1], logits)
-        return self._reduce(self.pixel_losses(logits, labels), self._pixel_weights(labels, weight), self.reduction)
+        if self.label_smoothing == 0 and logits.shape[-2:] != labels.shape[-2:]:
+            pixel = None if weight is None else weight[labels.long().clamp(0, len(weight) - 1)]
+            if mask is not None:
+                pixel = mask if pixel is None else pixel * mask
+            return upsampled_cross_entropy(logits, labels, self.ignore_index, weight=pixel)
+        per_pixel = self.pixel_losses(_at_label_size(logits, labels), labels)
+        return (per_pixel if mask is None else per_pixel * mask).sum()
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        weight = _class_weight_tensor(self.class_weight, logits.shape[1], logits)
+        weights = self._pixel_weights(labels, weight)
+        return self._reduce_sum(self.summed(logits, labels), labels, weights, self.reduction)
 
 
 class OhemCrossEntropyLoss(CrossEntropyLoss):
-    """Cross-entropy on the hard pixels only, as mmseg's ``OHEMPixelSampler(thresh, min_kept)``.
+    """Cross-entropy on the hard pixels only, as mmseg's ``OHEMPixelSampler(thresh, min_kept)``
+    (``mmseg/core/seg/sampler/ohem_pixel_sampler.py``) followed by its weighted CE.
 
-    Per batch, with p the softmax probability of each valid pixel's true class, sorted
-    ascending: ``threshold = max(thresh, p_sorted[min(min_kept * B, n_valid - 1)])``, and the
-    pixels with ``p < threshold`` are kept (weight 1), all others get weight 0. So at least
-    about ``min_kept`` pixels per image are trained on, plus every pixel less confident than
-    ``thresh``. The CE of the kept pixels is then reduced as ``reduction`` says ("all": over
-    all pixels, as mmseg; "valid": over the kept pixels' weights).
+    Per batch of B images, over the valid pixels, with the logits resized to the labels:
+
+    * ``thresh=None``: the ``min_kept * B`` pixels with the highest CE are kept (all valid pixels
+      when there are fewer). The SeMask-L ADE20K and SeMask COCO-Stuff recipes use this.
+    * ``thresh`` p0: with p the softmax probability of each pixel's true class, sorted
+      ascending, ``threshold = max(p0, p_sorted[min(min_kept * B, n_valid - 1)])``; the pixels
+      with ``p < threshold`` are kept: at least about ``min_kept`` per image, plus every pixel
+      less confident than p0.
+
+    Kept pixels weigh 1, all others 0; the weighted CE is reduced as ``reduction`` says ("all":
+    over all B*H*W pixels, mmseg's 'mean'; "valid": over the kept pixels' weights). Ties at the
+    ``min_kept`` cut are broken by torch's sort order, as in mmseg.
     """
 
     name = "ohem"
 
     def __init__(
         self,
-        thresh: float = 0.7,
+        thresh: float | None = 0.7,
         min_kept: int = 100000,
         class_weight: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
@@ -190,34 +219,43 @@ class OhemCrossEntropyLoss(CrossEntropyLoss):
         ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__(class_weight, label_smoothing, reduction, ignore_index)
-        if not 0.0 < thresh <= 1.0 or min_kept < 0:
-            raise ValueError(f"OHEM needs 0 < thresh <= 1 and min_kept >= 0, got {thresh}, {min_kept}")
-        self.thresh = float(thresh)
+        if (thresh is not None and not 0.0 < thresh <= 1.0) or min_kept < 0:
+            raise ValueError(f"OHEM needs thresh None or 0 < thresh <= 1, and min_kept >= 0, got {thresh}, {min_kept}")
+        self.thresh = None if thresh is None else float(thresh)
         self.min_kept = int(min_kept)
 
     def kept(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """(B, H, W) float mask of the pixels OHEM trains on (logits at the label size)."""
+        """(B, H, W) float mask of the pixels OHEM trains on (logits at any size)."""
         with torch.no_grad():
+            if logits.shape[-2:] != labels.shape[-2:]:  # per-pixel CE band by band
+                ce = upsampled_pixel_cross_entropy(logits, labels, self.ignore_index)
+            else:
+                ce = F.cross_entropy(logits.float(), labels.long(), ignore_index=self.ignore_index, reduction="none")
             valid = labels != self.ignore_index
-            target = torch.where(valid, labels.long(), torch.zeros_like(labels, dtype=torch.long))
-            prob = logits.softmax(1).gather(1, target.unsqueeze(1)).squeeze(1)
-            valid_prob = prob[valid]
-            keep = torch.zeros_like(prob)
-            if valid_prob.numel() == 0:
+            keep = torch.zeros_like(ce)
+            batch_kept = self.min_kept * labels.shape[0]
+            if self.thresh is None:
+                score = ce[valid]
+                weight = _class_weight_tensor(self.class_weight, logits.shape[1], logits)
+                if weight is not None:  # mmseg ranks by the loss it trains with: class weights included
+                    score = score * weight[labels[valid].long()]
+                hardest = score.sort(descending=True).indices[:batch_kept]
+                keep_valid = torch.zeros_like(score)
+                keep_valid[hardest] = 1.0
+                keep[valid] = keep_valid
                 return keep
-            ordered = valid_prob.sort().values
-            floor = ordered[min(self.min_kept * labels.shape[0], ordered.numel() - 1)]
-            threshold = torch.clamp(floor, min=self.thresh)
-            keep[valid] = (valid_prob < threshold).float()
+            prob = torch.exp(-ce[valid])  # softmax probability of the true class
+            if prob.numel() == 0:
+                return keep
+            floor = prob.sort().values[min(batch_kept, prob.numel() - 1)]
+            keep[valid] = (prob < torch.clamp(floor, min=self.thresh)).to(keep.dtype)
             return keep
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        logits = _at_label_size(logits, labels)
         keep = self.kept(logits, labels)
         weight = _class_weight_tensor(self.class_weight, logits.shape[1], logits)
-        return self._reduce(
-            self.pixel_losses(logits, labels) * keep, self._pixel_weights(labels, weight) * keep, self.reduction
-        )
+        weights = self._pixel_weights(labels, weight) * keep
+        return self._reduce_sum(self.summed(logits, labels, keep), labels, weights, self.reduction)
 
 
 class FocalLoss(SegLoss):

@@ -12,6 +12,8 @@ through the transposed matrices onto those rows; then dropped. Every temporary i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -51,37 +53,51 @@ def _columns(x: Tensor, a_w: Tensor) -> Tensor:
     return torch.matmul(x.transpose(0, 1), a_w.T)
 
 
+def _bands_of_logits(
+    x: Tensor, size: tuple[int, int], band_rows: int
+) -> Iterator[tuple[int, int, int, int, int, Tensor, Tensor]]:
+    """(image, first row, end row, first source row, end source row, H-resize rows, band logits
+    (rows, K, W)) for every band of output rows of the bilinear resize of ``x`` to ``size``."""
+    b, k, h, w = x.shape
+    big_h, big_w = size
+    a_w, a_h = bilinear_matrix(w, big_w, x), bilinear_matrix(h, big_h, x)
+    lo, hi, _ = bilinear_taps(h, big_h)
+    for i in range(b):
+        for r0, r1 in _bands(big_h, band_rows):
+            s0, s1 = int(lo[r0]), int(hi[r1 - 1]) + 1  # the band's source rows
+            rows = a_h[r0:r1, s0:s1]
+            cols = _columns(x[i, :, s0:s1], a_w).reshape(s1 - s0, k * big_w)
+            yield i, r0, r1, s0, s1, rows, torch.mm(rows, cols).view(-1, k, big_w)
+
+
 class _UpsampledCrossEntropySum(torch.autograd.Function):
     """The loss is a scalar at the end of the graph, so its gradient is formed in the same pass
     as its value, band by band, and backward only scales it: no band is built twice."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, ignore_index: int, band_rows: int, want_grad: bool) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, logits: Tensor, labels: Tensor, weight: Tensor | None, ignore_index: int, band_rows: int, want_grad: bool
+    ) -> Tensor:
         x = _compute_dtype(logits)
-        b, k, h, w = x.shape
-        big_h, big_w = labels.shape[-2:]
-        a_w, a_h = bilinear_matrix(w, big_w, x), bilinear_matrix(h, big_h, x)
-        lo, hi, _ = bilinear_taps(h, big_h)
+        big_w = labels.shape[-1]
+        a_w = bilinear_matrix(x.shape[-1], big_w, x)
         total = x.new_zeros((), dtype=torch.float64)
         grad = torch.zeros_like(x) if want_grad else None
         with torch.autocast(x.device.type, enabled=False):  # float32 throughout, as the literal CE
-            for i in range(b):
-                for r0, r1 in _bands(big_h, band_rows):
-                    s0, s1 = int(lo[r0]), int(hi[r1 - 1]) + 1  # the band's source rows
-                    rows = a_h[r0:r1, s0:s1]
-                    cols = _columns(x[i, :, s0:s1], a_w).reshape(s1 - s0, k * big_w)
-                    band = torch.mm(rows, cols).view(-1, k, big_w)
-                    lab = labels[i, r0:r1].long()
-                    valid = lab != ignore_index
-                    target = torch.where(valid, lab, 0)[:, None]
-                    logp = torch.log_softmax(band, 1)
-                    total -= (logp.gather(1, target)[:, 0] * valid).sum(dtype=torch.float64)
-                    if want_grad:  # grad exists exactly then
-                        p = logp.exp_()  # softmax
-                        p.scatter_add_(1, target, -valid[:, None].to(p.dtype))  # - onehot
-                        p.mul_(valid.to(p.dtype)[:, None])
-                        grad_cols = torch.mm(rows.T, p.view(r1 - r0, -1)).view(s1 - s0, k, big_w)
-                        grad[i, :, s0:s1] += torch.matmul(grad_cols, a_w).transpose(0, 1)
+            for i, r0, r1, s0, s1, rows, band in _bands_of_logits(x, labels.shape[-2:], band_rows):
+                lab = labels[i, r0:r1].long()
+                valid = lab != ignore_index
+                target = torch.where(valid, lab, 0)[:, None]
+                # per-pixel weight: 1 on valid pixels, times ``weight`` when given
+                pixel = valid.to(band.dtype) if weight is None else valid * weight[i, r0:r1].to(band.dtype)
+                logp = torch.log_softmax(band, 1)
+                total -= (logp.gather(1, target)[:, 0] * pixel).sum(dtype=torch.float64)
+                if want_grad:  # grad exists exactly then
+                    p = logp.exp_()  # softmax
+                    p.scatter_add_(1, target, -valid[:, None].to(p.dtype))  # - onehot
+                    p.mul_(pixel[:, None])
+                    grad_cols = torch.mm(rows.T, p.view(r1 - r0, -1)).view(s1 - s0, -1, big_w)
+                    grad[i, :, s0:s1] += torch.matmul(grad_cols, a_w).transpose(0, 1)
         if want_grad:
             ctx.save_for_backward(grad)
         ctx.dtype = logits.dtype
@@ -89,25 +105,53 @@ class _UpsampledCrossEntropySum(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, None, None, None, None]:  # type: ignore[override]
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return (grad * grad_output.to(grad.dtype)).to(ctx.dtype), None, None, None, None
+        return (grad * grad_output.to(grad.dtype)).to(ctx.dtype), None, None, None, None, None
+
+
+def _band_rows(logits: Tensor, labels: Tensor, band_elements: int | None) -> int:
+    """Rows per band: about ``band_elements`` floats (default 2^21 on a CPU: 8 MB, cache- and
+    malloc-friendly; 2^26 on a GPU: a few large kernels per image instead of many small ones)."""
+    if band_elements is None:
+        band_elements = 1 << 21 if logits.device.type == "cpu" else 1 << 26
+    return max(1, band_elements // (logits.shape[1] * labels.shape[-1]))
 
 
 def upsampled_cross_entropy(
-    logits: Tensor, labels: Tensor, ignore_index: int = 255, band_elements: int | None = None
+    logits: Tensor,
+    labels: Tensor,
+    ignore_index: int = 255,
+    band_elements: int | None = None,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Sum over non-ignored pixels of CE(resize(logits, labels' size), labels), float32 (float64 kept).
 
     Equal (to float rounding) to ``F.cross_entropy(F.interpolate(logits, size, bilinear,
     align_corners=False).float(), labels, ignore_index=..., reduction="sum")``, with
     temporaries of about ``band_elements`` floats instead of B K H W. ``logits`` (B, K, h, w),
-    ``labels`` (B, H, W) integers. Default band: 2^21 floats on a CPU (8 MB, cache- and
-    malloc-friendly), 2^26 on a GPU (a few large kernels per image instead of many small ones).
+    ``labels`` (B, H, W) integers; ``weight`` (B, H, W), optional, multiplies each pixel's CE
+    (OHEM's kept-pixel mask, class weights of the labels).
     """
-    if band_elements is None:
-        band_elements = 1 << 21 if logits.device.type == "cpu" else 1 << 26
-    k, big_w = logits.shape[1], labels.shape[-1]
-    band_rows = max(1, band_elements // (k * big_w))
     want_grad = torch.is_grad_enabled() and logits.requires_grad  # no gradient is formed for evaluation
-    return _UpsampledCrossEntropySum.apply(logits, labels, ignore_index, band_rows, want_grad)
+    band_rows = _band_rows(logits, labels, band_elements)
+    return _UpsampledCrossEntropySum.apply(logits, labels, weight, ignore_index, band_rows, want_grad)
+
+
+@torch.no_grad()
+def upsampled_pixel_cross_entropy(
+    logits: Tensor, labels: Tensor, ignore_index: int = 255, band_elements: int | None = None
+) -> Tensor:
+    """(B, H, W) per-pixel CE of the logits bilinearly resized to the labels' size (0 on ignored
+    pixels), built band by band like :func:`upsampled_cross_entropy`; no gradient."""
+    x = _compute_dtype(logits)
+    out = x.new_zeros(labels.shape)
+    with torch.autocast(x.device.type, enabled=False):
+        for i, r0, r1, _, _, _, band in _bands_of_logits(
+            x, labels.shape[-2:], _band_rows(logits, labels, band_elements)
+        ):
+            lab = labels[i, r0:r1].long()
+            valid = lab != ignore_index
+            target = torch.where(valid, lab, 0)[:, None]
+            out[i, r0:r1] = -torch.log_softmax(band, 1).gather(1, target)[:, 0] * valid
+    return out
