@@ -321,9 +321,14 @@ def test_cityscapes_and_coco_stuff_layouts(tmp_path):
 
     coco = tmp_path / "coco"
     _write(coco / "images/test2014/COCO_val2014_000000000139.jpg", _rgb(5, 6))
-    _write(coco / "annotations/test2014/COCO_val2014_000000000139_labelTrainIds.png", np.full((5, 6), 170, np.uint8))
+    # the official 10k converter's ids: 0 = unlabelled, 1..171 = classes (reduce_zero_label by default)
+    coco_label = np.array([[0, 1, 171, 100, 50, 7]] * 5, np.uint8)
+    _write(coco / "annotations/test2014/COCO_val2014_000000000139_labelTrainIds.png", coco_label)
     ds = COCOStuff10kDataset(coco, "val")
-    assert ds.num_classes == 171 and (ds[0]["label"] == 170).all()
+    assert ds.num_classes == 171
+    np.testing.assert_array_equal(ds[0]["label"][0].numpy(), [255, 0, 170, 99, 49, 6])
+    with pytest.raises(DataError, match=r"class ids \[171\] outside 0..170"):  # 164k ids are used as stored
+        COCOStuff10kDataset(coco, "val", reduce_zero_label=False)[0]
     with pytest.raises(DataError, match="train2014"):
         COCOStuff10kDataset(coco, "train")
 

@@ -586,7 +586,9 @@ class COCOStuff10kDataset(SegmentationDataset):
 
     Split ``train``/``training`` is train2014 and ``val``/``validation``/``test`` is test2014 (the
     10k benchmark); folder names such as ``train2017``/``val2017`` (COCO-Stuff-164k in the same
-    layout) are accepted as is.
+    layout) are accepted as is. The 10k converter writes 0 = unlabelled and 1..171 = classes, so
+    ``reduce_zero_label`` is on by default (as in the official SeMask COCO-Stuff-10k configs);
+    164k labels (0..170, 255 = unlabelled) need ``reduce_zero_label=False``.
     """
 
     def __init__(
@@ -595,7 +597,7 @@ class COCOStuff10kDataset(SegmentationDataset):
         split: str = "train",
         *,
         transform: Transform | None = None,
-        reduce_zero_label: bool = False,
+        reduce_zero_label: bool = True,
         num_classes: int | None = None,
         seed: int = 0,
     ) -> None:

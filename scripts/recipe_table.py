@@ -1,0 +1,99 @@
+"""The recipe table of semask/configs/README.md, generated (never written by hand) from the packaged
+recipes and the transcribed official settings (tests/official_recipes.py); a test keeps it current.
+
+python scripts/recipe_table.py            # print the table
+python scripts/recipe_table.py --write    # replace the table between the markers in semask/configs/README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from semask.config import get_recipe, recipe_names
+from semask.models.pretrained import get_pretrained, list_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- recipes:start (scripts/recipe_table.py) -->", "<!-- recipes:end -->"
+README = ROOT / "semask" / "configs" / "README.md"
+BLOB = {
+    "Picsart-AI-Research/SeMask-Segmentation": "https://github.com/Picsart-AI-Research/SeMask-Segmentation/blob/main/",
+    "NVlabs/SegFormer": "https://github.com/NVlabs/SegFormer/blob/master/",
+}
+
+
+def _official() -> object:
+    spec = importlib.util.spec_from_file_location("official_recipes", ROOT / "tests" / "official_recipes.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _link(repo: str, path: str) -> str:
+    return f"[{path.rsplit('/', 1)[-1]}]({BLOB[repo]}{path.replace(' ', '%20')})"
+
+
+def _command(name: str, gpus: int, root: str) -> str:
+    launch = f"torchrun --nproc_per_node {gpus} -m semask.cli train" if gpus > 1 else "semask train"
+    return f"`{launch} {name} --work-dir work_dirs/{name} data.root={root}`"
+
+
+def table() -> str:
+    official = _official()
+    lines = [
+        "| recipe | official file | per-GPU batch x GPUs | iterations | paper mIoU (s.s. / m.s.) | command |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for name in recipe_names():
+        cfg = get_recipe(name)
+        batch = cfg.train.batch_size
+        if name in official.OFFICIAL:  # type: ignore[attr-defined]
+            o = official.OFFICIAL[name]  # type: ignore[attr-defined]
+            source, gpus = _link(o["repo"], o["file"]), o["gpus"]
+            if name.startswith("semask_mit"):
+                source = f"none (no SeMask MiT code); the SegFormer file {source}"
+            miou = f"{o['paper'][0]:.2f} / {o['paper'][1]:.2f}" if o["paper"] else "-"
+        elif name in official.ABLATIONS:  # type: ignore[attr-defined]
+            _, base, where, value = official.ABLATIONS[name]  # type: ignore[attr-defined]
+            o = official.OFFICIAL[base]  # type: ignore[attr-defined]
+            source, gpus = f"none (ablation, paper {where}); recipe of `{base}`", o["gpus"]
+            miou = f"{value:.2f} / -"
+        elif name in official.MASK2FORMER:  # type: ignore[attr-defined]
+            path = official.MASK2FORMER[name]  # type: ignore[attr-defined]
+            source = _link("Picsart-AI-Research/SeMask-Segmentation", path)
+            gpus = official.MASK2FORMER_TOTAL_BATCH // batch  # type: ignore[attr-defined]
+            entry = f"{cfg.model.name}.{cfg.data.type}"
+            released = get_pretrained(entry) if entry in list_pretrained() else None
+            miou = (
+                f"{released.paper_miou[0]:.2f} / {released.paper_miou[1]:.2f}"
+                if released and released.paper_miou
+                else "-"
+            )
+        else:  # the demo
+            source, gpus, miou = "none (the built-in demo, `semask demo`)", 1, "-"
+        lines.append(
+            f"| `{name}` | {source} | {batch} x {gpus} | {cfg.schedule.iters:,} | {miou} "
+            f"| {_command(name, gpus, cfg.data.root)} |"
+        )
+    return "\n".join(lines)
+
+
+def write(readme: Path = README) -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        sys.exit(f"{readme} has no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{table()}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help="update semask/configs/README.md in place")
+    if parser.parse_args().write:
+        write()
+    else:
+        print(table())
