@@ -185,7 +185,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best"]
         if best["value"] is not None:
-            print(f"best mIoU {best['value']:.2f} at iteration {best['iteration']}")
+            print(
+                f"best mIoU {best['value']:.2f} at iteration {best['iteration']} (checkpoints/best.pth); the "
+                f"official numbers are the final iteration's: semask eval {work_dir}"
+            )
         print(f"work dir: {work_dir}  (model: {summary.get('model_dir')}, log: {work_dir / 'metrics.jsonl'})")
     return 0
 
@@ -197,18 +200,25 @@ VAL_SPLITS = {"ade20k": "validation", "cityscapes": "val", "coco_stuff10k": "val
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data.datasets import build_dataset
     from .engine.amp import autocast, resolve_amp_dtype
+    from .engine.checkpoint import describe_weights, final_checkpoint
     from .engine.evaluate import evaluate
     from .engine.predict import load_model_any
 
     target = Path(args.target)
+    if target.is_dir() and (target / "config.yaml").is_file() and (target / "checkpoints").is_dir():
+        target = target / "config.yaml"  # a training work dir: its config and its final checkpoint
     if target.suffix in (".yaml", ".yml"):
-        if args.checkpoint is None:
+        weights = args.checkpoint
+        if weights is None and (target.parent / "checkpoints").is_dir():  # a work dir's config.yaml
+            weights = final_checkpoint(target.parent / "checkpoints")
+        if weights is None:
             raise ValueError(f"evaluating with the config {target} needs --checkpoint (weights to test)")
         cfg = load_config(target, args.overrides)
-        model, _ = load_model_any(args.checkpoint)
+        model, _ = load_model_any(weights)
     else:
         if args.checkpoint is not None:
             raise ValueError(f"{target} is a model already; --checkpoint is only used with a YAML config")
+        weights = target
         model, embedded = load_model_any(target)
         if embedded is not None:  # a training checkpoint: its config says which data and protocol
             cfg = ExperimentConfig.from_dict(embedded.to_dict(), str(target), args.overrides)
@@ -233,6 +243,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         split,
         **(data.dataset_kwargs() if data_type == data.type else _base_dataset_kwargs(data)),
     )
+    checkpoint = describe_weights(weights, cfg.schedule.iters)
+    print(f"checkpoint: {checkpoint['path']}{_iteration_note(checkpoint, cfg.schedule.iters)}")
     device = _device(args.device)
     model = model.to(device)
     with autocast(device, resolve_amp_dtype(device, args.amp)):
@@ -240,6 +252,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             model,
             dataset,
             _eval_settings(args, cfg.eval, model),
+            checkpoint=checkpoint,
             num_workers=args.num_workers,
             pred_dir=args.pred_dir,
             out_json=args.out,
@@ -253,6 +266,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         print(f"results written to {args.out}")
     return 0
+
+
+def _iteration_note(checkpoint: dict[str, Any], total: int) -> str:
+    if checkpoint["iteration"] is None:
+        return ""
+    if checkpoint["final"]:
+        return f" (iteration {checkpoint['iteration']} of {total}: the final weights, as the official numbers)"
+    return (
+        f" (iteration {checkpoint['iteration']} of {total}; the official numbers are the final iteration's: "
+        "evaluate the work dir or checkpoints/latest.pth of a finished run)"
+    )
 
 
 def _base_dataset_kwargs(data: Any) -> dict[str, Any]:
@@ -638,7 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="mIoU of a model on a labelled split")
-    p.add_argument("target", help="a YAML config (with --checkpoint), a training checkpoint, or a model")
+    p.add_argument(
+        "target",
+        help="a training work dir (its final checkpoint, the weights the official numbers report), a YAML "
+        "config (with --checkpoint; a work dir's config.yaml defaults to its final checkpoint), a training "
+        "checkpoint (best.pth: the best validation score, not the official protocol), or a model",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--checkpoint", help="weights to test with a YAML config (checkpoint or model folder)")
     p.add_argument("--data-type", help="dataset type (ade20k, cityscapes, coco_stuff10k, folder)")

@@ -204,6 +204,29 @@ def test_eval_predict_and_score_agree(trained: dict[str, Path], capsys: pytest.C
     assert protocol["scales"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] and protocol["flip"] is True
 
 
+def test_eval_of_a_work_dir_tests_and_names_its_final_checkpoint(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    """The official numbers are the final iteration's: eval of a work dir (or its config.yaml) takes
+    that checkpoint and names it, on the console and in the JSON; best.pth is named as not final."""
+    root, work = trained["root"], trained["work"]
+    summary = json.loads((work / "summary.json").read_text())
+    final = str((work / "checkpoints" / "iter_00000004.pth").resolve())
+    for target in (work, work / "config.yaml"):
+        assert main(["eval", str(target), "--out", str(root / "dir.json"), "--num-workers", "0"]) == 0
+        out = capsys.readouterr().out
+        assert f"checkpoint: {final} (iteration 4 of 4: the final weights" in out
+        result = json.loads((root / "dir.json").read_text())
+        assert result["checkpoint"] == {"path": final, "iteration": 4, "final": True}
+        assert result["mIoU"] == pytest.approx(summary["metrics"]["mIoU"], abs=1e-9)
+    assert (
+        main(["eval", str(work / "checkpoints" / "best.pth"), "--out", str(root / "b.json"), "--num-workers", "0"]) == 0
+    )
+    best = json.loads((root / "b.json").read_text())["checkpoint"]
+    assert best["iteration"] == summary["best"]["iteration"] and best["final"] == (best["iteration"] == 4)
+    assert best["path"] == str((work / "checkpoints" / "best.pth").resolve())
+
+
 def test_user_errors_are_one_line_messages(trained: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     assert main(["train", str(trained["config"]), "train.batch_sise=2"]) == 1
     assert "train.batch_sise" in capsys.readouterr().err

@@ -106,6 +106,34 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def final_checkpoint(directory: str | Path) -> Path | None:
+    """The newest checkpoint of a run's ``checkpoints/`` folder (``latest.pth`` resolved): after a
+    finished run, the final-iteration weights, which the official numbers are reported for."""
+    return CheckpointManager(directory, keep_last=1).resolve_resume(True)
+
+
+def describe_weights(path: str | Path, total_iters: int | None = None) -> dict[str, Any]:
+    """Which weights an evaluation tests: the resolved path and, for a training checkpoint, its
+    iteration and whether it is the run's final one (``total_iters``; best.pth usually is not).
+    Reads the checkpoint memory-mapped, so its tensors are not loaded."""
+    resolved = Path(path).resolve() if Path(path).exists() else None
+    info: dict[str, Any] = {"path": str(resolved or path), "iteration": None, "final": None}
+    if resolved is None or not resolved.is_file() or resolved.suffix != ".pth":
+        return info
+    from ..models.io import torch_load
+    from ..models.strict import CheckpointError
+
+    try:
+        state = torch_load(resolved, mmap=True)
+    except CheckpointError:
+        return info
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        info["iteration"] = int(state["iteration"])
+        if total_iters is not None:
+            info["final"] = info["iteration"] == total_iters
+    return info
+
+
 def model_from_state(state: dict[str, Any], source: str) -> nn.Module:
     """Rebuild the model a training checkpoint holds (architecture from ``model_config``), strictly."""
     from ..models.loader import model_from_config_and_state

@@ -51,6 +51,7 @@ def evaluate(
     confusion_png: str | Path | None = None,
     normalize_confusion: bool = False,
     progress: bool = True,
+    checkpoint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """mIoU / mAcc / aAcc (percent) and per-class IoU / Acc of ``model`` on ``dataset``.
 
@@ -63,6 +64,8 @@ def evaluate(
     ``confusion_matrix``, rows ground truth, columns prediction); ``confusion_png`` draws that
     matrix as a heatmap with the class names on the axes (``normalize_confusion``: each row
     divided by its pixel count). Pixels labelled ``dataset.ignore_index`` are not counted.
+    ``checkpoint`` (which weights were tested: path, training iteration, whether final) is
+    recorded in the result.
     Under DDP (``info``) every process takes a contiguous share and the counts are summed.
     """
     from ..data.visualize import save_label_png
@@ -119,6 +122,8 @@ def evaluate(
         seconds=time.perf_counter() - start,
         table=format_table(result, dataset.class_names),
     )
+    if checkpoint is not None:
+        result["checkpoint"] = checkpoint
     if out_json is not None and is_main:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(to_jsonable(result), indent=2) + "\n")

@@ -50,13 +50,14 @@ def _numpy_safe_globals() -> list[Any]:
     ]
 
 
-def torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` admitting numpy data, with errors that say what the file is."""
+def torch_load(path: Path, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` admitting numpy data, with errors that say what the file is.
+    ``mmap``: tensors stay on disk until touched (to read a checkpoint's small entries only)."""
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy")
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         first = str(err).split("\n")[0].split(". ")[0]
         if "Unsupported global" in str(err) or "GLOBAL" in str(err):
