@@ -177,7 +177,7 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("data_pipeline"):
         from data_pipeline import suite_markdown
 
-        lines += ["", "## Data pipeline (numpy TrainTransform + PIL JPEG decode, one thread per worker)", ""]
+        lines += ["", "## Data pipeline (TrainTransform with OpenCV + PIL JPEG decode, one thread per worker)", ""]
         lines += [suite_markdown(results["data_pipeline"])]
     lines += ["", f"Total benchmark wall time: {results.get('wall_s', 0):.0f} s."]
     return "\n".join(lines)
