@@ -65,10 +65,11 @@ class DataConfig:
     """Dataset location and the training augmentation of the model family's data path
     (:func:`semask.data.pipelines.pipeline_for`: mmseg's, spec section 6, or detectron2's).
 
-    ``ratios`` (a list to pick from, as on ADE20K) and ``ratio_range`` (uniform, as on
-    Cityscapes) are alternatives: set exactly one (null both with ``short_edges``). ``num_classes``
-    and ``reduce_zero_label`` default to what the dataset type defines. ``kwargs`` go to
-    ``build_dataset`` unchanged.
+    ``ratios`` (a list to pick one from: the SeMask fork's ``ratio_range=[...]``, SeMask on
+    ADE20K / COCO-Stuff) and ``ratio_range`` (uniform in [lo, hi): mmseg's tuple, Cityscapes and
+    the Swin / SegFormer baselines) are alternatives: set exactly one (null both with
+    ``short_edges``). ``num_classes`` and ``reduce_zero_label`` default to what the dataset type
+    defines. ``kwargs`` go to ``build_dataset`` unchanged.
 
     Folder datasets (``type: folder``) also take ``ignore_index`` (the label value not trained
     on or scored, default 255; also the padding fill of training crops), ``img_suffix`` /

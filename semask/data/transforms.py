@@ -205,8 +205,8 @@ class TrainTransform:
     """Resize by a random ratio, crop, flip, photometric distortion, normalise, pad.
 
     ``scale`` is the (long, short) base scale that the sampled ratio multiplies. Give exactly one
-    of ``ratios`` (pick one uniformly, as on ADE20K) and ``ratio_range`` (uniform in
-    ``[lo, hi)``, as on Cityscapes); use ``ratios=[1.0]`` for a fixed scale. ``crop_size`` is
+    of ``ratios`` (pick one uniformly: the SeMask fork's list ``ratio_range``) and ``ratio_range``
+    (uniform in ``[lo, hi)``: mmseg's tuple); use ``ratios=[1.0]`` for a fixed scale. ``crop_size`` is
     (h, w); ``None`` skips cropping and padding.
     """
 
