@@ -198,7 +198,7 @@ def write_markdown(path: Path, result: dict) -> None:
         f"`{result['command']}`; numpy {result['numpy']}, OpenCV {result['opencv']}. Load average at start "
         f"{result['load_average'][0]:.1f} on {result['cpu_count']} cores shared with other jobs: absolute times "
         "drift; trees alternate over the rounds, so their ratio is from the same minutes. Per sample = PIL JPEG "
-        "decode + TrainTransform (median over seeded draws, then over rounds).",
+        "decode + the training transform (median over seeded draws, then over rounds).",
         "",
     ]
     rows = []
