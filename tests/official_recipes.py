@@ -289,9 +289,9 @@ ABLATIONS = {
     "query_swin_t_fpn_ade20k": ("query_swin_t_fpn", "swin_t_fpn_ade20k", "Table 5", 40.81),
 }
 
-# The detectron2 family's recipes (audited with their own files elsewhere); here only what the
-# recipe table shows: the official file and the total batch (IMS_PER_BATCH 16; the SeMask
-# Mask2Former README states no GPU count).
+# The detectron2 family's recipes (audited field by field in tests/test_recipes_detectron2.py); here
+# only what the recipe table shows: the official file and the total batch (IMS_PER_BATCH 16, on the
+# 4 GPUs of SeMask-FAPN/SeMask-Mask2Former/train.sh: 16 / train.batch_size GPUs).
 MASK2FORMER = {
     "semask_swin_l_maskformer_ade20k": "SeMask-MaskFormer/configs/ade20k-150/semask_swin/"
     "maskformer_semask_swin_large_IN21k_384_bs16_160k_res640.yaml",
