@@ -313,7 +313,9 @@ class EvalConfig:
     also run mirrored and the probabilities are averaged at the original size. ``sizes`` replace
     the ratios by short-edge sizes (long edge at most ``max_size``): the mask-classification
     models' official multi-scale test, applied to the ``scale``-resized image as detectron2 does
-    (``model.aug_test()`` gives each family's setting).
+    (``model.aug_test()`` gives each family's setting). ``window_batch``: sliding windows per
+    forward pass (``None``: sized to free GPU memory, one on a CPU;
+    :func:`semask.engine.inference.auto_window_batch`).
     """
 
     mode: Literal["whole", "slide"] = "whole"
@@ -324,16 +326,20 @@ class EvalConfig:
     flip: bool = False
     sizes: list[int] | None = None
     max_size: int | None = None
+    window_batch: int | None = None
 
     def __post_init__(self) -> None:
+        if self.window_batch is not None and self.window_batch < 1:
+            raise ValueError(f"window_batch must be >= 1 (or null: sized to memory), got {self.window_batch}")
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"scales must be a non-empty list of positive ratios, got {self.scales}")
         if self.sizes is not None and (not self.sizes or min(self.sizes) < 1 or not self.max_size):
             raise ValueError(f"sizes needs positive short-edge sizes and a max_size, got {self.sizes}, {self.max_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (lists for tuples): what a model records as its ``config.protocol``."""
-        return _plain(dataclasses.asdict(self))
+        """Plain values (lists for tuples): what a model records as its ``config.protocol``
+        (less ``window_batch``: how the machine that tests batches windows, not how to test)."""
+        return _plain({k: v for k, v in dataclasses.asdict(self).items() if k != "window_batch"})
 
     @classmethod
     def from_dict(cls, protocol: dict[str, Any], source: str = "protocol") -> EvalConfig:
@@ -357,6 +363,7 @@ class EvalConfig:
             flip=self.flip,
             sizes=self.sizes,
             max_size=self.max_size,
+            window_batch=self.window_batch,
         )
 
 

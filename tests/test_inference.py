@@ -232,3 +232,69 @@ def test_predict_a_list_of_paths_pil_and_grey_arrays(tmp_path) -> None:
     assert semask.predict(model, [rgb])[0].probabilities is None
     with pytest.raises(ValueError, match="return_probabilities needs a list"):
         semask.predict(model, rgb, return_probabilities=True)
+
+
+@pytest.fixture(params=["semask_swin_t_fpn", "semask_mit_b0", "semask_swin_t_mask2former"])
+def any_family(request):  # a tiny model of each family, random non-trivial weights
+    from conftest import M2F_TINY, MIT_TINY, TINY, randomize
+
+    settings = {"semask_swin_t_fpn": TINY, "semask_mit_b0": MIT_TINY, "semask_swin_t_mask2former": M2F_TINY}
+    torch.manual_seed(0)
+    return request.param, randomize(semask.create_model(request.param, num_classes=6, **settings[request.param]))
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # printed by mkldnn.flags()
+def test_batched_windows_equal_one_window_at_a_time(any_family, one_thread) -> None:
+    """Windows batched ``window_batch`` at a time: bit-identical where every op is batch-invariant.
+
+    With oneDNN off, Swin-FPN and Mask2Former run batch-invariant kernels on a CPU and every
+    path (whole-image accumulator, the bounded band argmax, flip + multi-scale probabilities)
+    equals one window at a time bit for bit, for batches that do and do not divide the window
+    count. With oneDNN on (the default), and for MiT's strided spatial-reduction conv in any case,
+    a batch of one takes another convolution kernel than a batch of several, which sums in
+    another order: float32 rounding, logits within 1e-4 relative of their range.
+    """
+    from semask.engine.inference import _forward, _slide_argmax
+
+    image = np.random.default_rng(5).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    x = _normalized(image)
+    crop, stride = (40, 48), (25, 21)
+    options = {"mode": "slide", "crop_size": crop, "stride": stride, "scale": None}
+    assert len(slide_windows((70, 90), crop, stride)) == 3 * 3
+    name, model = any_family
+    exact = name != "semask_mit_b0"
+    with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False):
+        one = _forward(model, x, "slide", crop, stride, 6, window_batch=1)
+        one_labels = _slide_argmax(model, x, crop, stride, 6, window_batch=1)
+        one_probs = _probabilities(model, image, flip=True, scales=(1.0, 0.8), window_batch=1, **options)
+        probs = _probabilities(model, image, flip=True, scales=(1.0, 0.8), window_batch=4, **options)
+        assert torch.equal(probs, one_probs) if exact else (probs - one_probs).abs().max() < 1e-4
+        for batch in (4, 20):  # 4 does not divide the 9 windows; 20 is more than there are
+            logits = _forward(model, x, "slide", crop, stride, 6, window_batch=batch)
+            labels = _slide_argmax(model, x, crop, stride, 6, window_batch=batch)
+            if exact:
+                assert torch.equal(logits, one) and torch.equal(labels, one_labels), batch
+            else:
+                torch.testing.assert_close(logits, one, rtol=0, atol=1e-4 * float(one.abs().max()))
+    with torch.inference_mode():  # oneDNN convolutions: float32 rounding apart
+        one = _forward(model, x, "slide", crop, stride, 6, window_batch=1)
+        logits = _forward(model, x, "slide", crop, stride, 6, window_batch=4)
+        torch.testing.assert_close(logits, one, rtol=0, atol=1e-4 * float(one.abs().max()))
+        assert (one.argmax(1) != logits.argmax(1)).float().mean() < 1e-3
+    assert float(one.std()) > 0.1  # logits that differ from pixel to pixel: the comparison is not vacuous
+
+
+def test_window_batch_counts_forward_passes_and_is_checked() -> None:
+    from semask.engine.inference import auto_window_batch
+
+    model = ConvModel().eval()
+    image = np.random.default_rng(6).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    options = {"mode": "slide", "crop_size": (40, 50), "stride": (25, 30), "scale": None}  # 9 windows
+    for batch, passes in ((1, 9), (4, 3), (9, 1), (50, 1)):
+        model.sizes.clear()
+        predict_image(model, image, MEAN, STD, window_batch=batch, **options)
+        assert len(model.sizes) == passes
+    with pytest.raises(ValueError, match="window_batch must be >= 1"):
+        predict_image(model, image, MEAN, STD, window_batch=0, **options)
+    windows = slide_windows((70, 90), (40, 50), (25, 30))
+    assert auto_window_batch(torch.zeros(1, 3, 70, 90), 4, windows) == 1  # a CPU: one window at a time

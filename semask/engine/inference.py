@@ -80,15 +80,73 @@ def _logits(model: Model, x: Tensor, num_classes: int | None) -> Tensor:
     return _resize(logits.float(), tuple(x.shape[-2:]))
 
 
-def _forward(model: Model, x: Tensor, mode: Mode, crop_size: Any, stride: Any, num_classes: int | None) -> Tensor:
+def _window_logits(
+    model: Model,
+    x: Tensor,
+    windows: Sequence[tuple[int, int, int, int]],
+    num_classes: int | None,
+    window_batch: int | None,
+) -> Iterator[tuple[tuple[int, int, int, int], Tensor]]:
+    """Each window of ``x`` with its logits, in order; ``window_batch`` windows go through the
+    model in one batch (``None``: :func:`auto_window_batch`). Every window has the same size
+    (:func:`slide_windows` shifts border windows back), so they stack."""
+    if window_batch is None:
+        window_batch = auto_window_batch(x, num_classes, windows)
+    if window_batch < 1:
+        raise ValueError(f"window_batch must be >= 1 (or None: sized to memory), got {window_batch}")
+    b = x.shape[0]
+    for start in range(0, len(windows), window_batch):
+        group = windows[start : start + window_batch]
+        crops = [x[..., y1:y2, x1:x2] for y1, y2, x1, x2 in group]
+        logits = _logits(model, crops[0] if len(crops) == 1 else torch.cat(crops), num_classes)
+        for i, window in enumerate(group):
+            yield window, logits[i * b : (i + 1) * b]
+
+
+#: Free memory that :func:`auto_window_batch` lets the windows' logits take, as a fraction.
+WINDOW_MEMORY_FRACTION = 0.25
+#: Bytes per logit of a window in :func:`auto_window_batch`: its float32 logits at the crop
+#: size, their stride-4 source and the model's activations, taken together as four copies.
+WINDOW_BYTES_PER_LOGIT = 16
+#: Upper bound of :func:`auto_window_batch`: beyond it a GPU gains nothing measurable.
+MAX_WINDOW_BATCH = 16
+
+
+def auto_window_batch(x: Tensor, num_classes: int | None, windows: Sequence[tuple[int, int, int, int]]) -> int:
+    """Windows per forward pass when the caller gives none.
+
+    On a GPU, as many as fit ``WINDOW_MEMORY_FRACTION`` of the free device memory at
+    ``WINDOW_BYTES_PER_LOGIT`` bytes per logit (K x crop pixels per window), at most
+    ``MAX_WINDOW_BATCH`` and never more than there are windows. On a CPU one: batching three
+    512x512 windows of SeMask-T took 0.59x the time with 2 threads but 1.25x with 1 thread on
+    this project's shared 2-core VM (``benchmarks/window_batch.py``), no clear gain for the
+    K x crop floats per window it adds to the bounded slide path's memory.
+    """
+    if x.device.type != "cuda" or len(windows) < 2:
+        return 1
+    y1, y2, x1, x2 = windows[0]
+    per_window = x.shape[0] * (num_classes or 150) * (y2 - y1) * (x2 - x1) * WINDOW_BYTES_PER_LOGIT
+    free, _ = torch.cuda.mem_get_info(x.device)
+    return max(1, min(len(windows), MAX_WINDOW_BATCH, int(free * WINDOW_MEMORY_FRACTION) // per_window))
+
+
+def _forward(
+    model: Model,
+    x: Tensor,
+    mode: Mode,
+    crop_size: Any,
+    stride: Any,
+    num_classes: int | None,
+    window_batch: int | None = None,
+) -> Tensor:
     """Logits at the size of ``x`` from whole or sliding-window inference."""
     if mode == "whole":
         return _logits(model, x, num_classes)
     h, w = x.shape[-2:]
     total: Tensor | None = None
     count = x.new_zeros((1, 1, h, w), dtype=torch.float32)
-    for y1, y2, x1, x2 in slide_windows((h, w), crop_size, stride):
-        window = _logits(model, x[..., y1:y2, x1:x2], num_classes)
+    windows = slide_windows((h, w), crop_size, stride)
+    for (y1, y2, x1, x2), window in _window_logits(model, x, windows, num_classes, window_batch):
         if total is None:
             total = x.new_zeros((x.shape[0], window.shape[1], h, w), dtype=torch.float32)
         total[..., y1:y2, x1:x2] += window
@@ -121,6 +179,7 @@ def _average_probabilities(
     crop_size: Any,
     stride: Any,
     num_classes: int | None,
+    window_batch: int | None = None,
 ) -> Tensor:
     """Mean softmax at ``out_size`` over every input, each also mirrored when ``flip``.
 
@@ -133,7 +192,8 @@ def _average_probabilities(
     n = 0
     for x in inputs:
         for mirrored in (False, True) if flip else (False,):
-            logits = _forward(model, x.flip(-1) if mirrored else x, mode, crop_size, stride, num_classes)
+            x_in = x.flip(-1) if mirrored else x
+            logits = _forward(model, x_in, mode, crop_size, stride, num_classes, window_batch)
             probs = to_probabilities(_resize(logits, out_size))
             probs = probs.flip(-1) if mirrored else probs
             total = probs if total is None else total + probs
@@ -179,6 +239,7 @@ def predict_image(
     num_classes: int | None = None,
     sizes: Sequence[int] | None = None,
     max_size: int | None = None,
+    window_batch: int | None = None,
     return_probabilities: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Class-id map (H, W) int64 of one RGB uint8 image, at its original size (with
@@ -192,6 +253,8 @@ def predict_image(
     ``sizes`` (with ``max_size``) replace the ratios: short edges, long edge at most ``max_size``
     (the mask-classification models' multi-scale test, which resizes the ``scale``-resized image
     again as detectron2's ``DatasetMapperTTA`` does; other families fit the original image).
+    ``window_batch``: sliding windows per forward pass (``None``: :func:`auto_window_batch`);
+    the result is that of one window at a time wherever the model is batch-invariant.
     """
     _check_call(model, mode, crop_size, stride, scales)
     image = np.asarray(image_rgb_uint8)
@@ -215,10 +278,10 @@ def predict_image(
     if len(scales) == 1 and not flip and not return_probabilities:  # memory bounded (module docstring, "Memory")
         x = next(iter(inputs))
         if mode == "slide" and tuple(x.shape[-2:]) == size:
-            return _slide_argmax(model, x, crop_size, stride, num_classes).cpu().numpy()
-        logits = _forward(model, x, mode, crop_size, stride, num_classes)
+            return _slide_argmax(model, x, crop_size, stride, num_classes, window_batch).cpu().numpy()
+        logits = _forward(model, x, mode, crop_size, stride, num_classes, window_batch)
         return _resized_argmax(logits, size).cpu().numpy()
-    probs = _average_probabilities(model, inputs, flip, size, mode, crop_size, stride, num_classes)
+    probs = _average_probabilities(model, inputs, flip, size, mode, crop_size, stride, num_classes, window_batch)
     labels = probs.argmax(dim=1)[0].cpu().numpy()
     return (labels, probs[0].float().cpu().numpy()) if return_probabilities else labels
 
@@ -254,14 +317,17 @@ def _resized_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
     return best_index
 
 
-def _slide_argmax(model: Model, x: Tensor, crop_size: Any, stride: Any, num_classes: int | None) -> Tensor:
+def _slide_argmax(
+    model: Model, x: Tensor, crop_size: Any, stride: Any, num_classes: int | None, window_batch: int | None = None
+) -> Tensor:
     """(H, W) argmax of sliding-window logits of one image (B = 1), band by band.
 
     Windows are visited in the order :func:`_forward` visits them and summed into an
     accumulator of only ``crop height`` rows: once a row of windows starts below a pixel row,
     no later window covers it, so that row is averaged, reduced to its argmax and its memory
     reused. Per pixel the sums are the same additions in the same order as the whole-image
-    accumulator, so the averages are bit-identical.
+    accumulator, so the averages are bit-identical. With ``window_batch`` > 1 the logits of
+    that many windows are held at once (computed in one batch, summed one by one in order).
     """
     h, w = x.shape[-2:]
     windows = slide_windows((h, w), crop_size, stride)
@@ -270,8 +336,8 @@ def _slide_argmax(model: Model, x: Tensor, crop_size: Any, stride: Any, num_clas
     total: Tensor | None = None
     count = x.new_zeros((rows, w), dtype=torch.float32)
     base = 0  # image row of the accumulator's first row
-    for y1, y2, x1, x2 in windows:
-        window = _logits(model, x[..., y1:y2, x1:x2], num_classes)[0]
+    for (y1, y2, x1, x2), logits in _window_logits(model, x, windows, num_classes, window_batch):
+        window = logits[0]
         if total is None:
             total = x.new_zeros((window.shape[0], rows, w), dtype=torch.float32)
         if y1 > base:  # rows base..y1 are complete: reduce them, shift the rest up
