@@ -66,6 +66,12 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
         help=f"the model's multi-scale + flip test (ratios {AUG_TEST_RATIOS}; mask classification: its short-edge sizes)",
     )
     parser.add_argument("--flip", action="store_true", help="also run mirrored images (averaged softmax)")
+    parser.add_argument(
+        "--window-batch",
+        type=int,
+        metavar="N",
+        help="sliding windows per forward pass (default: sized to free GPU memory; 1 on a CPU)",
+    )
 
 
 def _add_run_options(
@@ -118,6 +124,8 @@ def _eval_settings(args: argparse.Namespace, base: Any, model: Any) -> Any:
         changes.update(model.aug_test())
     if args.flip:
         changes["flip"] = True
+    if args.window_batch is not None:
+        changes["window_batch"] = args.window_batch
     return dataclasses.replace(base, **changes)
 
 
@@ -285,20 +293,51 @@ def _base_dataset_kwargs(data: Any) -> dict[str, Any]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .engine.amp import autocast, resolve_amp_dtype
-    from .engine.predict import UnreadableImagesError, load_model_any, model_protocol, predict_folder
+    from .engine.distributed import cleanup_distributed, init_distributed
+    from .engine.predict import DISTRIBUTED_TIMEOUT, UnreadableImagesError
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be between 0 and 1 (overlay opacity), got {args.alpha}")
     if Path(args.out).is_file():
         raise ValueError(f"--out {args.out} is a file; give a folder for the labels/, color/ and overlay/ PNGs")
-    device = _device(args.device)
+    info = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: each rank predicts every world_size-th image
+        if args.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(
+                f"--device {args.device}: under torchrun each rank takes the GPU of its LOCAL_RANK; "
+                "use --device auto, cpu or cuda"
+            )
+        info = init_distributed(args.device, timeout=DISTRIBUTED_TIMEOUT)
+        device = info.device
+    else:
+        device = _device(args.device)
+    try:
+        return _predict(args, device, info)
+    except UnreadableImagesError:
+        if info is not None and not info.is_main:
+            return 1  # rank 0 reports it
+        raise
+    finally:
+        cleanup_distributed()
+
+
+def _predict(args: argparse.Namespace, device: Any, info: Any) -> int:
+    from .engine.amp import autocast, resolve_amp_dtype
+    from .engine.predict import UnreadableImagesError, load_model_any, model_protocol, predict_folder
+
     model, _ = load_model_any(args.model)
+    extra = {}
     if args.save_priors:
         from .engine.health import semantic_layers
+        from .explain import explain
 
         if not semantic_layers(model):
             raise ValueError(f"--save-priors: {args.model} has no semantic layers (a baseline), so no prior maps")
+
+        def priors(image: Path, folder: Path) -> list[Path]:
+            return explain(model, image, top_k=3, scale=settings.scale).save_heatmaps(folder, image.stem)
+
+        extra["priors"] = priors
     model = model.to(device)
     settings = _eval_settings(args, model_protocol(model), model)
     failure = None
@@ -311,21 +350,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 alpha=args.alpha,
                 strict=args.strict,
                 progress=not args.no_progress,
+                skip_existing=args.skip_existing,
+                extra_outputs=extra,
+                info=info,
                 **settings.predict_options(),
             )
         except UnreadableImagesError as exc:  # the readable images are written; say so, then fail
             written, failure = exc.written, exc
-    print(
-        f"{len(written)} image(s): class ids in {Path(args.out) / 'labels'}, colours in "
-        f"{Path(args.out) / 'color'}, overlays in {Path(args.out) / 'overlay'}"
-    )
-    if args.save_priors:
-        from .explain import explain
-
-        for files in written:
-            found = explain(model, files["image"], top_k=3, scale=settings.scale)
-            found.save_heatmaps(Path(args.out) / "priors", Path(files["image"]).stem)
-        print(f"semantic-prior heatmaps (top-3 classes x stage) in {Path(args.out) / 'priors'}")
+    if info is None or info.is_main:
+        print(
+            f"{len(written)} image(s): class ids in {Path(args.out) / 'labels'}, colours in "
+            f"{Path(args.out) / 'color'}, overlays in {Path(args.out) / 'overlay'}"
+            + (f", semantic-prior heatmaps (top-3 classes x stage) in {Path(args.out) / 'priors'}" if extra else "")
+        )
     if failure is not None:
         raise failure
     return 0
@@ -694,6 +731,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--save-priors", action="store_true", help="also write semantic-prior heatmaps (top-3 classes) to OUT/priors"
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="continue a killed run: skip images whose outputs in OUT are complete and made with the same "
+        "model and settings (default: predict every image again)",
     )
     _add_inference_options(p)
     _add_run_options(p)

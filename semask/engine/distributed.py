@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -45,11 +46,12 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> DistInfo:
     """Join the process group described by the torchrun environment (if any) and pick the device.
 
     ``device``: "auto" (CUDA when available), "cpu" or "cuda". The backend is NCCL on CUDA and
-    Gloo on CPU, so multi-process training also runs (slowly) without GPUs.
+    Gloo on CPU, so multi-process training also runs (slowly) without GPUs. ``timeout``: how long
+    a collective waits for the slowest rank (None: torch's default).
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -68,7 +70,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     else:
         raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo", init_method="env://")
+        dist.init_process_group(
+            backend="nccl" if torch_device.type == "cuda" else "gloo", init_method="env://", timeout=timeout
+        )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)
 
 
@@ -137,6 +141,15 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     gathered: list[Any] = [None] * info.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` (any picklable value) on every rank."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _comm_device(info: DistInfo) -> torch.device:

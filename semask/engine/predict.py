@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import logging
 import os
-from collections.abc import Iterator, Sequence
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,9 @@ from torch import nn
 
 from ..config import EvalConfig, ExperimentConfig
 from ..data.datasets import IMAGE_SUFFIXES  # one list for training folders, eval and predict
+from .distributed import DistInfo, all_gather_objects, broadcast_object
+
+logger = logging.getLogger(__name__)
 
 
 def load_rgb(image: str | os.PathLike[str] | Image.Image | np.ndarray) -> np.ndarray:
@@ -147,6 +155,7 @@ def predict(
     flip: bool = FROM_MODEL,
     sizes: Sequence[int] | None = FROM_MODEL,
     max_size: int | None = FROM_MODEL,
+    window_batch: int | None = FROM_MODEL,
     return_probabilities: bool = False,
 ) -> np.ndarray | list[Prediction]:
     """Segment one image, or a list of them.
@@ -164,8 +173,9 @@ def predict(
     (2048, 512) for ADE20K FPN models: fit; (2560, 640) for mask classification: short edge 640,
     long <= 2560; ``None``: the original size), ``mode``/``crop_size``/``stride`` whole or
     sliding-window inference, ``scales``/``flip`` multi-scale + flip testing (``sizes``/``max_size``:
-    short-edge sizes instead of ratios, the mask-classification protocol). The model runs on the
-    device of its parameters, in eval mode (the caller's mode is restored).
+    short-edge sizes instead of ratios, the mask-classification protocol), ``window_batch``
+    sliding windows per forward pass (``None``: sized to memory). The model runs on the device of
+    its parameters, in eval mode (the caller's mode is restored).
     """
     from .inference import eval_mode, predict_image
 
@@ -180,6 +190,7 @@ def predict(
         flip=flip,
         sizes=sizes,
         max_size=max_size,
+        window_batch=window_batch,
     )
     options = {**protocol.predict_options(), "num_classes": config.num_classes}
     scale = options.pop("scale")
@@ -233,36 +244,58 @@ LOCK_NAME = ".semask-predict.lock"
 
 
 @contextlib.contextmanager
-def output_lock(out_dir: Path) -> Iterator[None]:
-    """Hold ``out_dir/.semask-predict.lock`` (holding this process's id) while predicting into it.
+def output_lock(out_dir: Path, info: DistInfo | None = None) -> Iterator[None]:
+    """Hold ``out_dir/.semask-predict.lock`` (``PID@HOST`` of the holder) while predicting into it.
 
-    Another live process holding it is refused with a message naming it; a lock left by a
-    process that no longer runs (kill -9) is taken over.
+    Under ``torchrun`` (``info``) rank 0 takes it for all the ranks of its run, and every rank
+    stops if it cannot. Another live process holding it is refused with a message naming it; a
+    lock left by a process of this host that no longer runs (kill -9) is taken over. A lock of
+    another host (a shared folder) cannot be checked, so it is refused too, saying so.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = out_dir / LOCK_NAME
+    main = info is None or info.is_main
+    refusal = _take_lock(lock, out_dir) if main else None
+    if info is not None and info.distributed:
+        refusal = broadcast_object(refusal, info)  # the other ranks stop with rank 0
+    if refusal is not None:
+        raise FileExistsError(refusal)
+    try:
+        yield
+    finally:
+        if main:
+            lock.unlink(missing_ok=True)
+
+
+def _take_lock(lock: Path, out_dir: Path) -> str | None:
+    """Create ``lock`` holding ``PID@HOST``; None when taken, else why not."""
+    host = socket.gethostname()
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:
-                owner = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                owner = 0
+                text = lock.read_text().strip()
+            except OSError:
+                text = ""
+            pid_text, _, owner_host = text.partition("@")
+            owner = int(pid_text) if pid_text.isdigit() else 0
+            if owner and owner_host not in ("", host):
+                return (
+                    f"another semask predict (process {owner} on host {owner_host}) is writing into {out_dir}; "
+                    f"if none runs there any more, delete its lock file {lock}"
+                )
             if owner and owner != os.getpid() and _alive(owner):
-                raise FileExistsError(
+                return (
                     f"another semask predict (process {owner}) is writing into {out_dir}; wait for it or use "
                     f"another --out (its lock file is {lock})"
-                ) from None
+                )
             lock.unlink(missing_ok=True)  # left by a process that is gone
             continue
         with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        break
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
+            handle.write(f"{os.getpid()}@{host}")
+        return None
+    return f"could not take the lock {lock} of {out_dir}: another process keeps re-creating it"
 
 
 def _alive(pid: int) -> bool:
@@ -288,6 +321,17 @@ class UnreadableImagesError(ValueError):
         self.failed = failed
 
 
+#: Per-image completion markers (``NAME.json``) under the output folder.
+DONE_DIR = ".semask-predict"
+#: Output kinds :func:`predict_folder` always writes, one PNG per image in a folder of that name.
+OUTPUT_KINDS = ("labels", "color", "overlay")
+#: How long the ranks of a distributed predict wait for each other (the slowest shard, at the end).
+DISTRIBUTED_TIMEOUT = timedelta(hours=24)
+
+#: An extra output: ``writer(image_path, folder)`` writes the image's files into ``folder`` and returns them.
+ExtraWriter = Callable[[Path, Path], list[Path]]
+
+
 def predict_folder(
     model: nn.Module,
     inputs: Sequence[str | os.PathLike[str]],
@@ -296,61 +340,169 @@ def predict_folder(
     alpha: float = 0.5,
     progress: bool = True,
     strict: bool = False,
+    skip_existing: bool = False,
+    extra_outputs: Mapping[str, ExtraWriter] | None = None,
+    info: DistInfo | None = None,
     **options: Any,
 ) -> list[dict[str, Path]]:
     """Predict every image of ``inputs`` (files or folders) and write, per image NAME:
 
     ``labels/NAME.png`` (class ids, 8-bit), ``color/NAME.png`` (palette colours) and
-    ``overlay/NAME.png`` (colours blended over the image with opacity ``alpha``).
-    ``options`` go to :func:`predict` (scale, mode, crop_size, stride, scales, flip).
+    ``overlay/NAME.png`` (colours blended over the image with opacity ``alpha``), plus, for each
+    ``extra_outputs`` entry KIND, what its writer puts into ``KIND/``. ``options`` go to
+    :func:`predict` (scale, mode, crop_size, stride, scales, flip, window_batch). Returns, in
+    sorted input order, the files of every image whose outputs are complete at the end.
 
     Each file is written atomically (temporary file + rename), so an interrupted or concurrent
-    run never leaves a truncated PNG. An image that cannot be read is skipped and the others
-    are predicted; at the end an :class:`UnreadableImagesError` lists the skipped ones
-    (``strict=True``: the first unreadable image stops the run at once).
+    run never leaves a truncated PNG. After an image's files, ``.semask-predict/NAME.json``
+    records that they are complete (and removed before they are rewritten). With
+    ``skip_existing``, an image whose record matches this run (model weights, classes, protocol,
+    alpha, output kinds, autocast dtype; the input file's size and modification time) and whose
+    files all exist is not predicted again, so a killed run continues where it stopped. An image
+    that cannot be read is skipped and the others are predicted; at the end an
+    :class:`UnreadableImagesError` lists the skipped ones (``strict=True``: the first unreadable
+    image stops the run at once).
+
+    Under ``torchrun`` (``info``, world size > 1) the sorted input list (less the complete
+    images) is split over the ranks, every ``world_size``-th image to each; each rank writes its
+    own images and the returned list and errors cover all ranks.
     """
     from tqdm import tqdm
 
     from ..data.datasets import DataError
     from ..data.palettes import default_palette
     from ..data.visualize import colorize, overlay, save_label_png, save_png
+    from ..models.io import atomic_write
+    from .checkpoint import remove_stale_temporaries
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     config = model.config  # type: ignore[union-attr]
     palette = config.palette or default_palette(config.num_classes)
     out_dir = Path(out_dir)
-    images = collect_images(inputs)
-    for sub in ("labels", "color", "overlay"):
+    extra_outputs = dict(extra_outputs or {})
+    images = sorted(set(collect_images(inputs)))  # every rank shards the same list
+    folders = [*OUTPUT_KINDS, *extra_outputs, DONE_DIR]
+    for sub in folders:
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    with output_lock(out_dir):  # a second predict into this folder would mix two models' files
+    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+    key = run_key(model, alpha, sorted(extra_outputs), options)
+    with output_lock(out_dir, info):  # a second predict into this folder would mix two models' files
+        plan: tuple[list[Path], list[Path]] | None = None
+        if rank == 0:
+            for sub in folders:  # partial writes of a killed run
+                remove_stale_temporaries(out_dir / sub)
+            done = {p for p in images if skip_existing and _complete(out_dir, p, key)}
+            plan = ([p for p in images if p not in done], sorted(done))
+        todo, skipped = broadcast_object(plan, info) if info is not None else plan  # type: ignore[misc]
         written: list[dict[str, Path]] = []
         failed: list[tuple[Path, str]] = []
-        for path in tqdm(images, desc="predict", unit="img", disable=not progress):
-            try:
-                image = load_input(path, getattr(config, "in_channels", 3))
-            except DataError as exc:
-                if strict:
-                    raise
-                failed.append((path, str(exc)))
-                continue
-            with torch.inference_mode():
-                label = predict(model, image, **options)
-            files = {
-                "image": path,
-                "labels": save_label_png(out_dir / "labels" / f"{path.stem}.png", label),
-                "color": save_png(out_dir / "color" / f"{path.stem}.png", colorize(label, palette)),
-                "overlay": save_png(
-                    out_dir / "overlay" / f"{path.stem}.png", overlay(preview_rgb(image), label, palette, alpha)
-                ),
-            }
-            written.append(files)
-        if failed:
-            lines = "\n  ".join(reason for _, reason in failed)
-            raise UnreadableImagesError(
-                f"{len(failed)} of {len(images)} image(s) could not be read and were skipped "
-                f"({len(written)} predicted into {out_dir}):\n  {lines}",
-                written,
-                failed,
+        error: BaseException | None = None
+        try:
+            for path in tqdm(todo[rank::world], desc="predict", unit="img", disable=not progress or rank != 0):
+                try:
+                    image = load_input(path, getattr(config, "in_channels", 3))
+                except DataError as exc:
+                    if strict:
+                        raise
+                    failed.append((path, str(exc)))
+                    continue
+                marker = out_dir / DONE_DIR / f"{path.stem}.json"
+                marker.unlink(missing_ok=True)  # the files are about to change: not complete until rewritten
+                with torch.inference_mode():
+                    label = predict(model, image, **options)
+                files = {
+                    "image": path,
+                    "labels": save_label_png(out_dir / "labels" / f"{path.stem}.png", label),
+                    "color": save_png(out_dir / "color" / f"{path.stem}.png", colorize(label, palette)),
+                    "overlay": save_png(
+                        out_dir / "overlay" / f"{path.stem}.png", overlay(preview_rgb(image), label, palette, alpha)
+                    ),
+                }
+                extra = [f for kind, writer in extra_outputs.items() for f in writer(path, out_dir / kind)]
+                record = {"key": key, **_source(path), "rank": rank}
+                record["files"] = [f.relative_to(out_dir).as_posix() for f in extra]
+                atomic_write(marker, lambda tmp, r=record: Path(tmp).write_text(json.dumps(r, indent=1) + "\n"))
+                written.append(files)
+        except Exception as exc:  # re-raised below, once every rank has finished
+            error = exc
+        if info is not None and info.distributed:
+            ranks = all_gather_objects(
+                (written, failed, None if error is None else (type(error).__name__, str(error))), info
             )
-    return written
+            written = [entry for part in ranks for entry in part[0]]
+            failed = sorted(f for part in ranks for f in part[1])
+            errors = [(r, part[2]) for r, part in enumerate(ranks) if part[2] is not None]
+            if error is None and errors:
+                r, (kind, message) = errors[0]
+                error = RuntimeError(f"rank {r} of the distributed predict stopped: {kind}: {message}")
+        if error is not None:
+            raise error
+    entries = sorted(written + [_entry(out_dir, p) for p in skipped], key=lambda e: e["image"])
+    summary = f"{len(written)} predicted into {out_dir}"
+    summary += f", {len(skipped)} skipped as complete from an earlier run" if skipped else ""
+    if failed:
+        lines = "\n  ".join(reason for _, reason in failed)
+        raise UnreadableImagesError(
+            f"{len(failed)} of {len(images)} image(s) could not be read and were skipped ({summary}):\n  {lines}",
+            entries,
+            failed,
+        )
+    if rank == 0:
+        logger.info("predict: %s", summary)
+    return entries
+
+
+def run_key(model: nn.Module, alpha: float, extra_kinds: Sequence[str], options: Mapping[str, Any]) -> str:
+    """What makes two runs' outputs of one image equal: a sha256 of the weights and buffers, the
+    model config, the protocol ``options``, ``alpha``, the extra output kinds, the autocast dtype
+    in effect and the semask version. ``window_batch`` is left out: it changes float rounding
+    only (:func:`semask.engine.inference.predict_image`), and a resumed run may need another."""
+    from importlib import metadata
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    device = _parameter_device(model).type
+    amp = str(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else None
+    try:
+        version = metadata.version("semask")
+    except metadata.PackageNotFoundError:
+        version = None
+    settings = {
+        "config": model.config.to_dict(),  # type: ignore[operator]
+        "options": {k: v for k, v in options.items() if k != "window_batch"},
+        "alpha": alpha,
+        "outputs": [*OUTPUT_KINDS, *extra_kinds],
+        "autocast": amp,
+        "semask": version,
+    }
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _parameter_device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _source(path: Path) -> dict[str, Any]:
+    """The input file as the completion record identifies it: a replaced image is predicted again."""
+    stat = path.stat()
+    return {"image": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _complete(out_dir: Path, path: Path, key: str) -> bool:
+    """Whether ``path``'s outputs in ``out_dir`` are complete and made by a run with ``key``."""
+    try:
+        record = json.loads((out_dir / DONE_DIR / f"{path.stem}.json").read_text())
+        same = record["key"] == key and {k: record[k] for k in ("image", "size", "mtime_ns")} == _source(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    files = [out_dir / kind / f"{path.stem}.png" for kind in OUTPUT_KINDS] + [out_dir / f for f in record["files"]]
+    return same and all(f.is_file() for f in files)
+
+
+def _entry(out_dir: Path, path: Path) -> dict[str, Path]:
+    return {"image": path, **{kind: out_dir / kind / f"{path.stem}.png" for kind in OUTPUT_KINDS}}
