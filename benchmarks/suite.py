@@ -201,16 +201,17 @@ def benchmark_model(runner: Runner, name: str, sizes: list[int], args: argparse.
     return entry
 
 
-def benchmark_training(runner: Runner, name: str) -> dict[str, Any]:
-    """One optimiser step (forward with both losses, backward, AdamW) at the paper's crop."""
+def benchmark_training(runner: Runner, name: str, batch: int | None = None, crop: int = 512) -> dict[str, Any]:
+    """One optimiser step (forward with both losses, backward, AdamW) at the paper's crop
+    (batch: 8 on a GPU, 2 on a CPU unless given)."""
     device = runner.device
-    batch = 8 if device.type == "cuda" else 2
+    batch = batch or (8 if device.type == "cuda" else 2)
     torch.manual_seed(0)
     model = runner.build(name).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)  # as the trainer
     scaler = torch.amp.GradScaler(device.type, enabled=runner.amp_dtype is torch.float16)
-    x = runner.images(batch, 512)
-    labels = torch.randint(0, runner.num_classes, (batch, 512, 512), device=device)
+    x = runner.images(batch, crop)
+    labels = torch.randint(0, runner.num_classes, (batch, crop, crop), device=device)
     labels[:, :32] = 255  # some ignored pixels, as in padded crops
 
     def step() -> None:
@@ -224,7 +225,7 @@ def benchmark_training(runner: Runner, name: str) -> dict[str, Any]:
     timing, mem = runner.measure(step, *REPEATS["train"][runner.quick])
     return {
         "batch": batch,
-        "crop": 512,
+        "crop": crop,
         "amp": runner.amp_name,
         **timing.as_dict(),
         "images_per_s": batch / timing.median,
