@@ -504,10 +504,15 @@ def initial_weights(plan: Plan, state: dict[str, Any], family: str) -> Path:
 
 def train_config(plan: Plan, state: dict[str, Any], family: str, precision: str, ckpt: bool) -> Any:
     from semask.config import ExperimentConfig
+    from semask.data.pipelines import pipeline_for
 
     name = plan.families[family][0]
     amp = not plan.dry_run and precision != "fp32"
     start = str(initial_weights(plan, state, family))
+    size = plan.data_size
+    resize: dict[str, Any] = {"scale": [size, size], "ratios": [1.0], "ratio_range": None}
+    if pipeline_for(semask.get_config(name)).name == "detectron2":  # the mask-classification data path
+        resize = {"scale": None, "ratios": None, "ratio_range": None, "short_edges": [size], "max_size": 4 * size}
     raw = {
         "model": {"name": name, "pretrained": start, "grad_checkpointing": ckpt},
         "data": {
@@ -516,9 +521,7 @@ def train_config(plan: Plan, state: dict[str, Any], family: str, precision: str,
             "train_split": "train",
             "val_split": "val",
             "crop_size": [plan.crop, plan.crop],
-            "scale": [plan.data_size, plan.data_size],
-            "ratios": [1.0],
-            "ratio_range": None,
+            **resize,
             "num_workers": plan.num_workers,
             "check": "none",
         },
@@ -536,7 +539,7 @@ def train_config(plan: Plan, state: dict[str, Any], family: str, precision: str,
             "keep_last": 1,
             "tensorboard": False,
         },
-        "eval": {"scale": [plan.data_size, plan.data_size]},
+        "eval": {"scale": [4 * size, size]},  # fit for mmseg, short edge for detectron2: the whole image
     }
     return ExperimentConfig.from_dict(raw, f"gpu_check {family} {precision}{' ckpt' if ckpt else ''}")
 

@@ -337,9 +337,8 @@ class EvalConfig:
             raise ValueError(f"sizes needs positive short-edge sizes and a max_size, got {self.sizes}, {self.max_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (lists for tuples): what a model records as its ``config.protocol``
-        (less ``window_batch``: how the machine that tests batches windows, not how to test)."""
-        return _plain({k: v for k, v in dataclasses.asdict(self).items() if k != "window_batch"})
+        """Plain values (lists for tuples): what a model records as its ``config.protocol``."""
+        return _plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, protocol: dict[str, Any], source: str = "protocol") -> EvalConfig:

@@ -20,7 +20,7 @@ from .pretrained import IMAGENET_MEAN, IMAGENET_STD, MS_RATIOS, get_pretrained, 
 logger = logging.getLogger(__name__)
 
 #: The fields of a test protocol (:class:`semask.config.EvalConfig`; a test keeps the two in step).
-PROTOCOL_FIELDS = ("mode", "crop_size", "stride", "scale", "scales", "flip", "sizes", "max_size")
+PROTOCOL_FIELDS = ("mode", "crop_size", "stride", "scale", "scales", "flip", "sizes", "max_size", "window_batch")
 
 
 @dataclass
