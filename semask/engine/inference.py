@@ -117,10 +117,9 @@ def auto_window_batch(x: Tensor, num_classes: int | None, windows: Sequence[tupl
 
     On a GPU, as many as fit ``WINDOW_MEMORY_FRACTION`` of the free device memory at
     ``WINDOW_BYTES_PER_LOGIT`` bytes per logit (K x crop pixels per window), at most
-    ``MAX_WINDOW_BATCH`` and never more than there are windows. On a CPU one: batching three
-    512x512 windows of SeMask-T took 0.59x the time with 2 threads but 1.25x with 1 thread on
-    this project's shared 2-core VM (``benchmarks/window_batch.py``), no clear gain for the
-    K x crop floats per window it adds to the bounded slide path's memory.
+    ``MAX_WINDOW_BATCH`` and never more than there are windows. On a CPU one: three 512x512
+    windows of SeMask-T (K=150) in one batch took 1.14x the time of one at a time with 2 threads
+    and 1.32x with 1 thread, and 430 MiB more memory (``benchmarks/window_batch.py``).
     """
     if x.device.type != "cuda" or len(windows) < 2:
         return 1
