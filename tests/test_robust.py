@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MIT_TINY
 from PIL import Image
 from test_train import tiny_config
 
@@ -465,6 +466,10 @@ def _run_readme_lines(run: dict[str, Path], tmp_path: Path, monkeypatch, heavy: 
 
     monkeypatch.chdir(tmp_path)
     shutil.copytree(run["work"] / "model", tmp_path / "model_dir")
+    if heavy:  # a SegFormer (all-MLP head) for the Hugging Face export line
+        semask.create_model("mit_b0", num_classes=3, decode_head="nvlabs", **MIT_TINY).save_pretrained(
+            tmp_path / "segformer_dir"
+        )
     for i, name in enumerate(("img1", "img2")):
         Image.open(run["data"] / "images" / "val" / f"{i:05d}.png").save(tmp_path / f"{name}.jpg", quality=95)
     (tmp_path / "gt_dir").mkdir()
@@ -505,5 +510,6 @@ def test_readme_command_lines_run(run: dict[str, Path], tmp_path: Path, monkeypa
 @pytest.mark.slow
 def test_readme_heavy_command_lines_run(run: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
     ran = _run_readme_lines(run, tmp_path, monkeypatch, heavy=True)
-    assert sorted(ran) == ["export", "info"]
+    assert sorted(ran) == ["export", "export", "info"]
     assert (tmp_path / "model_dir.onnx").is_file()
+    assert {p.name for p in (tmp_path / "hf_dir").iterdir()} >= {"config.json", "model.safetensors"}
