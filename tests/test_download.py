@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from semask.hub.download import DownloadError, download_file, download_gdrive
+from semask.hub.download import DownloadError, download_file, download_gdrive, record_hash
 
 BODY = bytes(range(256)) * 1024  # 256 KiB, not text, not HTML
 BODY_SHA = hashlib.sha256(BODY).hexdigest()
@@ -141,6 +141,8 @@ def test_success_then_cache_hit_without_request(server, tmp_path):
     path = download_file(f"{server.url}/file.bin", "w.bin", progress=False)
     assert path == tmp_path / "home" / "w.bin"
     assert path.read_bytes() == BODY
+    assert not (tmp_path / "home" / "w.bin.sha256").exists()  # recorded once it has loaded, not before
+    record_hash(path)
     assert (tmp_path / "home" / "w.bin.sha256").read_text().split()[0] == BODY_SHA
     assert not (tmp_path / "home" / "w.bin.part").exists()
     again = download_file(f"{server.url}/file.bin", "w.bin", progress=False)
@@ -155,10 +157,66 @@ def test_progress_bar_shows_size(server, tmp_path, capsys):
 
 def test_recorded_hash_catches_corrupted_cache(server, tmp_path):
     path = download_file(f"{server.url}/file.bin", "w.bin", progress=False)
+    record_hash(path)  # it loaded
     path.write_bytes(BODY[:-1] + b"x")
     with pytest.raises(DownloadError, match=BODY_SHA) as info:
         download_file(f"{server.url}/file.bin", "w.bin", progress=False)
+    moved = list((tmp_path / "home").glob("w.bin.mismatch-*"))
     assert "w.bin.sha256" in str(info.value) and not path.exists()
+    assert len(moved) == 1 and f"moved aside to {moved[0]}" in str(info.value)  # never deleted
+    assert moved[0].read_bytes() == BODY[:-1] + b"x"
+    assert download_file(f"{server.url}/file.bin", "w.bin", progress=False).read_bytes() == BODY  # fetched again
+
+
+@pytest.mark.parametrize("record", ["", "\n", "not-a-hash  w.bin\n", "abc\x00\xff"])
+def test_an_empty_or_garbled_record_counts_as_none(server, tmp_path, record):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "w.bin").write_bytes(BODY)
+    (home / "w.bin.sha256").write_bytes(record.encode("latin-1"))
+    assert download_file(f"{server.url}/file.bin", "w.bin", progress=False).read_bytes() == BODY  # no IndexError
+    assert server.log == []
+    record_hash(home / "w.bin")  # rewritten once the file has loaded
+    assert (home / "w.bin.sha256").read_text().split()[0] == BODY_SHA
+
+
+@pytest.fixture()
+def read_only(tmp_path):
+    """A folder holding a cached file and no hash record that this process cannot write to:
+    permissions for a normal user, a read-only bind mount for root."""
+    import os
+    import subprocess
+
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    (src / "w.bin").write_bytes(BODY)
+    if os.geteuid() != 0:
+        src.chmod(0o555)
+        yield src
+        src.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(ro)], capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("running as root without the right to mount: cannot make a read-only folder")
+    try:
+        yield ro
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
+
+
+def test_a_read_only_cache_is_used_as_it_is(server, read_only):
+    with pytest.raises(OSError):
+        (read_only / "probe").write_bytes(b"")  # it is read-only
+    path = download_file(f"{server.url}/file.bin", "w.bin", cache_dir=read_only, progress=False)
+    assert path == read_only / "w.bin" and server.log == []
+    record_hash(path)  # cannot write the record: the file is used unverified, no error
+    assert not (read_only / "w.bin.sha256").exists()
+    # a registry hash that does not match: the file cannot be moved aside either, and the error says so
+    with pytest.raises(DownloadError, match="left in place"):
+        download_file(f"{server.url}/file.bin", "w.bin", sha256="0" * 64, cache_dir=read_only, progress=False)
+    with pytest.raises(DownloadError, match=f"cannot write to the weights cache {read_only}"):
+        download_file(f"{server.url}/file.bin", "other.bin", cache_dir=read_only, progress=False)
 
 
 def test_resume_after_dropped_connection(server):
@@ -200,7 +258,11 @@ def test_sha_mismatch_deletes_and_names_both(server, tmp_path):
         download_file(f"{server.url}/file.bin", "s.bin", sha256=wrong, progress=False)
     assert wrong in str(info.value) and BODY_SHA in str(info.value)
     home = tmp_path / "home"
-    assert not (home / "s.bin").exists() and not (home / "s.bin.part").exists()
+    assert not (home / "s.bin").exists() and not (home / "s.bin.part").exists()  # our own download: deleted
+    (home / "s.bin").write_bytes(BODY)  # a file put there by hand with the wrong hash is moved aside, not deleted
+    with pytest.raises(DownloadError, match="moved aside"):
+        download_file(f"{server.url}/file.bin", "s.bin", sha256=wrong, progress=False)
+    assert [p.read_bytes() for p in home.glob("s.bin.mismatch-*")] == [BODY]
 
 
 def test_offline(server, tmp_path, monkeypatch):

@@ -389,7 +389,7 @@ def test_name_downloads_once_verifies_and_loads(server, tmp_path: Path, monkeypa
     # the registered protocol comes with the model, for `semask eval NAME.TAG --data-root R`
     _, run = load_model_any("test_tiny_semask_fpn.local")
     assert (run.data.type, run.data.num_classes, run.eval.mode, run.eval.scale) == ("ade20k", 5, "whole", (256, 64))
-    # a wrong registered hash: the file is deleted and both hashes named
+    # a wrong registered hash: the download is deleted and both hashes named
     _register(
         monkeypatch,
         PretrainedCfg(
@@ -421,6 +421,32 @@ def test_offline_uses_only_the_cache_and_says_what_to_fetch(server, tmp_path, mo
     monkeypatch.setenv("SEMASK_OFFLINE", "1")
     semask.load("test_tiny_semask_fpn.local")  # cached: fine offline
     assert server.log == [("GET", "/w.pth")]
+
+
+def test_a_hand_placed_truncated_copy_never_costs_the_complete_one(tmp_path, monkeypatch) -> None:
+    """Issue 23: an interrupted copy into the cache fails to load and records nothing; the complete
+    copy put over it loads (and only then is its hash recorded); a later bad copy is moved aside."""
+    torch.save({"state_dict": to_official(tiny_fpn())}, tmp_path / "w.pth")
+    good = (tmp_path / "w.pth").read_bytes()
+    _register(  # the real file's URL is unreachable: everything here comes from the cache
+        monkeypatch,
+        PretrainedCfg("test_tiny_semask_fpn", "hand", file_name="w.pth", url="http://127.0.0.1:9/w.pth", num_classes=5),
+    )
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "w.pth").write_bytes(good[: len(good) // 2])  # the copy was interrupted
+    with pytest.raises(CheckpointError):
+        semask.load("test_tiny_semask_fpn.hand")
+    assert not (cache / "w.pth.sha256").exists()  # a file that does not load is no reference
+    (cache / "w.pth").write_bytes(good)  # the user copies the complete file over it
+    same_outputs(tiny_fpn(), semask.load("test_tiny_semask_fpn.hand"))
+    assert (cache / "w.pth").read_bytes() == good
+    assert (cache / "w.pth.sha256").read_text().split()[0] == hashlib.sha256(good).hexdigest()
+    semask.load("test_tiny_semask_fpn.hand")  # checked against the record: still fine
+    (cache / "w.pth").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # now it rots
+    with pytest.raises(DownloadError, match="moved aside to .*w.pth.mismatch-"):
+        semask.load("test_tiny_semask_fpn.hand")
+    assert [p.read_bytes()[:-1] for p in cache.glob("w.pth.mismatch-*")] == [good[:-1]]  # kept, not deleted
 
 
 def test_download_cli_to_a_folder(server, tmp_path, monkeypatch, capsys) -> None:

@@ -1,8 +1,8 @@
 """Weights by name: fetch a registered file into the cache and hand it to the one loader.
 
-Importing this package installs :func:`fetch` as the resolver of :mod:`semask.models.pretrained`,
-so ``semask.load("semask_swin_t_fpn.ade20k")`` and ``create_model(..., pretrained="ade20k")``
-download once, verify and load. Plain URLs and Google Drive need nothing beyond the standard
+Importing this package installs :func:`fetch` as the resolver of :mod:`semask.models.pretrained`
+(and :func:`loaded` as what runs once a file has loaded), so ``semask.load("semask_swin_t_fpn.ade20k")``
+and ``create_model(..., pretrained="ade20k")`` download once, verify and load. Plain URLs and Google Drive need nothing beyond the standard
 library (:mod:`.download`); Hugging Face repos go through ``huggingface_hub`` (extra ``[hf]``).
 """
 
@@ -12,7 +12,15 @@ import os
 from pathlib import Path
 
 from ..models.pretrained import PretrainedCfg, get_pretrained, set_weights_resolver
-from .download import DownloadError, default_cache_dir, download_file, download_gdrive, is_offline, sha256_of
+from .download import (
+    DownloadError,
+    default_cache_dir,
+    download_file,
+    download_gdrive,
+    is_offline,
+    record_hash,
+    sha256_of,
+)
 
 HF_ENDPOINT_ENV = "SEMASK_HF_ENDPOINT"  # another Hugging Face endpoint (a mirror, or a test server)
 
@@ -24,6 +32,13 @@ def fetch(cfg: PretrainedCfg, cache_dir: str | os.PathLike[str] | None = None, p
     if cfg.gdrive_id:
         return download_gdrive(cfg.gdrive_id, cfg.cache_name, sha256=cfg.sha256, cache_dir=cache_dir, progress=progress)
     return _fetch_hf(cfg, cache_dir, progress)
+
+
+def loaded(cfg: PretrainedCfg, path: Path) -> None:
+    """``path`` (from :func:`fetch`) has just loaded: record its hash for later loads, unless the
+    registry knows it (then it is checked every time) or it lives in Hugging Face's own cache."""
+    if cfg.sha256 is None and (cfg.url or cfg.gdrive_id):
+        record_hash(path)
 
 
 def _fetch_hf(cfg: PretrainedCfg, cache_dir: str | os.PathLike[str] | None, progress: bool) -> Path:
@@ -73,6 +88,6 @@ def download(name: str, to: str | os.PathLike[str] | None = None, progress: bool
     return fetch(get_pretrained(name), cache_dir=to, progress=progress)
 
 
-set_weights_resolver(fetch)
+set_weights_resolver(fetch, loaded)
 
 __all__ = ["DownloadError", "download", "fetch"]

@@ -1,8 +1,15 @@
 """Fetching weight files into the local cache: resumable, verified, locked, offline-aware.
 
 Only the standard library's urllib is used, so plain HTTPS release files and Google Drive
-need no extra dependency. A file appears under its final name only once it is complete
-and its sha256 checked, so a cached name is always a whole checkpoint.
+need no extra dependency. A downloaded file appears under its final name only once it is
+complete (and matches the registry's sha256, when known).
+
+The cache also holds files people put there by hand (offline machines, shared model volumes),
+so a cached file is never deleted: one whose sha256 differs from the registry's, or from the
+hash recorded when it last loaded, is moved aside to ``NAME.mismatch-<time>`` and the error says
+so. A hash is recorded (``NAME.sha256``) only for a file that has loaded (:func:`record_hash`),
+so an interrupted copy never becomes the reference a complete copy is judged by, and a
+read-only cache is used as it is.
 """
 
 from __future__ import annotations
@@ -10,7 +17,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import http.client
+import logging
 import os
+import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +31,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..models.io import atomic_write
+
+logger = logging.getLogger(__name__)
 
 GDRIVE_URL = "https://drive.usercontent.google.com/download"
 _CHUNK = 1 << 20
@@ -95,7 +107,14 @@ def _download(
         return _verify_cached(dest, expected)
     if is_offline():
         raise DownloadError(_missing_message(dest, url, "SEMASK_OFFLINE=1 is set and"))
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{filename}.lock").touch()
+    except OSError as err:
+        raise DownloadError(
+            f"cannot write to the weights cache {folder} ({err.strerror}) to download {filename}: set SEMASK_HOME "
+            f"to a writable folder, or put the file at {dest} ({url})"
+        ) from None
     with open(folder / f"{filename}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the file cached
         if dest.is_file():
@@ -104,32 +123,74 @@ def _download(
         _fetch_with_retries(url, part, filename, progress, html_page)
         actual = sha256_of(part)
         if expected is not None and actual != expected:
-            part.unlink()
+            part.unlink()  # our own partial download, never a file someone put here
             raise DownloadError(
-                f"sha256 mismatch for {filename} from {url}: expected {expected}, got {actual}; the file was deleted"
+                f"sha256 mismatch for {filename} from {url}: expected {expected}, got {actual}; the download was deleted"
             )
-        if expected is None:
-            _write_atomic(_sha_path(dest), f"{actual}  {filename}\n")
         os.replace(part, dest)
     return dest
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _recorded_hash(dest: Path) -> str | None:
+    """The hash in ``NAME.sha256``; an empty or garbled record (a cut-off write, an edit) counts as none."""
+    try:
+        text = _sha_path(dest).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        logger.warning("cannot read %s (%s); the hash is recorded again once the file loads", _sha_path(dest), err)
+        return None
+    fields = text.split()
+    if not fields or not _SHA256.fullmatch(fields[0].lower()):
+        logger.warning("%s holds no sha256; it is recorded again once %s loads", _sha_path(dest), dest.name)
+        return None
+    return fields[0].lower()
+
+
 def _verify_cached(dest: Path, expected: str | None) -> Path:
-    """Check a cache hit against the registry hash, else the hash recorded at download time."""
-    sha_file = _sha_path(dest)
-    recorded = sha_file.read_text().split()[0].lower() if sha_file.is_file() else None
+    """Check a cache hit against the registry hash, else the hash recorded when it last loaded
+    (none yet: it is recorded by :func:`record_hash` once it loads)."""
+    recorded = None if expected else _recorded_hash(dest)
     reference = expected or recorded
-    actual = sha256_of(dest)
     if reference is None:
-        _write_atomic(sha_file, f"{actual}  {dest.name}\n")
-    elif actual != reference:
-        dest.unlink()
-        source = "expected" if expected else f"recorded in {sha_file.name}"
+        return dest
+    actual = sha256_of(dest)
+    if actual != reference:
+        source = "expected" if expected else f"recorded in {_sha_path(dest).name} when it last loaded"
+        hint = "" if expected else f" (if you replaced it on purpose, delete {_sha_path(dest)} and move it back)"
         raise DownloadError(
-            f"sha256 mismatch for cached {dest}: {source} {reference}, got {actual}; "
-            "the file was deleted, download it again"
+            f"sha256 mismatch for cached {dest}: {source} {reference}, got {actual}; {_move_aside(dest)}{hint}"
         )
     return dest
+
+
+def _move_aside(dest: Path) -> str:
+    """Rename a rejected cache file to ``NAME.mismatch-<time>`` (never delete what someone put there);
+    says what happened, for the error message."""
+    target = dest.with_name(f"{dest.name}.mismatch-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while target.exists():
+        target, n = dest.with_name(f"{dest.name}.mismatch-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+    try:
+        os.rename(dest, target)
+    except OSError as err:
+        return f"it was left in place (it could not be moved aside: {err.strerror}); replace it with a good copy"
+    return f"it was moved aside to {target}; the next load downloads it again"
+
+
+def record_hash(path: str | os.PathLike[str]) -> None:
+    """Record the sha256 of a cached file that has just loaded, once (``NAME.sha256``): later
+    loads check it. A read-only cache is left as it is (the file is then used unverified)."""
+    path = Path(path)
+    if _recorded_hash(path) is not None:
+        return
+    try:
+        _write_atomic(_sha_path(path), f"{sha256_of(path)}  {path.name}\n")
+    except OSError as err:
+        logger.debug("not recording the sha256 of %s: %s", path, err)
 
 
 def _missing_message(dest: Path, url: str, why: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from .io import read_checkpoint, save
 from .loader import load
-from .pretrained import IMAGENET_MEAN, IMAGENET_STD, MS_RATIOS, get_pretrained, is_pretrained_name, resolve_weights
+from .pretrained import IMAGENET_MEAN, IMAGENET_STD, MS_RATIOS, get_pretrained, is_pretrained_name, resolved_weights
 
 logger = logging.getLogger(__name__)
 
@@ -143,11 +144,12 @@ class SeMaskModel(nn.Module):
         spec = str(weights)
         if not Path(spec).exists() and not is_pretrained_name(spec) and "/" not in spec and "." not in spec:
             spec = f"{self.imagenet_name()}.{spec}"  # a bare tag
-        path = resolve_weights(get_pretrained(spec)) if is_pretrained_name(spec) else Path(spec)
-        if not path.exists():
-            raise FileNotFoundError(f"backbone weights {weights} are neither a file nor a registered name")
-        state_dict, _ = read_checkpoint(path)
-        report = self.load_backbone_state(state_dict, source=str(path))
+        named = is_pretrained_name(spec)
+        with resolved_weights(get_pretrained(spec)) if named else contextlib.nullcontext(Path(spec)) as path:
+            if not path.exists():
+                raise FileNotFoundError(f"backbone weights {weights} are neither a file nor a registered name")
+            state_dict, _ = read_checkpoint(path)
+            report = self.load_backbone_state(state_dict, source=str(path))
         logger.info("backbone initialised from %s: %s", weights, report)
         return report
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME, read_checkpoint, read_json, read_safetensors
 from .palettes import DATASET_CLASSES
-from .pretrained import PretrainedCfg, get_pretrained, is_pretrained_name, resolve_weights
+from .pretrained import PretrainedCfg, get_pretrained, is_pretrained_name, resolved_weights
 from .registry import build_model, config_class, config_reader, converters, get_config
 from .reset import fit_classes
 from .strict import CheckpointError, load_state_dict_strict
@@ -161,9 +161,9 @@ def _load_as_stored(spec: str | os.PathLike[str], overrides: dict[str, Any]) -> 
         cfg = get_pretrained(os.fspath(spec))
         if cfg.kind != "model":
             raise ValueError(f"{spec} are encoder weights: use create_model(..., backbone_weights={cfg.tag!r})")
-        path = resolve_weights(cfg)
         values = {**pretrained_overrides(cfg), **overrides}
-        model, meta = _load_folder(path, values) if path.is_dir() else _load_file(path, values)
+        with resolved_weights(cfg) as path:
+            model, meta = _load_folder(path, values) if path.is_dir() else _load_file(path, values)
         _name_dataset_classes(model, cfg)
         if model.config.protocol is None and cfg.eval:  # type: ignore[union-attr]  # the paper's test
             model.config = dataclasses.replace(model.config, protocol=dict(cfg.eval))  # type: ignore[union-attr]

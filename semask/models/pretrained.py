@@ -7,9 +7,10 @@ only describes and finds them; fetching a file is the hub's job, installed here 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -78,7 +79,9 @@ class PretrainedCfg:
 
 _PRETRAINED: dict[str, PretrainedCfg] = {}
 Resolver = Callable[[PretrainedCfg], Path]
+Loaded = Callable[[PretrainedCfg, Path], None]
 _resolver: Resolver | None = None
+_loaded: Loaded | None = None
 
 
 def register_pretrained(*cfgs: PretrainedCfg) -> None:
@@ -111,14 +114,21 @@ def get_pretrained(name: str) -> PretrainedCfg:
     raise KeyError(f"no pretrained weights {name!r}; {hint}")
 
 
-def set_weights_resolver(resolver: Resolver) -> None:
-    """Install the function that turns an entry into a local file (the hub's cached download)."""
-    global _resolver
-    _resolver = resolver
+def set_weights_resolver(resolver: Resolver, loaded: Loaded | None = None) -> None:
+    """Install the function that turns an entry into a local file (the hub's cached download),
+    and the one told when that file has loaded (the hub records its hash then, never before)."""
+    global _resolver, _loaded
+    _resolver, _loaded = resolver, loaded
 
 
-def resolve_weights(cfg: PretrainedCfg) -> Path:
-    """Local path of ``cfg``'s file, fetched into the cache first if needed."""
+@contextlib.contextmanager
+def resolved_weights(cfg: PretrainedCfg) -> Iterator[Path]:
+    """Local path of ``cfg``'s file, fetched into the cache first if needed; load it inside the
+    ``with`` block. Only when the block ends without an error is the file taken as good (its hash
+    recorded), so an incomplete copy that fails to load never becomes the reference."""
     if _resolver is None:
         raise RuntimeError("no weights downloader installed: import semask (semask.hub installs it)")
-    return _resolver(cfg)
+    path = _resolver(cfg)
+    yield path
+    if _loaded is not None:
+        _loaded(cfg, path)
