@@ -383,8 +383,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     )
     print(format_table(result))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
+        from .models.io import atomic_write
+
+        text = json.dumps(to_jsonable(result), indent=2) + "\n"
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
     return 0
 
 

@@ -33,8 +33,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from .data.visualize import save_png
 from .engine.health import semantic_lambdas, semantic_layers
 from .engine.predict import FROM_MODEL, load_rgb, model_protocol
+from .models.io import atomic_write
 
 __all__ = ["Explanation", "NoSemanticLayersError", "explain", "prior_heatmaps"]
 
@@ -174,15 +176,17 @@ class Explanation:
         out_dir.mkdir(parents=True, exist_ok=True)
         png, npz = out_dir / f"{name}.png", out_dir / f"{name}.npz"
         fig = self.figure()
-        tmp = png.with_name(f".{png.name}.tmp")
         try:
-            fig.savefig(tmp, dpi=90, format="png")
+            atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
         finally:
             plt.close(fig)
-        os.replace(tmp, png)
-        tmp = npz.with_name(f".{npz.stem}.tmp.npz")
-        np.savez_compressed(tmp, **self.arrays())
-        os.replace(tmp, npz)
+        arrays = self.arrays()
+
+        def write_npz(tmp: str) -> None:
+            with open(tmp, "wb") as handle:  # a handle: given a name, numpy would append ".npz"
+                np.savez_compressed(handle, **arrays)
+
+        atomic_write(npz, write_npz)
         return {"composite": png, "arrays": npz}
 
     def save_heatmaps(self, out_dir: str | os.PathLike[str], name: str) -> list[Path]:
@@ -197,11 +201,7 @@ class Explanation:
             label = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in self.class_names[c])
             for j, stage in enumerate(self.stages):
                 rgb = (cmap(np.clip(self.heatmaps[r, j], 0, 1))[..., :3] * 255 + 0.5).astype(np.uint8)
-                path = out_dir / f"{name}_{label}_stage{stage}.png"
-                tmp = path.with_name(f".{path.name}.tmp")
-                Image.fromarray(rgb).save(tmp, format="PNG")
-                os.replace(tmp, path)
-                written.append(path)
+                written.append(save_png(out_dir / f"{name}_{label}_stage{stage}.png", rgb))
         return written
 
 

@@ -11,8 +11,6 @@ training samples after the training augmentation with their labels overlaid (wha
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .datasets import DataError, FolderDataset, SegmentationDataset, folder_candidates
@@ -214,17 +211,9 @@ def sample_grid(
     for i, cell in enumerate(cells):
         y, x = (i // cols) * (h + gap), (i % cols) * (w + gap)
         grid[y : y + cell.shape[0], x : x + cell.shape[1]] = cell
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(grid).save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from .visualize import save_png
+
+    return save_png(path, grid)
 
 
 def check_data(

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import EvalConfig
+from ..models.io import atomic_write
 from .distributed import DistInfo, all_reduce_sum, shard_range
 
 
@@ -125,8 +126,8 @@ def evaluate(
     if checkpoint is not None:
         result["checkpoint"] = checkpoint
     if out_json is not None and is_main:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
+        text = json.dumps(to_jsonable(result), indent=2) + "\n"
+        atomic_write(out_json, lambda tmp: Path(tmp).write_text(text))
     if confusion_png is not None and is_main:
         from .metrics import plot_confusion_matrix
 

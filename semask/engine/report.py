@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..models.io import atomic_write
+
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     """Records of a ``metrics.jsonl`` file; a malformed line is an error naming the file and line."""
@@ -52,7 +54,7 @@ def plot_curves(log_path: str | Path, out_dir: str | Path) -> list[Path]:
         ax.set_title("training loss")
         fig.tight_layout()
         written.append(out_dir / "loss.png")
-        fig.savefig(written[-1], dpi=100)
+        _save_figure(fig, written[-1])
         plt.close(fig)
     with_lambda = [r for r in train if r.get("lambda")]
     if with_lambda:  # the learned lambda per stage (issue 14)
@@ -67,7 +69,7 @@ def plot_curves(log_path: str | Path, out_dir: str | Path) -> list[Path]:
         ax.set_title("semantic-layer lambda per stage")
         fig.tight_layout()
         written.append(out_dir / "lambda.png")
-        fig.savefig(written[-1], dpi=100)
+        _save_figure(fig, written[-1])
         plt.close(fig)
     val = [r for r in records if r["type"] == "val"]
     if val:
@@ -82,7 +84,7 @@ def plot_curves(log_path: str | Path, out_dir: str | Path) -> list[Path]:
         ax.set_title("validation")
         fig.tight_layout()
         written.append(out_dir / "miou.png")
-        fig.savefig(written[-1], dpi=100)
+        _save_figure(fig, written[-1])
         plt.close(fig)
     return written
 
@@ -105,6 +107,9 @@ def write_report(
         for image in images:
             rel = Path(image).resolve().relative_to(path.parent.resolve())
             lines.append(f"![{rel.stem}]({rel.as_posix()})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    text = "\n".join(lines) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

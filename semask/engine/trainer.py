@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from ..config import ExperimentConfig, ModelSection, OptimConfig, ScheduleConfig, dump_config, load_config
 from ..data.datasets import DataError
+from ..models.io import atomic_write
 from .amp import resolve_amp_dtype
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import VERSION as CHECKPOINT_VERSION
@@ -649,7 +650,8 @@ class _Trainer:
 
             summary["model_dir"] = str(unwrap(self.model).save_pretrained(self.work_dir / "model"))
             summary["plots"] = [str(p) for p in plot_curves(self.log_path, self.work_dir)]
-            (self.work_dir / "summary.json").write_text(json.dumps(to_jsonable(summary), indent=2))
+            text = json.dumps(to_jsonable(summary), indent=2)
+            atomic_write(self.work_dir / "summary.json", lambda tmp: Path(tmp).write_text(text))
         barrier(self.info)
         return summary
 

@@ -162,13 +162,12 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the usual permissions
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes 0600, and some writers (safetensors) replace the file with their own 0600 one:
+        # give what is there the mode any new file gets (0666 less the umask)
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -189,6 +188,20 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
         finally:
             os.close(dir_fd)
     return path
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` can only set it, which would
+    race with threads creating files); from ``/proc/self/status`` where Linux (>= 4.7) has it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o077)  # the strictest value in the short moment it is set
+    os.umask(umask)
+    return umask
 
 
 def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:

@@ -1,0 +1,94 @@
+"""Issue 23: file modes, degenerate image sizes, lossy label files and the smaller start-up checks."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_train import tiny_config
+
+import semask
+from semask.cli import main
+from semask.data import make_context_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture()
+def umask_022():  # type: ignore[no-untyped-def]
+    before = os.umask(0o022)
+    yield
+    os.umask(before)
+
+
+def _modes(*roots: Path) -> dict[str, int]:
+    """Permission bits of every regular file under ``roots`` (symlinks such as latest.pth skipped)."""
+    found = {}
+    for root in roots:
+        for path in [root] if root.is_file() else sorted(root.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                found[str(path)] = stat.S_IMODE(path.stat().st_mode)
+    return found
+
+
+def test_every_file_we_write_gets_the_umask_mode(tmp_path: Path, umask_022: None) -> None:
+    """model.safetensors was written 0600 under umask 022 (the safetensors writer replaces the
+    atomic writer's file with its own 0600 one); so were check-data's sample grid and the npz of
+    an explanation. Every artifact type is written here and must be 0644."""
+    from semask.data.check import check_data
+    from semask.engine.evaluate import evaluate
+    from semask.engine.predict import predict_folder
+    from semask.engine.report import write_report
+    from semask.engine.trainer import train
+    from semask.explain import explain
+    from semask.hub.download import record_hash
+
+    data = make_context_dataset(tmp_path / "data", num_train=4, num_val=2, size=32, seed=3)
+    work = tmp_path / "work"
+    train(tiny_config(data, "schedule.iters=2", "train.eval_interval=2", "train.ckpt_interval=1"), work, progress=False)
+    model = semask.load(work / "model")
+    model.save_pretrained(tmp_path / "single.safetensors")
+    images = sorted((data / "images" / "val").iterdir())
+    predict_folder(model, images, tmp_path / "pred", progress=False, scale=None)
+    val = semask.data.build_dataset("folder", data, "val")
+    evaluate(
+        model,
+        val,
+        tiny_config(data).eval,
+        progress=False,
+        out_json=tmp_path / "eval" / "eval.json",
+        confusion_png=tmp_path / "eval" / "confusion.png",
+        pred_dir=tmp_path / "eval" / "labels",
+    )
+    found = explain(model, images[0], top_k=2, scale=None)
+    found.save(tmp_path / "explain")
+    found.save_heatmaps(tmp_path / "explain" / "heatmaps", "x")
+    check_data(data, out_dir=tmp_path / "check", num_samples=2, progress=False, print_fn=lambda *_: None)
+    write_report(tmp_path / "REPORT.md", "t", {"a": 1}, images=[work / "loss.png"])
+    args = ["score", str(tmp_path / "pred" / "labels"), str(data / "labels" / "val"), "--num-classes", "5"]
+    assert main([*args, "--out", str(tmp_path / "score.json")]) == 0
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "w.pth").write_bytes(b"weights")
+    record_hash(tmp_path / "cache" / "w.pth")
+
+    modes = _modes(work, tmp_path / "single.safetensors", tmp_path / "pred", tmp_path / "eval", tmp_path / "explain")
+    modes.update(_modes(tmp_path / "check", tmp_path / "REPORT.md", tmp_path / "score.json", tmp_path / "cache"))
+    wrong = {path: oct(mode) for path, mode in modes.items() if mode != 0o644}
+    assert not wrong, wrong
+    kinds = {Path(p).suffix for p in modes}
+    assert {".pth", ".safetensors", ".json", ".png", ".npz", ".yaml", ".jsonl", ".log", ".md", ".sha256"} <= kinds
+    assert str(work / "model" / "model.safetensors") in modes and str(work / "checkpoints" / "best.pth") in modes
+
+
+def test_the_mode_follows_the_umask(tmp_path: Path) -> None:
+    before = os.umask(0o027)
+    try:
+        model = semask.create_model("semask_swin_t_fpn", num_classes=3, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1])
+        path = model.save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(before)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()} == {0o640}
