@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -185,11 +186,21 @@ def _gather_overrides(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.trainer import train
+    from .engine.trainer import TrainingInterrupted, train
 
-    cfg = load_config(args.config, [*args.overrides, *_training_overrides(args)])
+    overrides = [*args.overrides, *_training_overrides(args)]
+    cfg = load_config(args.config, overrides)
     work_dir = Path(args.work_dir) if args.work_dir else Path("work_dirs") / Path(args.config).stem
-    summary = train(cfg, work_dir, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+    try:
+        summary = train(cfg, work_dir, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+    except TrainingInterrupted as stopped:  # a checkpoint was written: say how to go on, exit 128 + signal
+        if int(os.environ.get("RANK", "0")) == 0:
+            world, local = (int(os.environ.get(k, "1")) for k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
+            launcher = ["torchrun", "--nproc_per_node", str(local), "-m", "semask.cli"] if world > 1 else ["semask"]
+            command = [*launcher, "train", args.config, *overrides, "--work-dir", str(work_dir), "--resume"]
+            nodes = f" (and your torchrun options for the {world // local} nodes)" if world > local else ""
+            print(f"semask train: {stopped}\nresume with: {shlex.join(command)}{nodes}", file=sys.stderr)
+        return stopped.exit_code
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best"]
         if best["value"] is not None:
@@ -862,6 +873,9 @@ def main(argv: Sequence[str] | None = None, *, tune_malloc: bool = False) -> int
     except BrokenPipeError:  # `semask config | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop: nothing to save, no traceback
+        print(f"\nsemask {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         if args.traceback or not _is_user_error(exc):
             raise  # a bug of semask itself: the traceback is what a bug report needs

@@ -296,11 +296,14 @@ class TrainConfig:
     ckpt_interval: int = 8000
     keep_last: int = 3
     tensorboard: bool = True
+    dist_timeout: float = 600.0  # seconds a collective waits for the other ranks (torchrun) before failing
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "log_interval", "eval_interval", "ckpt_interval", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dist_timeout <= 0:
+            raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
 
 
 @dataclass

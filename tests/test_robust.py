@@ -252,15 +252,18 @@ def test_two_predicts_into_one_folder_are_refused(run: dict[str, Path], tmp_path
     image = run["data"] / "images" / "val" / "00000.png"
     out = tmp_path / "out"
     out.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    hold = "import sys, time; from pathlib import Path; from semask.engine.predict import output_lock\n"
+    hold += "with output_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+    other = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, cwd=tmp_path)
     try:
-        (out / LOCK_NAME).write_text(str(other.pid))  # another predict is writing here
-        with pytest.raises(FileExistsError, match=f"another semask predict \\(process {other.pid}\\) is writing"):
+        assert other.stdout is not None and other.stdout.readline() == b"held\n"  # another predict is writing here
+        with pytest.raises(FileExistsError, match=f"another semask predict is running in {out}: process {other.pid}"):
             predict_folder(model, [image], out, progress=False, scale=None)
         assert not (out / "labels" / "00000.png").exists()
     finally:
         other.kill()
         other.wait()
+    assert (out / LOCK_NAME).exists()
     # the same lock left by a process that is gone (kill -9) is taken over, and released afterwards
     predict_folder(model, [image], out, progress=False, scale=None)
     assert (out / "labels" / "00000.png").is_file() and not (out / LOCK_NAME).exists()

@@ -51,7 +51,8 @@ def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> 
 
     ``device``: "auto" (CUDA when available), "cpu" or "cuda". The backend is NCCL on CUDA and
     Gloo on CPU, so multi-process training also runs (slowly) without GPUs. ``timeout``: how long
-    a collective waits for the slowest rank (None: torch's default).
+    a collective waits for the slowest rank before it fails (None: torch's default, 30 minutes for
+    Gloo, during which the other ranks of a stopped or hung one would wait without a word).
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -133,6 +134,16 @@ def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     tensor = tensor.detach().clone().to(_comm_device(info))
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor / info.world_size
+
+
+def agree_stop(signum: int, info: DistInfo) -> int:
+    """The stop signal any rank has received (0: none), the same on every rank, so that all stop
+    at the same step whichever of them got the signal."""
+    if not info.distributed:
+        return signum
+    flag = torch.tensor([signum], dtype=torch.int64, device=_comm_device(info))
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
 
 
 def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import EvalConfig
 from ..models.io import atomic_write
 from .distributed import DistInfo, all_reduce_sum, shard_range
+from .signals import ignore_stop_signals
 
 
 class _RawSamples(Dataset):
@@ -83,6 +84,7 @@ def evaluate(
         _RawSamples(dataset, indices),
         batch_size=None,
         num_workers=num_workers,
+        worker_init_fn=ignore_stop_signals,  # a stop signal is the trainer's to handle
         generator=torch.Generator(),  # never touch the global RNG (its state is checkpointed)
     )
     accumulator = IoUAccumulator(config.num_classes, getattr(dataset, "ignore_index", 255))

@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -245,67 +244,31 @@ LOCK_NAME = ".semask-predict.lock"
 
 @contextlib.contextmanager
 def output_lock(out_dir: Path, info: DistInfo | None = None) -> Iterator[None]:
-    """Hold ``out_dir/.semask-predict.lock`` (``PID@HOST`` of the holder) while predicting into it.
+    """Hold ``out_dir/.semask-predict.lock`` while predicting into it (:class:`.lock.FolderLock`).
 
     Under ``torchrun`` (``info``) rank 0 takes it for all the ranks of its run, and every rank
-    stops if it cannot. Another live process holding it is refused with a message naming it; a
-    lock left by a process of this host that no longer runs (kill -9) is taken over. A lock of
-    another host (a shared folder) cannot be checked, so it is refused too, saying so.
+    stops if it cannot. Another live predict there is refused with a message naming it; a lock
+    nobody holds any more (kill -9, a host that went down) is taken over.
     """
+    from .lock import FolderLock, FolderLockedError
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    lock = out_dir / LOCK_NAME
     main = info is None or info.is_main
-    refusal = _take_lock(lock, out_dir) if main else None
+    lock, refusal = None, None
+    if main:
+        try:
+            lock = FolderLock(out_dir, LOCK_NAME, "semask predict", "--out")
+        except FolderLockedError as exc:
+            refusal = str(exc)
     if info is not None and info.distributed:
         refusal = broadcast_object(refusal, info)  # the other ranks stop with rank 0
     if refusal is not None:
-        raise FileExistsError(refusal)
+        raise FolderLockedError(refusal)
     try:
         yield
     finally:
-        if main:
-            lock.unlink(missing_ok=True)
-
-
-def _take_lock(lock: Path, out_dir: Path) -> str | None:
-    """Create ``lock`` holding ``PID@HOST``; None when taken, else why not."""
-    host = socket.gethostname()
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                text = lock.read_text().strip()
-            except OSError:
-                text = ""
-            pid_text, _, owner_host = text.partition("@")
-            owner = int(pid_text) if pid_text.isdigit() else 0
-            if owner and owner_host not in ("", host):
-                return (
-                    f"another semask predict (process {owner} on host {owner_host}) is writing into {out_dir}; "
-                    f"if none runs there any more, delete its lock file {lock}"
-                )
-            if owner and owner != os.getpid() and _alive(owner):
-                return (
-                    f"another semask predict (process {owner}) is writing into {out_dir}; wait for it or use "
-                    f"another --out (its lock file is {lock})"
-                )
-            lock.unlink(missing_ok=True)  # left by a process that is gone
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{os.getpid()}@{host}")
-        return None
-    return f"could not take the lock {lock} of {out_dir}: another process keeps re-creating it"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        if lock is not None:
+            lock.release()
 
 
 class UnreadableImagesError(ValueError):

@@ -16,8 +16,10 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from .criterion import build_criterion, training_forward
 from .distributed import (
     DistInfo,
     ShardedBatchSampler,
+    agree_stop,
     all_gather_objects,
     all_reduce_mean,
     barrier,
@@ -56,6 +59,8 @@ from .distributed import (
 )
 from .evaluate import evaluate, to_jsonable
 from .health import SemanticHealthMonitor, lambdas_learnable, semantic_lambdas
+from .lock import FolderLock, FolderLockedError
+from .signals import StopSignals, ignore_stop_signals
 
 logger = logging.getLogger("semask.train")
 
@@ -250,30 +255,78 @@ def train(
     used = holds_run(work_dir)  # decided before any rank touches the folder
     if resume and overwrite:
         raise ValueError(f"--resume continues the run in {work_dir} and --overwrite moves it aside: pass only one")
-    if used and not resume and not overwrite:
-        raise FileExistsError(
-            f"{work_dir} already holds a training run; pass --resume to continue it, choose a new --work-dir, "
-            f"or pass --overwrite to move it aside to {work_dir}.old-<YYYYmmdd-HHMMSS>"
-        )
-    info = init_distributed(cfg.train.device)
-    handler = None
-    if info.is_main:
-        if used and overwrite:
-            moved = move_aside(work_dir)
-            logger.warning("moved the previous run in %s to %s", work_dir, moved)
-        work_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(work_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    info = init_distributed(cfg.train.device, timedelta(seconds=cfg.train.dist_timeout))
+    lock = handler = None
     try:
-        return _Trainer(cfg, work_dir, info, progress).run(resume)
+        lock = _lock_work_dir(work_dir, info)  # before anything reads, cleans or truncates the folder
+        if used and not resume and not overwrite:
+            raise FileExistsError(
+                f"{work_dir} already holds a training run; pass --resume to continue it, choose a new --work-dir, "
+                f"or pass --overwrite to move it aside to {work_dir}.old-<YYYYmmdd-HHMMSS>"
+            )
+        if info.is_main:
+            if used and overwrite:
+                moved = move_aside(work_dir)  # the lock file moves along, still held: nobody can start there
+                held, lock = lock, FolderLock(work_dir, WORK_DIR_LOCK, "semask train", "--work-dir")
+                held.release(moved_to=moved)  # type: ignore[union-attr]
+                logger.warning("moved the previous run in %s to %s", work_dir, moved)
+            handler = logging.FileHandler(work_dir / "train.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+        trainer = _Trainer(cfg, work_dir, info, progress)
+        try:
+            return trainer.run(resume)
+        except RuntimeError as exc:  # gloo: "Timed out waiting ...", NCCL: DistBackendError (a RuntimeError)
+            if not (info.distributed and "timed out" in str(exc).lower()):
+                raise
+            raise TimeoutError(
+                f"process {info.rank}: another process did not reach a collective within train.dist_timeout="
+                f"{cfg.train.dist_timeout:g} s (it stopped, hangs or died); the last checkpoint is "
+                f"{trainer.last_checkpoint}. ({str(exc).splitlines()[0]})"
+            ) from exc
     finally:
         if handler is not None:
             logger.removeHandler(handler)
             handler.close()
+        if lock is not None:
+            lock.release()
         if info.distributed:
             cleanup_distributed()
+
+
+WORK_DIR_LOCK = ".semask-train.lock"
+
+
+def _lock_work_dir(work_dir: Path, info: DistInfo) -> FolderLock | None:
+    """Rank 0 holds ``work_dir``'s lock for the run's lifetime (a second train or resume there, e.g.
+    next to workers a killed launcher left running, would truncate and interleave its logs and clean
+    up its temporary files); every rank raises the same refusal."""
+    lock, refusal = None, None
+    if info.is_main:
+        try:
+            lock = FolderLock(work_dir, WORK_DIR_LOCK, "semask train", "--work-dir")
+        except FolderLockedError as exc:
+            refusal = str(exc)
+    refusal = all_gather_objects(refusal, info)[0]
+    if refusal is not None:
+        raise FolderLockedError(refusal)
+    return lock
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint it resumes from exactly."""
+
+    def __init__(self, signum: int, iteration: int, checkpoint: Path | None) -> None:
+        self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after iteration {iteration}; checkpoint: {checkpoint}"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process the signal ended."""
+        return 128 + self.signum
 
 
 class _Trainer:
@@ -290,6 +343,8 @@ class _Trainer:
         self.last_checkpoint: Path | None = None
         self.last_metrics: dict[str, Any] | None = None
         self.position = (0, 0)  # (epoch, batches of that epoch consumed)
+        self.window: list[torch.Tensor] = []  # losses since the last log record
+        self.eval_pending = False  # stopped on a signal before the evaluation this iteration was due
 
     # -- setup --------------------------------------------------------------------------
 
@@ -300,10 +355,15 @@ class _Trainer:
         state = load_training_checkpoint(resume_path) if resume_path is not None else None
         if state is not None:
             check_resume_config(state["config"], cfg, resume_path)  # type: ignore[arg-type]
-        if info.is_main:
+            if state["iteration"] > cfg.schedule.iters:
+                raise TrainingCheckpointError(
+                    f"{resume_path} is at iteration {state['iteration']}, past schedule.iters={cfg.schedule.iters}: "
+                    f"resuming would train nothing and label the result as a {cfg.schedule.iters}-iteration run; "
+                    f"set schedule.iters >= {state['iteration']} (or leave it as it was)"
+                )
+        if info.is_main:  # under the work dir's lock: no live run writes temporaries here
             for stale in remove_stale_temporaries(self.ckpt.directory):
                 logger.info("removed %s, a partial write of an interrupted run", stale)
-            dump_config(cfg, self.work_dir / "config.yaml")
 
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         self.train_set, self.val_set = build_datasets(cfg)
@@ -321,6 +381,8 @@ class _Trainer:
         # the test protocol travels with the weights: every checkpoint and model/ record cfg.eval
         model.config = dataclasses.replace(model.config, protocol=cfg.eval.to_dict())
         attach_train_transform(cfg, self.train_set, model.config)
+        if info.is_main:  # only now: a start that fails on its data or model leaves no run behind to refuse
+            dump_config(cfg, self.work_dir / "config.yaml")
         self.ignore_index = getattr(self.train_set, "ignore_index", 255)
         self.criterion = build_criterion(cfg.loss, model.config, self.train_set, self.ignore_index)
         if cfg.model.grad_checkpointing:
@@ -395,6 +457,8 @@ class _Trainer:
                 )
         self.best = dict(state.get("best", self.best))
         self.position = (int(state["epoch"]), int(state["offset"]))
+        self.window = list(state.get("log_window", torch.zeros(0, 3)))
+        self.eval_pending = bool(state.get("eval_pending", False))
         self.last_checkpoint = path
         if self.info.is_main:
             _truncate_log(self.log_path, state["iteration"])
@@ -421,45 +485,60 @@ class _Trainer:
                 cfg.train.grad_accum,
                 self.work_dir,
             )
-        window: list[torch.Tensor] = []
+            if info.distributed:
+                logger.info(
+                    "a collective that waits %g s for another process fails the run (train.dist_timeout)",
+                    cfg.train.dist_timeout,
+                )
         t_start = t_window = time.perf_counter()
         health = SemanticHealthMonitor(cfg.schedule.warmup_iters, lambdas_learnable(unwrap(self.model)))
         self.model.train()
+        if self.eval_pending and self.val_set is not None:  # the evaluation a signal put off
+            self._evaluate(start, writer)
         it = start
-        while it < total:
-            lr = self.scheduler.step(it)
-            losses = self._step(batches, it)
-            it += 1
-            window.append(losses)
+        with StopSignals(announce=info.is_main) as stop:
+            while it < total:
+                lr = self.scheduler.step(it)
+                losses = self._step(batches, it)
+                it += 1
+                self.window.append(losses)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[0].item():.4f}", lr=f"{lr:.2e}", refresh=False)
+                if it % cfg.train.log_interval == 0 or it == total:
+                    now = time.perf_counter()
+                    mean = torch.stack(self.window).mean(0).tolist()
+                    record = {
+                        "type": "train",
+                        "iter": it,
+                        "epoch": self.position[0],
+                        "loss": mean[0],
+                        "loss_main": mean[1],
+                        "loss_semantic": None if math.isnan(mean[2]) else mean[2],
+                        "lambda": semantic_lambdas(unwrap(self.model)) or None,  # per stage (issue 14)
+                        "lr": lr,
+                        "time": (now - t_window) / len(self.window),
+                        "elapsed": now - t_start,
+                    }
+                    self._log(record, writer)
+                    if info.is_main:
+                        health.check(record)  # warns once: lambda stuck at ~0 / semantic loss flat
+                    self.window, t_window = [], now
+                evaluate_now = self.val_set is not None and (it % cfg.train.eval_interval == 0 or it == total)
+                signum = agree_stop(stop.signum, info)  # every rank stops at the same step
+                if signum:
+                    self.eval_pending = evaluate_now  # an evaluation can take minutes: the resumed run does it
+                    self._save(it)
+                    if bar is not None:
+                        bar.close()
+                    raise TrainingInterrupted(signum, it, self.last_checkpoint)
+                if evaluate_now:
+                    self._evaluate(it, writer)
+                if it % cfg.train.ckpt_interval == 0 or it == total:
+                    self._save(it)
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[0].item():.4f}", lr=f"{lr:.2e}", refresh=False)
-            if it % cfg.train.log_interval == 0 or it == total:
-                now = time.perf_counter()
-                mean = torch.stack(window).mean(0).tolist()
-                record = {
-                    "type": "train",
-                    "iter": it,
-                    "epoch": self.position[0],
-                    "loss": mean[0],
-                    "loss_main": mean[1],
-                    "loss_semantic": None if math.isnan(mean[2]) else mean[2],
-                    "lambda": semantic_lambdas(unwrap(self.model)) or None,  # per stage (issue 14)
-                    "lr": lr,
-                    "time": (now - t_window) / len(window),
-                    "elapsed": now - t_start,
-                }
-                self._log(record, writer)
-                if info.is_main:
-                    health.check(record)  # warns once: lambda stuck at ~0 / semantic loss flat
-                window, t_window = [], now
-            if self.val_set is not None and (it % cfg.train.eval_interval == 0 or it == total):
-                self._evaluate(it, writer)
-            if it % cfg.train.ckpt_interval == 0 or it == total:
-                self._save(it)
-        if bar is not None:
-            bar.close()
-        return self._finish(time.perf_counter() - t_start, writer)
+                bar.close()
+            return self._finish(time.perf_counter() - t_start, writer)
 
     def _batches(self, epoch: int, offset: int) -> Iterator[dict[str, Any]]:
         """Endless batches over epochs, starting ``offset`` batches into ``epoch``.
@@ -471,6 +550,7 @@ class _Trainer:
             self.train_set,
             batch_sampler=self.sampler,
             num_workers=self.cfg.data.num_workers,
+            worker_init_fn=ignore_stop_signals,
             pin_memory=self.info.device.type == "cuda",
             # A private generator: worker seeding must not draw from the global torch RNG,
             # whose state is part of the checkpoint (augmentation is seeded per sample anyway).
@@ -531,6 +611,7 @@ class _Trainer:
         )
 
     def _evaluate(self, it: int, writer: Any) -> None:
+        self.eval_pending = False
         broadcast_buffers(self.model, self.info)
         model = unwrap(self.model)
         metrics = evaluate(
@@ -569,6 +650,8 @@ class _Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng,
             "best": dict(self.best),
+            "log_window": torch.stack(self.window) if self.window else torch.zeros(0, 3),
+            "eval_pending": self.eval_pending,
             "config": self.cfg.to_dict(),
             "world_size": self.info.world_size,
         }
@@ -669,6 +752,7 @@ RESUME_MAY_CHANGE = (
     "train.keep_last",
     "train.tensorboard",
     "train.device",
+    "train.dist_timeout",
     "data.num_workers",
     "data.root",
     "data.check",
