@@ -68,7 +68,9 @@ def test_a_signal_mid_run_checkpoints_and_the_resume_is_bit_exact(data: Path, tm
     """The signal arrives during step 4, when an evaluation is due (eval_interval 4): the step ends,
     the checkpoint is written before that evaluation (it could take minutes), and the resumed run
     evaluates first. log_interval 3: the losses of step 4, not yet logged, travel in the checkpoint."""
-    cfg = tiny_config(data, "schedule.iters=8", "train.log_interval=3", "train.eval_interval=4", "train.ckpt_interval=8")
+    cfg = tiny_config(
+        data, "schedule.iters=8", "train.log_interval=3", "train.eval_interval=4", "train.ckpt_interval=8"
+    )
     straight = train(cfg, tmp_path / "straight", progress=False)
 
     step = _Trainer._step
@@ -137,7 +139,11 @@ def test_a_live_run_refuses_a_second_train_and_stops_cleanly_on_sigterm(data: Pa
     work = tmp_path / "work"
     argv = ["train", str(config), "--work-dir", str(work), "--no-progress"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "semask.cli", *argv], env=ENV, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "semask.cli", *argv],
+        env=ENV,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         log = work / "metrics.jsonl"
@@ -194,7 +200,9 @@ def test_a_lock_nobody_holds_is_taken_over(tmp_path: Path, caplog) -> None:
         with pytest.raises(FolderLockedError) as info:
             FolderLock(folder, "x.lock", "semask predict", "--out")
         message = str(info.value)
-        assert f"another semask predict is running in {folder}: process {holder.pid} on {socket.gethostname()}" in message
+        assert (
+            f"another semask predict is running in {folder}: process {holder.pid} on {socket.gethostname()}" in message
+        )
         assert "hold)" in message and "use another --out" in message
         holder.kill()  # kill -9: no clean-up, the lock file stays
         holder.wait()

@@ -87,8 +87,65 @@ def test_every_file_we_write_gets_the_umask_mode(tmp_path: Path, umask_022: None
 def test_the_mode_follows_the_umask(tmp_path: Path) -> None:
     before = os.umask(0o027)
     try:
-        model = semask.create_model("semask_swin_t_fpn", num_classes=3, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1])
+        model = semask.create_model(
+            "semask_swin_t_fpn", num_classes=3, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1]
+        )
         path = model.save_pretrained(tmp_path / "m")
     finally:
         os.umask(before)
     assert {stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()} == {0o640}
+
+
+# ----------------------------------------------------------------------------- lossy label files
+
+
+def _lossy_labels(tmp_path: Path) -> Path:
+    """A folder dataset whose labels are JPEGs: some ids decode as other valid ids."""
+    data = make_context_dataset(tmp_path / "data", num_train=4, num_val=2, size=48, seed=3)
+    for png in sorted((data / "labels").glob("*/*.png")):
+        ids = np.array(Image.open(png))
+        Image.fromarray(ids).save(png.with_suffix(".jpg"), quality=95)
+        decoded = np.array(Image.open(png.with_suffix(".jpg")))
+        assert ((decoded != ids) & (decoded < 5) & (ids < 5)).any()  # ids turned into other valid ids
+        png.unlink()
+    return data
+
+
+def test_lossy_label_files_are_refused_by_check_data_and_before_training(tmp_path: Path, capsys) -> None:
+    from semask.engine.trainer import train
+
+    data = _lossy_labels(tmp_path)
+    bad = data / "labels" / "val" / "00000.jpg"
+    assert main(["check-data", str(data), "data.label_suffix=.jpg", "--samples", "0", "--no-progress"]) == 1
+    assert f"label {bad} is stored as JPEG, a lossy format" in capsys.readouterr().out
+    cfg = tiny_config(data, "schedule.iters=2", "data.label_suffix=.jpg")
+    with pytest.raises(semask.data.DataError, match=f"label {bad} is stored as JPEG, a lossy format") as info:
+        train(cfg, tmp_path / "work", progress=False)
+    assert "4 of 4 samples are broken" in str(info.value) and "2 of 2 samples are broken" in str(info.value)
+    assert not (tmp_path / "work" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options", "refused"),
+    [
+        ("WEBP", {"lossless": True}, False),
+        ("WEBP", {"quality": 90}, True),
+        ("TIFF", {"compression": "jpeg"}, True),
+        ("TIFF", {"compression": "tiff_lzw"}, False),
+        ("PNG", {}, False),
+    ],
+)
+def test_which_label_formats_are_lossy(tmp_path: Path, fmt: str, options: dict, refused: bool) -> None:
+    from semask.data.datasets import read_label
+
+    ids = (np.arange(32 * 32).reshape(32, 32) // 97 % 5).astype(np.uint8)
+    path = tmp_path / f"label.{fmt.lower()}"
+    Image.fromarray(np.repeat(ids[..., None], 3, 2) if fmt == "WEBP" else ids).save(path, format=fmt, **options)
+    if refused:
+        with pytest.raises(semask.data.DataError, match="a lossy format"):
+            read_label(path)
+    else:  # read (a WebP decodes as RGB: refused for its mode, not as lossy)
+        try:
+            assert np.array_equal(read_label(path), ids)
+        except semask.data.DataError as exc:
+            assert fmt == "WEBP" and "mode RGB" in str(exc)

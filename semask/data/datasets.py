@@ -103,12 +103,45 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {exc}") from None
 
 
+def _lossy_label_error(img: Image.Image, path: str | Path) -> DataError | None:
+    """The error for a label file stored with lossy compression (JPEG, JPEG 2000, lossy WebP,
+    JPEG-compressed TIFF), else None: the decoder invents ids at every region border (a JPEG of a
+    label map changes a few percent of its pixels), often into other valid ids no check can see."""
+    fmt = img.format or ""
+    compression = str(img.info.get("compression", "")).lower()
+    lossy = fmt in ("JPEG", "MPO", "JPEG2000") or (fmt == "TIFF" and "jpeg" in compression)
+    if fmt == "WEBP":
+        lossy = not _webp_is_lossless(Path(path))
+    if not lossy:
+        return None
+    return DataError(
+        f"label {path} is stored as {fmt}{' (JPEG-compressed)' if fmt == 'TIFF' else ''}, a lossy format: "
+        "compression changes class ids along region borders; save labels as PNG (lossless)"
+    )
+
+
+def _webp_is_lossless(path: Path) -> bool:
+    """Whether a WebP file holds a lossless image: its first image chunk is VP8L, not VP8."""
+    with open(path, "rb") as handle:
+        handle.seek(12)  # "RIFF" <size> "WEBP", then chunks: fourcc, little-endian size, data
+        while len(header := handle.read(8)) == 8:
+            fourcc, size = header[:4], int.from_bytes(header[4:], "little")
+            if fourcc in (b"VP8 ", b"VP8L"):
+                return fourcc == b"VP8L"
+            handle.seek(size + (size & 1), os.SEEK_CUR)
+    return False
+
+
 def read_label(path: str | Path) -> np.ndarray:
     """Decode a label map (8-bit single-channel PNG, mode L or P) to a uint8 (H, W) array of ids."""
     try:
         with Image.open(path) as img:
+            if (lossy := _lossy_label_error(img, path)) is not None:
+                raise lossy
             mode = img.mode
             label = np.array(img) if mode in ("L", "P") else None
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read label {path}: {exc}") from None
     if label is None:
@@ -126,10 +159,14 @@ def read_colour_label(
     is not in the map is an error naming the colours, the label file and the palette file."""
     try:
         with Image.open(path) as img:
+            if (lossy := _lossy_label_error(img, path)) is not None:
+                raise lossy
             mode = img.mode
             if mode in ("L", "P"):
                 return np.array(img)
             rgb = np.array(img.convert("RGB")) if mode in ("RGB", "RGBA") else None
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read label {path}: {exc}") from None
     if rgb is None:
@@ -438,9 +475,13 @@ def _check_label_file(path: Path, image_size: tuple[int, int], image_path: Path,
     modes = ("L", "P", "RGB", "RGBA") if colour else ("L", "P")
     try:
         with Image.open(path) as img:
+            if (lossy := _lossy_label_error(img, path)) is not None:
+                raise lossy
             size, mode = img.size, img.mode
             if mode in modes:
                 img.verify()
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read label {path}: {exc}") from None
     if mode not in modes:

@@ -381,8 +381,6 @@ class _Trainer:
         # the test protocol travels with the weights: every checkpoint and model/ record cfg.eval
         model.config = dataclasses.replace(model.config, protocol=cfg.eval.to_dict())
         attach_train_transform(cfg, self.train_set, model.config)
-        if info.is_main:  # only now: a start that fails on its data or model leaves no run behind to refuse
-            dump_config(cfg, self.work_dir / "config.yaml")
         self.ignore_index = getattr(self.train_set, "ignore_index", 255)
         self.criterion = build_criterion(cfg.loss, model.config, self.train_set, self.ignore_index)
         if cfg.model.grad_checkpointing:
@@ -397,6 +395,8 @@ class _Trainer:
         self.sampler = ShardedBatchSampler(
             len(self.train_set), cfg.train.batch_size, info.rank, info.world_size, cfg.train.seed
         )
+        if info.is_main:  # only now: a start that fails on its data or model leaves no run behind to refuse
+            dump_config(cfg, self.work_dir / "config.yaml")
         if state is None:
             seed_everything(cfg.train.seed + info.rank)  # different dropout / drop-path per rank
             return 0
