@@ -162,7 +162,7 @@ def test_a_live_run_refuses_a_second_train_and_stops_cleanly_on_sigterm(data: Pa
         assert after[: len(before)] == before and len(after) >= len(before)  # not truncated, only appended to
 
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     err_text = err.decode()
@@ -252,7 +252,7 @@ def test_torchrun_ranks_stop_together_when_one_gets_sigterm(data: Path, tmp_path
         workers = _worker_pids(proc.pid)
         assert sorted(workers) == [0, 1]
         os.kill(workers[1], signal.SIGTERM)  # only rank 1 gets it
-        out, err = proc.communicate(timeout=180)
+        _, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
     err_text = err.decode()
@@ -286,7 +286,7 @@ def test_a_stopped_rank_fails_the_others_after_the_collective_timeout(data: Path
         _wait_for(lambda: not Path(f"/proc/{workers[0]}").exists(), "rank 0 to fail", timeout=60)
         assert time.monotonic() - stopped < 30
         os.kill(workers[1], signal.SIGKILL)  # what torchrun does too, after its shutdown timeout
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     text = err.decode()
