@@ -149,3 +149,35 @@ def test_which_label_formats_are_lossy(tmp_path: Path, fmt: str, options: dict, 
             assert np.array_equal(read_label(path), ids)
         except semask.data.DataError as exc:
             assert fmt == "WEBP" and "mode RGB" in str(exc)
+
+
+# ----------------------------------------------------------------------------- start-up checks
+
+
+def test_a_failed_start_leaves_nothing_that_blocks_the_same_command(tmp_path: Path, capsys) -> None:
+    from semask.config import dump_config
+
+    data = make_context_dataset(tmp_path / "data", num_train=4, num_val=2, size=32, seed=3)
+    for label in (data / "labels" / "train").iterdir():
+        label.unlink()  # every training image lacks its label
+    config = dump_config(tiny_config(data, "schedule.iters=2"), tmp_path / "c.yaml")
+    argv = ["train", str(config), "--work-dir", str(tmp_path / "work"), "--no-progress"]
+    assert main(argv) == 1
+    assert "4 image(s) without a label" in capsys.readouterr().err
+    assert not (tmp_path / "work" / "config.yaml").exists()
+    make_context_dataset(tmp_path / "data", num_train=4, num_val=2, size=32, seed=3)  # the data is fixed
+    assert main(argv) == 0  # the same command now runs, instead of "already holds a training run"
+
+
+def test_resume_refuses_fewer_iterations_than_the_checkpoint(tmp_path: Path, capsys) -> None:
+    from semask.config import dump_config
+
+    data = make_context_dataset(tmp_path / "data", num_train=4, num_val=2, size=32, seed=3)
+    config = dump_config(tiny_config(data, "schedule.iters=3", "train.eval_interval=3"), tmp_path / "c.yaml")
+    work = tmp_path / "work"
+    assert main(["train", str(config), "--work-dir", str(work), "--no-progress"]) == 0
+    summary = (work / "summary.json").read_text()
+    assert main(["train", str(config), "--work-dir", str(work), "--resume", "schedule.iters=2"]) == 1
+    err = capsys.readouterr().err
+    assert "iter_00000003.pth is at iteration 3, past schedule.iters=2" in err
+    assert "set schedule.iters >= 3" in err and (work / "summary.json").read_text() == summary
