@@ -284,6 +284,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"confusion matrix drawn to {args.confusion}")
     if args.out:
         print(f"results written to {args.out}")
+    if result["skipped"]:  # the metrics above leave these out: say so and fail, as predict does
+        lines = "\n  ".join(result["skipped"])
+        print(
+            f"semask eval: error: {len(result['skipped'])} of {result['num_images']} image(s) could not be "
+            f"segmented and are left out of the metrics above:\n  {lines}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -536,6 +544,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         max_upload_mb=args.max_upload_mb,
         max_pixels=args.max_pixels,
+        max_side=args.max_side,
         **({} if args.scale is _UNSET else {"scale": args.scale}),
     )
     return 0
@@ -773,6 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get 413")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="larger images get 422")
+    p.add_argument("--max-side", type=int, default=8192, help="images with a longer side get 422")
     p.add_argument(
         "--scale",
         type=_scale_arg,

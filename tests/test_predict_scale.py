@@ -82,7 +82,7 @@ def test_two_gloo_ranks_write_what_one_process_writes(model_dir: Path, tmp_path:
     assert _outputs(ranks) == _outputs(single) and len(_outputs(single)) == 3 * 6
     assert {k: v for k, v in _stamps(ranks).items() if k in before} == before  # complete images not rewritten
     assert done.stdout.count("6 image(s): class ids in") == 1  # rank 0 reports, for all ranks
-    message = f"1 of 7 image(s) could not be read and were skipped (4 predicted into {ranks}, 2 skipped as complete"
+    message = f"1 of 7 image(s) could not be read or segmented and were skipped (4 predicted into {ranks}, 2 skipped as"
     assert done.stderr.count(message) == 1, done.stderr[-3000:]
     assert done.stderr.count(f"cannot read image {images / 'img03.png'}") == 1
     todo = ["img01", "img02", "img03", "img04", "img06"]  # sorted, less the complete ones; img03 fails on rank 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import http.client
 import io
@@ -10,6 +11,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from PIL import Image
 import semask
 from semask.cli import build_parser
 from semask.serve import ModelService, make_server
+from semask.serve.app import MAX_FORM_PARTS
 from semask.serve.page import PAGE
 
 K = NAMED_TINY["num_classes"]
@@ -251,3 +254,101 @@ def test_page_in_headless_chromium(server: Any, tmp_path: Path) -> None:
     assert state["legendRows"] == len(np.unique(label))
     assert "segmented" in state["status"]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- issue 23: a few requests cannot tie it up
+
+
+@contextlib.contextmanager
+def serving(model: torch.nn.Module, timeout_s: float = 30.0, **limits: Any) -> Iterator[tuple[Any, ModelService]]:
+    service = ModelService(model, name="tiny", **limits)
+    httpd = make_server(service, "127.0.0.1", 0, timeout_s=timeout_s)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield httpd, service
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def empty_fields_form(count: int, boundary: str = "b0und") -> bytes:
+    """What a hostile client sends: a form of ``count`` empty fields (the email parser needed 17 s for 150k)."""
+    field = f'--{boundary}\r\nContent-Disposition: form-data; name="f"\r\n\r\n\r\n'.encode()
+    return field * count + f"--{boundary}--\r\n".encode()
+
+
+def test_the_queue_limit_applies_before_an_upload_is_read_or_parsed() -> None:
+    form = empty_fields_form(150_000)
+    with serving(tiny_model(), max_queue=1, max_upload_bytes=len(form) + 1) as (httpd, service):
+        results: dict[str, Any] = {}
+        service.lock.acquire()  # the model is busy: the next request takes the only place and waits
+        waiting = threading.Thread(
+            target=lambda: results.update(first=request(httpd, "POST", "/predict", png_bytes(scene()), "image/png"))
+        )
+        waiting.start()
+        try:
+            deadline = time.monotonic() + 30
+            while service.slots._value and time.monotonic() < deadline:  # type: ignore[attr-defined]
+                time.sleep(0.01)
+            start = time.monotonic()
+            status, answer = request(httpd, "POST", "/predict", form, "multipart/form-data; boundary=b0und")
+            assert status == 503 and "busy" in answer["error"]  # type: ignore[index]
+            assert time.monotonic() - start < 3
+        finally:
+            service.lock.release()
+        waiting.join()
+        assert results["first"][0] == 200
+        start = time.monotonic()  # admitted now: parsed only up to MAX_FORM_PARTS parts
+        status, answer = request(httpd, "POST", "/predict", form, "multipart/form-data; boundary=b0und")
+        assert status == 413 and f"more than {MAX_FORM_PARTS} parts" in answer["error"]  # type: ignore[index]
+        assert time.monotonic() - start < 3
+        image_part = (
+            b'--b0und\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + png_bytes(scene()) + b"\r\n--b0und--\r\n"
+        )
+        few = empty_fields_form(5)[: -len(b"--b0und--\r\n")] + image_part  # a few other fields first: fine
+        status, answer = request(httpd, "POST", "/predict", few, "multipart/form-data; boundary=b0und")
+        assert status == 200
+        status, answer = request(httpd, "POST", "/predict", empty_fields_form(3), "multipart/form-data; boundary=b0und")
+        assert status == 400 and "no 'image' field" in answer["error"]  # type: ignore[index]
+
+
+def test_sides_are_bounded_as_well_as_the_pixel_count(server: Any) -> None:
+    httpd, _ = server
+    strip = np.zeros((1, 8200, 3), np.uint8)  # 8,200 pixels: under max_pixels, but one side of 8,200
+    status, answer = request(httpd, "POST", "/predict", png_bytes(strip), "image/png")
+    assert status == 422 and "sides of at most 8,192 pixels" in answer["error"]  # type: ignore[index]
+
+
+def test_idle_and_slow_connections_are_closed() -> None:
+    import socket
+
+    with serving(tiny_model(), timeout_s=1.0) as (httpd, _):
+        port = httpd.server_address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
+            start = time.monotonic()
+            assert idle.recv(1024) == b""  # closed by the server, not by our 10 s timeout
+            assert time.monotonic() - start < 5
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+            )
+            slow.sendall(b"\x89PNG\r\n\x1a\n")  # and then nothing more
+            answer = slow.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer
+        status, _ = request(httpd, "POST", "/predict", png_bytes(scene()), "image/png")
+        assert status == 200  # the server itself is fine
+
+
+def test_an_image_the_model_cannot_segment_is_a_422() -> None:
+    from conftest import MIT_TINY
+
+    torch.manual_seed(0)
+    model = semask.create_model("semask_mit_b0", num_classes=4, **MIT_TINY).eval()
+    with serving(model) as (httpd, _):
+        status, answer = request(httpd, "POST", "/predict", png_bytes(np.zeros((10, 2000, 3), np.uint8)), "image/png")
+        assert status == 422
+        assert answer["error"].startswith("cannot segment the upload (2000x10 pixels): ValueError")  # type: ignore[index]
+        assert "too small for this model" in answer["error"]  # type: ignore[index]
+        status, _ = request(httpd, "POST", "/predict", png_bytes(scene()), "image/png")
+        assert status == 200

@@ -63,6 +63,7 @@ def rescale_size(size: tuple[int, int], scale: tuple[int, int]) -> tuple[int, in
     """(h, w) after a keep-ratio resize that fits ``scale`` = (long edge, short edge) bounds.
 
     The edge order inside ``scale`` does not matter: the larger number bounds the long side.
+    A side is at least 1 pixel (mmcv would give 0 for the short side of a 10x20000 image).
     """
     h, w = size
     if h < 1 or w < 1:
@@ -70,7 +71,7 @@ def rescale_size(size: tuple[int, int], scale: tuple[int, int]) -> tuple[int, in
     if min(scale) < 1:
         raise ValueError(f"scale must hold two positive edge lengths, got {scale}")
     factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return int(h * factor + 0.5), int(w * factor + 0.5)
+    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
 
 
 def scaled(scale: tuple[int, int], ratio: float) -> tuple[int, int]:
@@ -312,7 +313,7 @@ class TestTransform:
         """The test resize at ``ratio`` times the scale (multi-scale testing resizes the original)."""
         if self.scale is None:
             h, w = image.shape[:2]
-            size = (int(h * ratio + 0.5), int(w * ratio + 0.5))
+            size = (max(1, int(h * ratio + 0.5)), max(1, int(w * ratio + 0.5)))
         else:
             size = rescale_size(image.shape[:2], scaled(self.scale, ratio))
         return resize_image(image, size)

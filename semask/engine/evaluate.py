@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import EvalConfig
 from ..models.io import atomic_write
-from .distributed import DistInfo, all_reduce_sum, shard_range
+from .distributed import DistInfo, all_gather_objects, all_reduce_sum, shard_range
 from .signals import ignore_stop_signals
 
 
@@ -69,10 +69,13 @@ def evaluate(
     ``checkpoint`` (which weights were tested: path, training iteration, whether final) is
     recorded in the result.
     Under DDP (``info``) every process takes a contiguous share and the counts are summed.
+    An image the model cannot segment (too thin for its encoder, out of memory) is left out and
+    listed in ``skipped``, one line naming it and why; the metrics are those of the others.
     """
     from ..data.visualize import save_label_png
     from .inference import eval_mode, predict_image
     from .metrics import IoUAccumulator, format_table
+    from .predict import image_error
 
     eval_cfg = EvalConfig() if eval_cfg is None else eval_cfg
     config = model.config  # type: ignore[union-attr]
@@ -91,18 +94,23 @@ def evaluate(
     start = time.perf_counter()
     from tqdm import tqdm
 
+    skipped: list[str] = []
     with eval_mode(model):
         for index, image, label in tqdm(
             loader, total=len(indices), desc="eval", unit="img", disable=not (progress and is_main)
         ):
-            pred = predict_image(
-                model,
-                image.numpy(),
-                config.mean,
-                config.std,
-                num_classes=config.num_classes,
-                **eval_cfg.predict_options(),
-            )
+            try:
+                pred = predict_image(
+                    model,
+                    image.numpy(),
+                    config.mean,
+                    config.std,
+                    num_classes=config.num_classes,
+                    **eval_cfg.predict_options(),
+                )
+            except (ValueError, torch.OutOfMemoryError) as exc:  # this image (e.g. a 10x20000 strip), not the run
+                skipped.append(image_error(dataset.samples[int(index)][0], image.numpy(), exc))
+                continue
             accumulator.update(pred, label.numpy())
             if pred_dir is not None:
                 save_label_png(Path(pred_dir) / f"{dataset.name(int(index))}.png", pred)
@@ -110,9 +118,11 @@ def evaluate(
         summed = all_reduce_sum({"counts": accumulator.counts, "confusion": accumulator.confusion}, info)
         accumulator.counts = summed["counts"].astype(np.int64)
         accumulator.confusion = summed["confusion"].astype(np.int64)
+        skipped = [line for lines in all_gather_objects(skipped, info) for line in lines]
     result = accumulator.compute()
     result.update(
         num_images=len(dataset),
+        skipped=skipped,  # images the model could not segment: left out of every metric
         class_names=list(dataset.class_names),
         protocol={
             "mode": eval_cfg.mode,

@@ -271,8 +271,14 @@ def output_lock(out_dir: Path, info: DistInfo | None = None) -> Iterator[None]:
             lock.release()
 
 
+def image_error(source: Any, image: np.ndarray, exc: BaseException) -> str:
+    """One line for an image the model could not segment, naming it and its size."""
+    h, w = image.shape[:2]
+    return f"cannot segment {source} ({w}x{h} pixels): {type(exc).__name__}: {exc}"
+
+
 class UnreadableImagesError(ValueError):
-    """Some inputs of :func:`predict_folder` could not be read; the others were written.
+    """Some inputs of :func:`predict_folder` could not be read or segmented; the others were written.
 
     ``written`` lists the written files (as :func:`predict_folder` returns them), ``failed``
     the (image path, reason) pairs.
@@ -322,8 +328,9 @@ def predict_folder(
     ``skip_existing``, an image whose record matches this run (model weights, classes, protocol,
     alpha, output kinds, autocast dtype; the input file's size and modification time) and whose
     files all exist is not predicted again, so a killed run continues where it stopped. An image
-    that cannot be read is skipped and the others are predicted; at the end an
-    :class:`UnreadableImagesError` lists the skipped ones (``strict=True``: the first unreadable
+    that cannot be read, or that the model cannot segment (e.g. a 10x20000 strip too thin for its
+    encoder, or one that runs out of memory), is skipped and the others are predicted; at the end
+    an :class:`UnreadableImagesError` lists the skipped ones (``strict=True``: the first such
     image stops the run at once).
 
     Under ``torchrun`` (``info``, world size > 1) the sorted input list (less the complete
@@ -363,17 +370,19 @@ def predict_folder(
         error: BaseException | None = None
         try:
             for path in tqdm(todo[rank::world], desc="predict", unit="img", disable=not progress or rank != 0):
-                try:
-                    image = load_input(path, getattr(config, "in_channels", 3))
-                except DataError as exc:
-                    if strict:
-                        raise
-                    failed.append((path, str(exc)))
-                    continue
                 marker = out_dir / DONE_DIR / f"{path.stem}.json"
                 marker.unlink(missing_ok=True)  # the files are about to change: not complete until rewritten
-                with torch.inference_mode():
-                    label = predict(model, image, **options)
+                image = None
+                try:
+                    image = load_input(path, getattr(config, "in_channels", 3))
+                    with torch.inference_mode():
+                        label = predict(model, image, **options)
+                except (ValueError, torch.OutOfMemoryError) as exc:  # this image: unreadable, or unsegmentable
+                    reason = str(exc) if image is None else image_error(path, image, exc)
+                    if strict:
+                        raise DataError(reason) from exc
+                    failed.append((path, reason))
+                    continue
                 files = {
                     "image": path,
                     "labels": save_label_png(out_dir / "labels" / f"{path.stem}.png", label),
@@ -407,7 +416,8 @@ def predict_folder(
     if failed:
         lines = "\n  ".join(reason for _, reason in failed)
         raise UnreadableImagesError(
-            f"{len(failed)} of {len(images)} image(s) could not be read and were skipped ({summary}):\n  {lines}",
+            f"{len(failed)} of {len(images)} image(s) could not be read or segmented and were skipped "
+            f"({summary}):\n  {lines}",
             entries,
             failed,
         )

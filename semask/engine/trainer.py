@@ -624,6 +624,9 @@ class _Trainer:
         )
         model.train()
         self.last_metrics = metrics
+        if metrics["skipped"] and self.info.is_main:
+            lines = "\n  ".join(metrics["skipped"])
+            logger.warning("iteration %d: the val mIoU leaves out images the model cannot segment:\n  %s", it, lines)
         self._log({"type": "val", "iter": it, **{k: metrics[k] for k in ("mIoU", "mAcc", "aAcc")}}, writer)
         score = metrics["mIoU"]
         if math.isfinite(score) and (self.best["value"] is None or score > self.best["value"]):

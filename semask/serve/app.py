@@ -8,26 +8,33 @@
   the exact :func:`semask.predict` result), ``color_png`` (palette colours), ``classes``
   (present classes with name, colour and pixel share) and, with ``?priors=1`` on a SeMask
   model, ``priors`` (per stage, the prior argmax picture and heatmaps of the top classes).
-* Errors answer JSON ``{"error": message}``: 400 undecodable image, 411 no length,
-  413 upload larger than ``max_upload_bytes``, 415 not an image type, 422 more than
-  ``max_pixels`` pixels, 503 when ``max_queue`` requests already wait.
+* Errors answer JSON ``{"error": message}``: 400 undecodable image or malformed form, 408 an
+  upload slower than ``timeout_s``, 411 no length, 413 upload larger than ``max_upload_bytes``
+  or a form of more than :data:`MAX_FORM_PARTS` parts, 415 not an image type, 422 more than
+  ``max_pixels`` pixels, a side longer than ``max_side``, or an image the model cannot segment,
+  503 when ``max_queue`` requests are already in progress.
 
 The server is a :class:`http.server.ThreadingHTTPServer`: requests are read in parallel and
 the one model is run by one request at a time behind a lock (the others wait their turn).
+A few requests cannot tie it up: the queue limit applies before a body is read or parsed, a
+form is parsed only up to its ``image`` field and at most :data:`MAX_FORM_PARTS` parts of
+bounded headers, pixels are bounded per side as well as in total, and a connection that sends
+nothing for ``timeout_s`` (idle keep-alive, slow headers) or whose upload takes longer is closed.
 Uploads are decoded in memory; nothing is written to disk.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
+import re
 import threading
 import time
 import warnings
-from email.parser import BytesParser
-from email.policy import HTTP
+from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -38,13 +45,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..engine.predict import FROM_MODEL
+from ..engine.predict import FROM_MODEL, image_error
 from .page import PAGE
 
 logger = logging.getLogger("semask.serve")
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff", "image/gif")
 RAW_TYPES = (*IMAGE_TYPES, "application/octet-stream")
+MAX_FORM_PARTS = 16  # a browser's upload form sends one or two
+MAX_PART_HEADER_BYTES = 8192
 
 # viridis at 5 stops (0, .25, .5, .75, 1), linearly interpolated: heatmaps need no matplotlib
 _VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float32)
@@ -72,8 +81,9 @@ def heat_rgb(values: np.ndarray) -> np.ndarray:
     return (_VIRIDIS[low] * (1 - t) + _VIRIDIS[low + 1] * t + 0.5).astype(np.uint8)
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Bytes -> (H, W, 3) uint8 RGB; 422 above ``max_pixels`` (checked before decoding), 400 if corrupt."""
+def decode_image(data: bytes, max_pixels: int, max_side: int = 8192) -> np.ndarray:
+    """Bytes -> (H, W, 3) uint8 RGB; 422 above ``max_pixels`` or with a side above ``max_side``
+    (checked before decoding: a 1x16M strip is few pixels but slow to segment), 400 if corrupt."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -83,6 +93,11 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                 raise RequestError(
                     HTTPStatus.UNPROCESSABLE_ENTITY,
                     f"image is {w}x{h} = {w * h:,} pixels; this server accepts at most {max_pixels:,}",
+                )
+            if max(w, h) > max_side:
+                raise RequestError(
+                    HTTPStatus.UNPROCESSABLE_ENTITY,
+                    f"image is {w}x{h}; this server accepts sides of at most {max_side:,} pixels",
                 )
             image.load()
             return np.array(image.convert("RGB"))
@@ -94,6 +109,40 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"could not decode the upload as an image: {exc}") from None
 
 
+def form_image(body: bytes, content_type: str) -> bytes:
+    """The ``image`` field of a multipart form (RFC 7578), read without parsing the rest: at most
+    :data:`MAX_FORM_PARTS` parts, each with at most :data:`MAX_PART_HEADER_BYTES` of headers, so
+    a form of 150,000 empty fields costs no more than a few (the email parser took 17 s for it)."""
+    found = re.search(r'boundary="?([^";]{1,200})"?', content_type)
+    if found is None:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "the multipart form has no boundary")
+    delimiter = b"--" + found.group(1).encode("latin-1")
+    pos = body.find(delimiter)
+    for _ in range(MAX_FORM_PARTS):
+        if pos < 0 or body[pos + len(delimiter) : pos + len(delimiter) + 2] == b"--":
+            break  # no delimiter, or the closing one
+        start = pos + len(delimiter) + 2  # past the CRLF
+        end_of_headers = body.find(b"\r\n\r\n", start, start + MAX_PART_HEADER_BYTES)
+        following = body.find(b"\r\n" + delimiter, max(end_of_headers, start))
+        if end_of_headers < 0 or following < 0:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "the multipart form is malformed (part headers or end)")
+        headers = body[start:end_of_headers].decode("latin-1").lower()
+        if re.search(r'content-disposition:[^\r\n]*;\s*name="?image"?(;|\s|$)', headers, re.MULTILINE):
+            part_type = re.search(r"^content-type:\s*([^;\s]+)", headers, re.MULTILINE)
+            if part_type is not None and part_type.group(1) not in RAW_TYPES:
+                raise RequestError(
+                    HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"the 'image' field is {part_type.group(1)}, not an image"
+                )
+            return body[end_of_headers + 4 : following]
+        pos = following + 2
+    else:
+        raise RequestError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"the multipart form has more than {MAX_FORM_PARTS} parts before an 'image' field",
+        )
+    raise RequestError(HTTPStatus.BAD_REQUEST, "the multipart form has no 'image' field")
+
+
 class ModelService:
     """One model behind a lock: :meth:`run` is safe to call from many threads."""
 
@@ -103,6 +152,7 @@ class ModelService:
         *,
         scale: tuple[int, int] | None = FROM_MODEL,
         max_pixels: int = 4096 * 4096,
+        max_side: int = 8192,
         max_upload_bytes: int = 10 * 1024 * 1024,
         max_queue: int = 8,
         name: str = "model",
@@ -114,6 +164,7 @@ class ModelService:
         config = model.config  # type: ignore[union-attr]
         self.scale = scale
         self.max_pixels = max_pixels
+        self.max_side = max_side
         self.max_upload_bytes = max_upload_bytes
         self.name = name
         self.class_names = list(config.class_names or [f"class {i}" for i in range(config.num_classes)])
@@ -133,28 +184,35 @@ class ModelService:
             "lambda": self.lambdas,
             "max_upload_bytes": self.max_upload_bytes,
             "max_pixels": self.max_pixels,
+            "max_side": self.max_side,
         }
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """A place among the ``max_queue`` requests in progress, taken before the upload is read
+        or parsed (503 when there is none), so that waiting requests cost nothing."""
+        if not self.slots.acquire(blocking=False):
+            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "the server is busy; try again in a moment")
+        try:
+            yield
+        finally:
+            self.slots.release()
 
     def run(self, rgb: np.ndarray, priors: bool = False, top_k: int = 3) -> dict[str, Any]:
         from ..data.visualize import colorize
         from ..engine.predict import predict
 
         options = {} if self.scale is FROM_MODEL else {"scale": self.scale}  # default: the model's protocol
-        if not self.slots.acquire(blocking=False):
-            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "the server is busy; try again in a moment")
-        try:
-            with self.lock:
-                start = time.perf_counter()
-                found = None
-                with torch.inference_mode():
-                    label = predict(self.model, rgb, **options)  # the model's protocol: what `semask predict` writes
-                    if priors and self.has_priors:
-                        from ..explain import explain
+        with self.lock:
+            start = time.perf_counter()
+            found = None
+            with torch.inference_mode():
+                label = predict(self.model, rgb, **options)  # the model's protocol: what `semask predict` writes
+                if priors and self.has_priors:
+                    from ..explain import explain
 
-                        found = explain(self.model, rgb, top_k=top_k, **options)
-                seconds = time.perf_counter() - start
-        finally:
-            self.slots.release()
+                    found = explain(self.model, rgb, top_k=top_k, **options)
+            seconds = time.perf_counter() - start
         ids, counts = np.unique(label, return_counts=True)
         order = np.argsort(-counts, kind="stable")
         classes = [
@@ -200,6 +258,11 @@ class Handler(BaseHTTPRequestHandler):
     server: SemaskHTTPServer  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
 
+    @property  # type: ignore[override]
+    def timeout(self) -> float:
+        """Socket timeout of the connection: an idle keep-alive or a stalled request is closed."""
+        return self.server.timeout_s
+
     def log_message(self, format: str, *args: Any) -> None:
         logger.info("%s %s", self.address_string(), format % args)
 
@@ -236,26 +299,29 @@ class Handler(BaseHTTPRequestHandler):
             self._discard_body()
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {url.path}; POST images to /predict"}, True)
             return
+        service = self.server.service
         try:
-            data = self._read_upload()
-            rgb = decode_image(data, self.server.service.max_pixels)
             query = parse_qs(url.query)
             priors = query.get("priors", ["0"])[0] not in ("0", "false", "")
-            top_k = int(query.get("top_k", ["3"])[0])
-            answer = self.server.service.run(rgb, priors=priors, top_k=max(1, min(top_k, 10)))
+            try:
+                top_k = int(query.get("top_k", ["3"])[0])
+            except ValueError:
+                raise RequestError(HTTPStatus.BAD_REQUEST, "top_k must be a whole number") from None
+            with service.admit():
+                rgb = decode_image(self._read_upload(), service.max_pixels, service.max_side)
+                try:
+                    answer = service.run(rgb, priors=priors, top_k=max(1, min(top_k, 10)))
+                except (ValueError, torch.OutOfMemoryError) as exc:  # e.g. a strip too thin for the encoder
+                    raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, image_error("the upload", rgb, exc)) from None
         except RequestError as exc:
             self._discard_body()
             self._json(exc.status, {"error": str(exc)}, close=True)
             return
-        except ValueError as exc:
-            self._discard_body()
-            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)}, close=True)
-            return
         self._json(HTTPStatus.OK, answer)
 
     def _discard_body(self, cap: int = 64 * 1024 * 1024) -> None:
-        """Read an unread body (up to ``cap`` bytes) so that the client sees the error answer
-        instead of a reset connection; larger bodies are cut off by closing."""
+        """Read an unread body (up to ``cap`` bytes, within the timeout) so that the client sees
+        the error answer instead of a reset connection; larger or slower bodies are cut off."""
         if self._body_read:
             return
         self._body_read = True
@@ -265,11 +331,28 @@ class Handler(BaseHTTPRequestHandler):
             return
         if remaining > cap:
             return
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1 << 20))
-            if not chunk:
-                break
-            remaining -= len(chunk)
+        with contextlib.suppress(RequestError, OSError):
+            self._read_body(remaining)
+
+    def _read_body(self, length: int) -> bytes:
+        """``length`` bytes of body within ``timeout_s`` in all (408 otherwise: a trickling client)."""
+        deadline = time.monotonic() + self.server.timeout_s
+        chunks, remaining = [], length
+        try:
+            while remaining > 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                chunk = self.rfile.read1(min(remaining, 1 << 20))
+                if not chunk:
+                    raise RequestError(HTTPStatus.BAD_REQUEST, f"the upload ended after {length - remaining:,} bytes")
+                chunks.append(chunk)
+                remaining -= len(chunk)
+        except TimeoutError:
+            self.close_connection = True
+            raise RequestError(
+                HTTPStatus.REQUEST_TIMEOUT, f"the upload did not arrive within {self.server.timeout_s:g} s"
+            ) from None
+        return b"".join(chunks)
 
     def _read_upload(self) -> bytes:
         service = self.server.service
@@ -292,34 +375,29 @@ class Handler(BaseHTTPRequestHandler):
                 f"Content-Type {content_type or '(none)'!r} is not an image; send one of "
                 f"{', '.join(RAW_TYPES)} or a multipart form with an 'image' field",
             )
-        body = self.rfile.read(length)
         self._body_read = True
+        body = self._read_body(length)
         if content_type != "multipart/form-data":
             return body
-        header = f"Content-Type: {self.headers.get('Content-Type')}\r\n\r\n".encode()
-        message = BytesParser(policy=HTTP).parsebytes(header + body)
-        for part in message.iter_parts():
-            if part.get_param("name", header="content-disposition") == "image":
-                part_type = part.get_content_type()
-                if part_type not in RAW_TYPES:
-                    raise RequestError(
-                        HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"the 'image' field is {part_type}, not an image"
-                    )
-                return part.get_payload(decode=True) or b""
-        raise RequestError(HTTPStatus.BAD_REQUEST, "the multipart form has no 'image' field")
+        return form_image(body, self.headers.get("Content-Type") or "")
 
 
 class SemaskHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], service: ModelService) -> None:
+    def __init__(self, address: tuple[str, int], service: ModelService, timeout_s: float = 30.0) -> None:
         self.service = service
+        self.timeout_s = timeout_s
         super().__init__(address, Handler)
 
 
-def make_server(service: ModelService, host: str = "127.0.0.1", port: int = 8000) -> SemaskHTTPServer:
-    """A bound server (``port=0`` picks a free one: ``server.server_address[1]``); call ``serve_forever``."""
-    return SemaskHTTPServer((host, port), service)
+def make_server(
+    service: ModelService, host: str = "127.0.0.1", port: int = 8000, timeout_s: float = 30.0
+) -> SemaskHTTPServer:
+    """A bound server (``port=0`` picks a free one: ``server.server_address[1]``); call ``serve_forever``.
+
+    ``timeout_s``: a connection that sends nothing for that long, or whose upload takes longer, is closed."""
+    return SemaskHTTPServer((host, port), service, timeout_s)
 
 
 def serve(
@@ -329,6 +407,7 @@ def serve(
     *,
     max_upload_mb: float = 10.0,
     max_pixels: int = 4096 * 4096,
+    max_side: int = 8192,
     scale: tuple[int, int] | None = FROM_MODEL,
 ) -> None:
     """Load ``model`` (a path as ``semask predict`` takes, or a module) once and serve it until Ctrl-C.
@@ -341,7 +420,12 @@ def serve(
 
         model, _ = load_model_any(model)
     service = ModelService(
-        model, scale=scale, max_pixels=max_pixels, max_upload_bytes=int(max_upload_mb * 1024 * 1024), name=name
+        model,
+        scale=scale,
+        max_pixels=max_pixels,
+        max_side=max_side,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        name=name,
     )
     server = make_server(service, host, port)
     bound_host, bound_port = server.server_address[:2]
