@@ -90,6 +90,8 @@ def test_rescale_size_fits_the_scale_like_mmcv():
     assert rescale_size((100, 1000), (2048, 512)) == (205, 2048)
     assert rescale_size((100, 1000), (512, 2048)) == (205, 2048)  # edge order does not matter
     assert rescale_size((1024, 2048), (1024, 512)) == (512, 1024)
+    assert rescale_size((10, 20000), (64, 64)) == (1, 64)  # mmcv's rule gives 0 rows: a side keeps >= 1 pixel
+    assert TestTransform(None).resize(np.zeros((1, 9, 3), np.uint8), 0.25).shape == (1, 2, 3)
 
 
 def test_resize_label_uses_opencv_nearest_floor_rule():

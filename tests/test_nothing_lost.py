@@ -181,3 +181,70 @@ def test_resume_refuses_fewer_iterations_than_the_checkpoint(tmp_path: Path, cap
     err = capsys.readouterr().err
     assert "iter_00000003.pth is at iteration 3, past schedule.iters=2" in err
     assert "set schedule.iters >= 3" in err and (work / "summary.json").read_text() == summary
+
+
+# ----------------------------------------------------------------------------- degenerate image sizes
+
+
+@pytest.fixture(scope="module")
+def strip_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny Swin-FPN (any size works once resizes keep >= 1 pixel) and a tiny SeMask-MiT, whose
+    spatial-reduction attention cannot take a 10-pixel-high image: saved model folders."""
+    import torch
+    from conftest import MIT_TINY, NAMED_TINY
+
+    root = tmp_path_factory.mktemp("strip_models")
+    torch.manual_seed(0)
+    fpn = semask.create_model("semask_swin_t_fpn", **NAMED_TINY).save_pretrained(root / "fpn")
+    names = NAMED_TINY["class_names"]
+    mit = semask.create_model("semask_mit_b0", num_classes=4, class_names=names, **MIT_TINY).save_pretrained(
+        root / "mit"
+    )
+    return {"fpn": fpn, "mit": mit}
+
+
+def _strip_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    for name, shape in (("a", (48, 64)), ("b", (10, 20000)), ("c", (40, 40))):
+        Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(root / "images" / f"{name}.png")
+    return root / "images"
+
+
+def test_a_degenerate_image_is_a_per_image_error_in_predict(strip_models, tmp_path: Path, capsys) -> None:
+    images = _strip_folder(tmp_path)
+    out = tmp_path / "fpn_out"  # the resize keeps 1 pixel: predicted at its own size
+    assert main(["predict", str(strip_models["fpn"]), str(images), "--out", str(out), "--scale", "64x64"]) == 0
+    assert np.array(Image.open(out / "labels" / "b.png")).shape == (10, 20000)
+    out = tmp_path / "mit_out"
+    assert main(["predict", str(strip_models["mit"]), str(images), "--out", str(out), "--scale", "64x64"]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 3 image(s) could not be read or segmented and were skipped (2 predicted" in err
+    assert f"cannot segment {images / 'b.png'} (20000x10 pixels): ValueError: " in err
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["a.png", "c.png"]  # the images after it too
+
+
+def test_a_degenerate_image_is_a_per_image_error_in_eval_and_explain(strip_models, tmp_path: Path, capsys) -> None:
+    images = _strip_folder(tmp_path / "data")
+    (tmp_path / "data" / "labels").mkdir()
+    for path in images.iterdir():
+        shape = np.array(Image.open(path)).shape[:2]
+        Image.fromarray((np.arange(shape[1]) % 4 * np.ones(shape)).astype(np.uint8)).save(
+            tmp_path / "data" / "labels" / path.name
+        )
+    (tmp_path / "data" / "classes.txt").write_text("sea\nland\nboat\ncar\n")
+    (tmp_path / "data" / "splits").mkdir()
+    (tmp_path / "data" / "splits" / "val.txt").write_text("a\nb\nc\n")
+    args = ["--data-type", "folder", "--data-root", str(tmp_path / "data"), "--split", "val", "--num-workers", "0"]
+    assert main(["eval", str(strip_models["fpn"]), *args, "--scale", "64x64"]) == 0
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(strip_models["mit"]), *args, "--scale", "64x64", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 3 image(s) could not be segmented and are left out of the metrics above" in err
+    assert f"cannot segment {images / 'b.png'} (20000x10 pixels)" in err
+    import json
+
+    assert len(json.loads(out.read_text())["skipped"]) == 1
+    argv = ["explain", str(strip_models["mit"]), str(images / "b.png"), "--out", str(tmp_path / "x"), "--scale", "0"]
+    assert main(argv) == 1
+    assert f"semask explain: error: cannot segment {images / 'b.png'} (20000x10 pixels)" in capsys.readouterr().err

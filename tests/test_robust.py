@@ -204,7 +204,7 @@ def test_predict_skips_an_unreadable_image_and_fails_at_the_end(run: dict[str, P
     assert main(["predict", model, str(images), "--out", str(out), "--scale", "0"]) == 1
     captured = capsys.readouterr()
     assert "2 image(s): class ids in" in captured.out
-    assert "1 of 3 image(s) could not be read and were skipped (2 predicted" in captured.err
+    assert "1 of 3 image(s) could not be read or segmented and were skipped (2 predicted" in captured.err
     assert f"cannot read image {images / 'b.png'}" in captured.err
     for sub in ("labels", "color", "overlay"):
         assert sorted(p.name for p in (out / sub).iterdir()) == ["a.png", "c.png"]  # no temporary files left

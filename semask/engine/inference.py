@@ -204,6 +204,14 @@ def _average_probabilities(
 def _check_call(model: Model, mode: str, crop_size: Any, stride: Any, scales: Sequence[float]) -> None:
     if isinstance(model, nn.Module) and model.training:
         raise ValueError("the model is in training mode (dropout, batch-norm updates); call model.eval() first")
+    check_protocol(mode, crop_size, stride, scales)
+
+
+def check_protocol(
+    mode: str = "whole", crop_size: Any = None, stride: Any = None, scales: Sequence[float] = (1.0,), **_: Any
+) -> None:
+    """Refuse test-protocol settings that fit no image, once before a loop over images (whose
+    per-image errors are then about the image: its size, its memory)."""
     if mode not in ("whole", "slide"):
         raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
     if mode == "slide":

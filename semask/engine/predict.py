@@ -344,9 +344,11 @@ def predict_folder(
     from ..data.visualize import colorize, overlay, save_label_png, save_png
     from ..models.io import atomic_write
     from .checkpoint import remove_stale_temporaries
+    from .inference import check_protocol
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    check_protocol(**options)  # once: an error in the loop is then about its image
     config = model.config  # type: ignore[union-attr]
     palette = config.palette or default_palette(config.num_classes)
     out_dir = Path(out_dir)
