@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .models.base import MS_RATIOS
+from .models.base import BINARY_HINT, MS_RATIOS
 
 
 class ConfigError(ValueError):
@@ -159,10 +159,6 @@ class DataConfig:
 
 _FOLDER_DEFAULTS: dict[str, Any] = dict(
     ignore_index=255, img_suffix=None, label_suffix=".png", ignore_color=None, in_channels=None
-)
-BINARY_HINT = (
-    "{where}: 1 is not supported; binary segmentation uses num_classes: 2 (class 0 background, "
-    "class 1 foreground) with the usual softmax, losses, metrics and argmax prediction"
 )
 
 # Loss names; semask.models.loss.LOSSES maps each to its class (a test keeps the two in step).

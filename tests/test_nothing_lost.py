@@ -248,3 +248,75 @@ def test_a_degenerate_image_is_a_per_image_error_in_eval_and_explain(strip_model
     argv = ["explain", str(strip_models["mit"]), str(images / "b.png"), "--out", str(tmp_path / "x"), "--scale", "0"]
     assert main(argv) == 1
     assert f"semask explain: error: cannot segment {images / 'b.png'} (20000x10 pixels)" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- smaller checks
+
+
+@pytest.mark.parametrize("setting", [{"window_size": 0}, {"semantic_window_size": 0}])
+def test_a_zero_window_is_a_clear_error(setting: dict) -> None:
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=f"{name} must be >= 1"):  # was a ZeroDivisionError in the forward
+        semask.create_model("semask_swin_t_fpn", num_classes=3, **setting)
+    if name == "semantic_window_size":
+        with pytest.raises(ValueError, match=f"{name} must be >= 1"):
+            semask.create_model("semask_mit_b0", num_classes=3, **setting)
+
+
+def test_the_api_refuses_one_class_with_the_yaml_hint() -> None:
+    from semask.config import BINARY_HINT
+
+    with pytest.raises(ValueError) as info:
+        semask.create_model("semask_swin_t_fpn", num_classes=1)
+    assert str(info.value) == BINARY_HINT.format(where="num_classes")
+
+
+def test_gif_images_are_read_and_other_files_are_listed(tmp_path: Path, caplog) -> None:
+    from semask.data import FolderDataset
+    from semask.engine.predict import collect_images
+
+    data = make_context_dataset(tmp_path / "data", num_train=0, num_val=2, size=32, seed=3)
+    image = data / "images" / "val" / "00001.png"
+    Image.open(image).save(image.with_suffix(".gif"))
+    image.unlink()
+    (data / "images" / "val" / "notes.txt").write_text("not an image")
+    (data / "images" / "val" / ".DS_Store").write_bytes(b"")
+    dataset = FolderDataset(data, "val")
+    assert [p.name for p, _ in dataset.samples] == ["00000.png", "00001.gif"]  # was silently left out
+    dataset.check(progress=False)
+    assert dataset[1]["image"].shape == (3, 32, 32)
+    assert "1 file(s) are not images of this dataset" in caplog.text and "notes.txt" in caplog.text
+    caplog.clear()
+    assert [p.name for p in collect_images([data / "images" / "val"])] == ["00000.png", "00001.gif"]
+    assert "1 file(s) are not image types semask reads" in caplog.text and "notes.txt" in caplog.text
+    assert ".DS_Store" not in caplog.text
+
+
+def test_val_labels_are_decoded_before_the_first_iteration(tmp_path: Path) -> None:
+    from semask.engine.trainer import train
+
+    data = make_context_dataset(tmp_path / "data", num_train=4, num_val=2, size=32, seed=3)
+    label = np.array(Image.open(data / "labels" / "val" / "00001.png"))
+    label[3, 3] = 7  # an id the 5-class dataset does not have, which the header check cannot see
+    Image.fromarray(label).save(data / "labels" / "val" / "00001.png")
+    cfg = tiny_config(data, "schedule.iters=2", "train.eval_interval=2")  # data.check: headers (the default)
+    with pytest.raises(semask.data.DataError, match=r"val/00001.png holds class ids \[7\] outside 0\.\.4"):
+        train(cfg, tmp_path / "work", progress=False)
+    assert not (tmp_path / "work" / "metrics.jsonl").exists()  # found before iteration 1
+
+
+def test_a_crop_far_larger_than_every_image_is_warned_about(tmp_path: Path, caplog, capsys) -> None:
+    from semask.data.check import check_data
+    from semask.engine.trainer import train
+
+    data = make_context_dataset(tmp_path / "data", num_train=4, num_val=2, size=32, seed=3)
+    # 32x32 images, resized to fit [64, 64] x at most 1.25 = 80x80: a 256x256 crop is >= 90 % padding
+    cfg = tiny_config(data, "schedule.iters=2", "train.eval_interval=2", "data.crop_size=[256,256]")
+    train(cfg, tmp_path / "work", progress=False)
+    expected = "data.crop_size 256x256 is far larger than every training image after the resize"
+    assert expected in caplog.text and "the largest is 80x80" in caplog.text
+    found = check_data(data, ["data.crop_size=[256,256]", "data.scale=[64,64]"], num_samples=0, progress=False)
+    assert any(expected in w for w in found["warnings"])
+    caplog.clear()
+    train(tiny_config(data, "schedule.iters=2", "train.eval_interval=2"), tmp_path / "fits", progress=False)
+    assert "far larger" not in caplog.text  # the tiny config's 48x48 crop of 80x80 images: no warning

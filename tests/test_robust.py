@@ -105,7 +105,8 @@ def test_full_check_decodes_labels_for_their_class_ids(tmp_path: Path) -> None:
     label[0, 0] = 200  # a class id the 5-class dataset does not have
     Image.fromarray(label).save(data / "labels" / "val" / "00000.png")
     dataset = FolderDataset(data, "val")
-    assert dataset.check(progress=False) == {"samples": 2, "rotated": 0}  # headers cannot see values
+    found = dataset.check(progress=False)  # headers cannot see values
+    assert (found["samples"], found["rotated"], found["sizes"]) == (2, 0, [(32, 32), (32, 32)])
     with pytest.raises(DataError, match=r"00000.png holds class ids \[200\] outside 0\.\.4 "):
         dataset.check(full=True, progress=False)
     with pytest.raises(DataError, match=r"class ids \[200\]"):
@@ -178,7 +179,7 @@ def test_exif_orientation_is_applied_to_images_not_labels(tmp_path: Path) -> Non
     fits[:16] = 1
     Image.fromarray(fits).save(root / "labels" / "train" / "a.png")
     dataset = FolderDataset(root, "train")
-    assert dataset.check(progress=False) == {"samples": 1, "rotated": 1}
+    assert dataset.check(progress=False) == {"samples": 1, "rotated": 1, "sizes": [(32, 16)]}  # (H, W) upright
     image, label = dataset.load_sample(0)
     assert image.shape[:2] == label.shape and np.array_equal(label, fits)
     Image.fromarray(fits.T.copy()).save(root / "labels" / "train" / "a.png")

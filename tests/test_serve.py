@@ -352,3 +352,14 @@ def test_an_image_the_model_cannot_segment_is_a_422() -> None:
         assert "too small for this model" in answer["error"]  # type: ignore[index]
         status, _ = request(httpd, "POST", "/predict", png_bytes(scene()), "image/png")
         assert status == 200
+
+
+def test_info_reads_lambda_from_the_current_weights() -> None:
+    """No snapshot of a function of the parameters: /info after an update shows the new lambda."""
+    model = tiny_model()
+    service = ModelService(model)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("lambda_"):
+                param.fill_(0.25)
+    assert set(service.info()["lambda"].values()) == {0.25}

@@ -54,6 +54,28 @@ def label_statistics(dataset: SegmentationDataset, num_threads: int = 8, progres
     return {"pixels": pixels, "images": images, "ignored": ignored, "total": total}
 
 
+def crop_padding_warning(sizes: Sequence[tuple[int, int]], data: Any) -> str | None:
+    """A warning when ``data.crop_size`` is far larger than every training image after the
+    training resize at its largest ratio: more than half of every crop is then padding, which the
+    loss ignores (training still runs, mmseg pads the same way, so this is not an error; but it is
+    most often a crop meant for another dataset, or a ``data.scale`` left at the recipe's)."""
+    from .transforms import rescale_size, scaled
+
+    if data.crop_size is None or not sizes:
+        return None
+    ratio = max(data.ratios) if data.ratios else data.ratio_range[1]
+    resized = [rescale_size(size, scaled(data.scale, ratio)) for size in sizes]
+    largest = max(resized, key=lambda hw: hw[0] * hw[1])
+    crop_h, crop_w = data.crop_size
+    if crop_h * crop_w < 2 * largest[0] * largest[1]:
+        return None
+    return (
+        f"data.crop_size {crop_h}x{crop_w} is far larger than every training image after the resize "
+        f"(data.scale {list(data.scale)} at ratio {ratio:g}; the largest is {largest[0]}x{largest[1]}): more than "
+        "half of every crop is padding the loss ignores; lower data.crop_size or raise data.scale"
+    )
+
+
 @dataclass
 class SplitReport:
     """What :func:`check_split` found in one split."""
@@ -68,6 +90,7 @@ class SplitReport:
     images: np.ndarray | None = None
     ignored: int = 0
     total: int = 0
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (H, W) of the readable images
 
     @property
     def ok(self) -> bool:
@@ -87,7 +110,7 @@ def check_split(dataset: SegmentationDataset, num_threads: int = 8, progress: bo
         if dataset.samples[index][1] is None:
             return f"{dataset.samples[index][0]}: no label file"
         counts = np.bincount(label.ravel(), minlength=256)
-        return counts[:k].astype(np.int64), int(counts[dataset.ignore_index]), int(label.size)
+        return counts[:k].astype(np.int64), int(counts[dataset.ignore_index]), int(label.size), label.shape
 
     pixels, images = np.zeros(k, np.int64), np.zeros(k, np.int64)
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
@@ -98,7 +121,8 @@ def check_split(dataset: SegmentationDataset, num_threads: int = 8, progress: bo
                 report.problems.append(result)
                 continue
             report.good.append(index)
-            counts, ignored, size = result
+            counts, ignored, size, shape = result
+            report.sizes.append((int(shape[0]), int(shape[1])))
             pixels += counts
             images += counts > 0
             report.ignored += ignored
@@ -280,6 +304,8 @@ def check_data(
             lines.append(f"  ... and {hidden} more unpaired files")
     table = histogram_table(class_names, reports)
     warnings = absent_class_warnings(class_names, reports)
+    crop = crop_padding_warning(reports[0].sizes, data)
+    warnings += [f"warning: {crop}"] if crop else []
     out = Path(out_dir) if out_dir is not None else default_out
     grid = None
     if num_samples > 0 and reports[0].good:

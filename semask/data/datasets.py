@@ -22,6 +22,7 @@ check of a whole split (training does, for both splits, before its first iterati
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,8 +46,11 @@ from .palettes import (
 )
 from .transforms import IGNORE_INDEX, TestTransform, Transform
 
-# Image file types, the same for training folders, evaluation and prediction.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+logger = logging.getLogger(__name__)
+
+# Image file types, the same for training folders, evaluation and prediction (a GIF: its first
+# frame). Other files in an image folder are listed in a warning, never skipped silently.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 class DataError(ValueError):
@@ -345,10 +349,11 @@ class SegmentationDataset(Dataset):
         is one :func:`read_image` reads; each label is an 8-bit L/P PNG whose size equals the
         image's size after EXIF orientation. ``full=True`` also decodes every label and checks
         its class ids (0..K-1 or 255, after ``reduce_zero_label``). Returns counts: ``samples``
-        and ``rotated`` (images read rotated because of their EXIF orientation).
+        and ``rotated`` (images read rotated because of their EXIF orientation), and the (H, W)
+        ``sizes`` of the images as they are read.
         """
 
-        def one(index: int) -> str | bool:
+        def one(index: int) -> str | tuple[bool, tuple[int, int]]:
             image_path, label_path = self.samples[index]
             try:
                 if self.in_channels != 3:  # multi-band files: decoded by read_bands, not PIL
@@ -361,10 +366,11 @@ class SegmentationDataset(Dataset):
                         self._check_label_values(self.read_label_file(label_path), label_path)
             except DataError as exc:
                 return str(exc)
-            return rotated
+            return rotated, (int(size[1]), int(size[0]))
 
         errors: list[str] = []
         rotated = 0
+        sizes: list[tuple[int, int]] = []
         with ThreadPoolExecutor(max(1, num_threads)) as pool:
             results = pool.map(one, range(len(self)))
             desc = f"checking {self.description} ({'full' if full else 'headers'})"
@@ -372,12 +378,13 @@ class SegmentationDataset(Dataset):
                 if isinstance(result, str):
                     errors.append(result)
                 else:
-                    rotated += int(result)
+                    rotated += int(result[0])
+                    sizes.append(result[1])
         if errors:
             shown = "\n  ".join(errors[:20])
             more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
             raise DataError(f"{self.description}: {len(errors)} of {len(self)} samples are broken:\n  {shown}{more}")
-        return {"samples": len(self), "rotated": rotated}
+        return {"samples": len(self), "rotated": rotated, "sizes": sizes}
 
     def _check_label_values(self, label: np.ndarray, label_path: Path) -> np.ndarray:
         if self.reduce_zero_label:
@@ -665,7 +672,7 @@ class COCOStuff10kDataset(SegmentationDataset):
 class FolderDataset(SegmentationDataset):
     """Generic layout for custom data::
 
-        ROOT/images/{split}/NAME.{jpg,jpeg,png,bmp,tif,tiff,webp}
+        ROOT/images/{split}/NAME.{jpg,jpeg,png,bmp,tif,tiff,webp,gif}
         ROOT/labels/{split}/NAME.png      8-bit class ids (or RGB colours, see below)
         ROOT/classes.txt                  optional: line i is the name of class i
         ROOT/palette.txt                  optional: line i is "r g b" of class i
@@ -790,13 +797,25 @@ def folder_candidates(
         image_dir = _require_dir(root / "images" / split, f"split {split!r} image")
         label_dir = _require_dir(root / "labels" / split, f"split {split!r} label")
         names: dict[str, Path] = {}
+        others: list[str] = []
         for path in sorted(p for p in image_dir.iterdir() if p.is_file()):
             name = _strip_suffix(path.name, img_suffix)
             if name is None:
+                others += [] if path.name.startswith(".") else [path.name]
                 continue
             if name in names:
                 raise DataError(f"two images share the name {name!r}: {names[name]} and {path}")
             names[name] = path
+        if others:
+            expected = img_suffix or " ".join(IMAGE_SUFFIXES)
+            shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
+            logger.warning(
+                "%s: %d file(s) are not images of this dataset (%s) and are left out: %s",
+                image_dir,
+                len(others),
+                expected,
+                shown,
+            )
         label_for = {path: label_dir / f"{name}{label_suffix}" for name, path in names.items()}
         return list(names.values()), label_for, str(image_dir), label_dir
     lines = [line.strip() for line in list_file.read_text(encoding="utf-8").splitlines()]

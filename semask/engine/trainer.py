@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ExperimentConfig, ModelSection, OptimConfig, ScheduleConfig, dump_config, load_config
+from ..data.check import crop_padding_warning
 from ..data.datasets import DataError
 from ..models.io import atomic_write
 from .amp import resolve_amp_dtype
@@ -406,18 +407,24 @@ class _Trainer:
 
     def _check_data(self) -> None:
         """``data.check`` of both splits before the first iteration (the main process checks, every
-        process raises), so bad files surface now, not at the batch or evaluation that loads them."""
+        process raises), so bad files surface now, not at the batch or evaluation that loads them;
+        the val labels are decoded for their class ids in any mode. Warns about a crop far larger
+        than every training image."""
         mode = self.cfg.data.check
         if mode == "none":
             return
         problems = []
         if self.info.is_main:
             for split in (s for s in (self.train_set, self.val_set) if s is not None):
-                try:
-                    found = split.check(full=mode == "full", num_threads=8, progress=self.progress)
+                try:  # the val labels are always decoded: the split is small, and an evaluation is hours away
+                    found = split.check(
+                        full=mode == "full" or split is self.val_set, num_threads=8, progress=self.progress
+                    )
                 except DataError as exc:
                     problems.append(str(exc))
                     continue
+                if split is self.train_set and (crop := crop_padding_warning(found["sizes"], self.cfg.data)):
+                    logger.warning(crop)
                 if found["rotated"]:
                     logger.info(
                         "%s: %d of %d images carry an EXIF orientation and are read upright; "

@@ -24,6 +24,13 @@ logger = logging.getLogger(__name__)
 PROTOCOL_FIELDS = ("mode", "crop_size", "stride", "scale", "scales", "flip", "sizes", "max_size", "window_batch")
 
 
+#: One class cannot be segmented with a softmax; said the same way by the API and the YAML configs.
+BINARY_HINT = (
+    "{where}: 1 is not supported; binary segmentation uses num_classes: 2 (class 0 background, "
+    "class 1 foreground) with the usual softmax, losses, metrics and argmax prediction"
+)
+
+
 @dataclass
 class ModelConfig:
     """Fields common to every family: classes and the metadata needed to use a saved model.
@@ -47,8 +54,10 @@ class ModelConfig:
     protocol: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.num_classes == 1:
+            raise ValueError(BINARY_HINT.format(where="num_classes"))
         if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names given for num_classes={self.num_classes}")
         if self.palette is not None and len(self.palette) < self.num_classes:

@@ -415,6 +415,9 @@ class SwinBackboneConfig(ModelConfig):
         self.num_semantic_blocks = to_tensor_tuple(self.num_semantic_blocks, n, "num_semantic_blocks")
         if self.semantic_window_size is None:
             self.semantic_window_size = self.window_size
+        for name in ("window_size", "semantic_window_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (patches per window side), got {getattr(self, name)}")
         if self.semantic_global_stages is None:
             self.semantic_global_stages = self.official_global_stages()
         self.semantic_global_stages = stage_indices(self.semantic_global_stages, n, "semantic_global_stages")

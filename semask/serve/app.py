@@ -158,7 +158,7 @@ class ModelService:
         name: str = "model",
     ) -> None:
         from ..data.palettes import default_palette
-        from ..engine.health import semantic_lambdas, semantic_layers
+        from ..engine.health import semantic_layers
 
         self.model = model.eval()
         config = model.config  # type: ignore[union-attr]
@@ -170,18 +170,19 @@ class ModelService:
         self.class_names = list(config.class_names or [f"class {i}" for i in range(config.num_classes)])
         self.palette = [list(map(int, c)) for c in (config.palette or default_palette(config.num_classes))]
         self.has_priors = bool(semantic_layers(model))
-        self.lambdas = semantic_lambdas(model)
         self.lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(max_queue)
 
     def info(self) -> dict[str, Any]:
+        from ..engine.health import semantic_lambdas
+
         return {
             "model": self.name,
             "num_classes": len(self.class_names),
             "class_names": self.class_names,
             "palette": self.palette,
             "has_priors": self.has_priors,
-            "lambda": self.lambdas,
+            "lambda": semantic_lambdas(self.model),  # read now: the weights may have changed since
             "max_upload_bytes": self.max_upload_bytes,
             "max_pixels": self.max_pixels,
             "max_side": self.max_side,

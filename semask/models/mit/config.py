@@ -81,6 +81,10 @@ class SeMaskMiTConfig(ModelConfig):
         for dim, heads in zip(self.embed_dims, self.num_heads):
             if dim % heads:
                 raise ValueError(f"embed_dims {self.embed_dims} not divisible by num_heads {self.num_heads}")
+        if self.semantic_window_size < 1:
+            raise ValueError(
+                f"semantic_window_size must be >= 1 (patches per window side), got {self.semantic_window_size}"
+            )
         check_choice("semantic_placement", self.semantic_placement, SEMANTIC_PLACEMENTS)
         check_choice("decode_head", self.decode_head, DECODE_HEADS)
         if self.decoder_channels is None:
