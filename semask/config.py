@@ -51,7 +51,8 @@ class ModelSection:
 
         if self.reset_classes and self.pretrained is None:
             raise ValueError("model.reset_classes applies to model.pretrained weights; set model.pretrained too")
-
+        if self.overrides.get("num_classes") == 1:
+            raise ValueError(BINARY_HINT.format(where="model.overrides.num_classes"))
         try:
             get_config(self.name, **self.overrides)
         except (KeyError, TypeError) as exc:
@@ -378,9 +379,7 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
-        """Checks across sections: binary setups, and data fields and losses the model family cannot use."""
-        if self.model.overrides.get("num_classes") == 1:
-            raise ValueError(BINARY_HINT.format(where="model.overrides.num_classes"))
+        """Checks across sections: data fields and losses the model family cannot use."""
         bands = self.model.overrides.get("in_channels", 3)  # the model's mean/std give one value per band
         if self.data.in_channels is None:
             self.data.in_channels = bands
