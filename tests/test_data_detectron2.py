@@ -169,6 +169,8 @@ def test_shortest_edge_size_rounds_and_caps_as_detectron2() -> None:
     assert shortest_edge_size((100, 1000), 640, 2560) == (256, 2560)  # capped: the cap is fixed
     assert shortest_edge_size((1000, 100), 640, 2560) == (2560, 256)
     assert shortest_edge_size((1024, 2048), 1024, 2048) == (1024, 2048)
+    assert shortest_edge_size((10, 20000), 640, 2560) == (1, 2560)  # 1.28 rows: fine; a side never reaches 0
+    assert shortest_edge_size((1, 20000), 640, 64) == (1, 64)  # 0.0032 rows would round to 0
     rng = np.random.default_rng(0)
     for _ in range(2000):
         h, w = (int(v) for v in rng.integers(1, 3000, 2))

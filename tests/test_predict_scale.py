@@ -95,15 +95,17 @@ def test_two_gloo_ranks_write_what_one_process_writes(model_dir: Path, tmp_path:
 def test_a_second_run_is_refused_by_every_rank(model_dir: Path, tmp_path: Path) -> None:
     images, out = _images(tmp_path / "in", 2), tmp_path / "out"
     out.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    hold = "import sys, time; from pathlib import Path; from semask.engine.predict import output_lock\n"
+    hold += "with output_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)"
+    other = subprocess.Popen([sys.executable, "-c", hold, str(out)], env=ENV, cwd=tmp_path, stdout=subprocess.PIPE)
     try:
-        (out / LOCK_NAME).write_text(f"{other.pid}@{os.uname().nodename}")  # a live predict holds the folder
+        assert other.stdout is not None and other.stdout.readline() == b"held\n"  # a live predict holds the folder
         done = _torchrun("predict", str(model_dir), str(images), "--out", str(out))
     finally:
         other.kill()
         other.wait()
     assert done.returncode != 0
-    assert done.stderr.count(f"another semask predict (process {other.pid}) is writing into {out}") == 2  # each rank
+    assert done.stderr.count(f"another semask predict is running in {out}: process {other.pid}") == 2  # each rank
     assert not any((out / "labels").glob("*.png"))
 
 

@@ -76,7 +76,7 @@ def shortest_edge_size(size: tuple[int, int], short_edge: int, max_size: int) ->
     if max(new_h, new_w) > max_size:
         scale = max_size * 1.0 / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))  # a side keeps >= 1 pixel (a 10x20000 strip)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -303,7 +303,7 @@ class ShortEdgeTestTransform:
         test of our own (the official one is :meth:`views` with sizes)."""
         if self.scale is None:
             h, w = image.shape[:2]
-            return resize_image(image, (int(h * ratio + 0.5), int(w * ratio + 0.5)))
+            return resize_image(image, (max(1, int(h * ratio + 0.5)), max(1, int(w * ratio + 0.5))))
         short, long = int(min(self.scale) * ratio), int(max(self.scale) * ratio)
         return resize_image(image, shortest_edge_size(image.shape[:2], short, long))
 

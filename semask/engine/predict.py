@@ -219,16 +219,17 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            inside = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts)
-            )
+            inside = sorted(p for p in path.rglob("*") if p.is_file())
             files = [p for p in inside if p.suffix.lower() in IMAGE_SUFFIXES]
             if not files:
                 raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under folder {path}")
-            if len(files) < len(inside):  # never skipped silently
-                others = [str(p.relative_to(path)) for p in inside if p.suffix.lower() not in IMAGE_SUFFIXES]
+            others = [  # never skipped silently (hidden files and folders aside: .semask-predict/, .DS_Store)
+                str(p.relative_to(path))
+                for p in inside
+                if p.suffix.lower() not in IMAGE_SUFFIXES
+                and not any(s.startswith(".") for s in p.relative_to(path).parts)
+            ]
+            if others:
                 shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
                 logger.warning(
                     "%s: %d file(s) are not image types semask reads (%s) and are left out: %s",

@@ -53,6 +53,7 @@ from .distributed import (
     all_reduce_mean,
     barrier,
     broadcast_buffers,
+    broadcast_object,
     cleanup_distributed,
     init_distributed,
     prepare_model,
@@ -248,7 +249,10 @@ def train(
 
     A ``work_dir`` that already holds a run is refused unless ``resume`` is given (continue it)
     or ``overwrite=True`` (move it aside to ``<work_dir>.old-<YYYYmmdd-HHMMSS>``; nothing is
-    deleted): training into it would mix both runs' checkpoints and logs.
+    deleted): training into it would mix both runs' checkpoints and logs. While it runs, rank 0
+    holds ``work_dir``'s lock (a second run there is refused, naming this one). SIGTERM, SIGINT
+    and SIGUSR1 stop it after the current step with a checkpoint it resumes from exactly:
+    :class:`TrainingInterrupted` (:mod:`.signals`).
     """
     if not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg)
@@ -309,7 +313,7 @@ def _lock_work_dir(work_dir: Path, info: DistInfo) -> FolderLock | None:
             lock = FolderLock(work_dir, WORK_DIR_LOCK, "semask train", "--work-dir")
         except FolderLockedError as exc:
             refusal = str(exc)
-    refusal = all_gather_objects(refusal, info)[0]
+    refusal = broadcast_object(refusal, info)
     if refusal is not None:
         raise FolderLockedError(refusal)
     return lock
