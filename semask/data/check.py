@@ -58,10 +58,11 @@ def crop_padding_warning(sizes: Sequence[tuple[int, int]], data: Any) -> str | N
     """A warning when ``data.crop_size`` is far larger than every training image after the
     training resize at its largest ratio: more than half of every crop is then padding, which the
     loss ignores (training still runs, mmseg pads the same way, so this is not an error; but it is
-    most often a crop meant for another dataset, or a ``data.scale`` left at the recipe's)."""
+    most often a crop meant for another dataset, or a ``data.scale`` left at the recipe's). mmseg's
+    path only: detectron2's (``data.short_edges``) never crops beyond the resized image."""
     from .transforms import rescale_size, scaled
 
-    if data.crop_size is None or not sizes:
+    if data.crop_size is None or data.scale is None or not sizes:
         return None
     ratio = max(data.ratios) if data.ratios else data.ratio_range[1]
     resized = [rescale_size(size, scaled(data.scale, ratio)) for size in sizes]
