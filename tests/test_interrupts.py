@@ -293,3 +293,41 @@ def test_a_stopped_rank_fails_the_others_after_the_collective_timeout(data: Path
     assert "a collective that waits 5 s for another process fails the run" in (work / "train.log").read_text()
     assert "semask train: error: process 0: another process did not reach a collective within " in text, text[-3000:]
     assert "train.dist_timeout=5 s" in text and "the last checkpoint is None" in text
+
+
+EXIT_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_train import tiny_config
+import semask.engine.trainer as trainer
+
+data, failure = Path(sys.argv[1]), sys.argv[2]
+if failure == "worker":  # a training image no worker can read
+    path = data / "images" / "train" / "00000.png"
+    path.write_bytes(path.read_bytes()[:40])
+else:  # the main process fails inside a step, with the worker pool running
+    def broken(self, batches, it):
+        next(batches)
+        raise RuntimeError("a step failed")
+    trainer._Trainer._step = broken
+cfg = tiny_config(data, "schedule.iters=4", "data.check=none", "data.num_workers=2", "train.batch_size=2")
+try:
+    trainer.train(cfg, data.parent / "work", progress=False)
+except Exception as exc:
+    held = exc  # a held traceback keeps the loader's iterator, and so its workers, alive
+    print("failed:", type(exc).__name__, flush=True)
+"""
+
+
+@pytest.mark.parametrize("failure", ["worker", "step"])
+def test_a_failed_run_exits_although_its_workers_ignore_sigterm(failure: str, tmp_path: Path) -> None:
+    """Workers ignore SIGTERM (the main process finishes the step), so the terminate() with which
+    multiprocessing ends them at exit cannot: the run must end its worker pool itself."""
+    data = make_context_dataset(tmp_path / "data", num_train=6, num_val=2, size=48, seed=3)
+    script = EXIT_SCRIPT.format(tests=str(Path(__file__).parent))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(data), failure], env=ENV, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("failed: " + ("DataError" if failure == "worker" else "RuntimeError"))

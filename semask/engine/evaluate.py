@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import EvalConfig
 from ..models.io import atomic_write
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, shard_range
-from .signals import ignore_stop_signals
+from .signals import ignore_stop_signals, worker_pool
 
 
 class _RawSamples(Dataset):
@@ -96,9 +96,9 @@ def evaluate(
     from tqdm import tqdm
 
     skipped: list[str] = []
-    with eval_mode(model):
+    with eval_mode(model), worker_pool(loader) as samples:
         for index, image, label in tqdm(
-            loader, total=len(indices), desc="eval", unit="img", disable=not (progress and is_main)
+            samples, total=len(indices), desc="eval", unit="img", disable=not (progress and is_main)
         ):
             try:
                 pred = predict_image(

@@ -12,12 +12,16 @@ the terminal gets it once more from torchrun a moment later: a repeat within
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 REPEAT_GRACE_S = 1.0
@@ -67,3 +71,23 @@ def ignore_stop_signals(worker_id: int) -> None:
     finishes its step (a worker killed by Ctrl-C would fail the step instead)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def worker_pool(loader: Iterable[T]) -> Iterator[Iterator[T]]:
+    """``with worker_pool(loader) as batches:`` iterates ``loader`` and ends its worker processes
+    however the block ends. They ignore SIGTERM (:func:`ignore_stop_signals`), so the terminate()
+    of torch's clean-up and of multiprocessing at interpreter exit cannot end them: a pool left to
+    those (say, one a held traceback keeps alive after a worker's error) would hang the exit.
+    Workers are asked to stop, then killed if they have not."""
+    iterator = iter(loader)
+    try:
+        yield iterator
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # a multi-process loader's iterator
+        if shutdown is not None:
+            shutdown()
+            for worker in getattr(iterator, "_workers", ()):
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join()

@@ -62,7 +62,7 @@ from .distributed import (
 from .evaluate import evaluate, to_jsonable
 from .health import SemanticHealthMonitor, lambdas_learnable, semantic_lambdas
 from .lock import FolderLock, FolderLockedError
-from .signals import StopSignals, ignore_stop_signals
+from .signals import StopSignals, ignore_stop_signals, worker_pool
 
 logger = logging.getLogger("semask.train")
 
@@ -507,7 +507,7 @@ class _Trainer:
         if self.eval_pending and self.val_set is not None:  # the evaluation a signal put off
             self._evaluate(start, writer)
         it = start
-        with StopSignals(announce=info.is_main) as stop:
+        with StopSignals(announce=info.is_main) as stop, contextlib.closing(batches):  # closing: workers end
             while it < total:
                 lr = self.scheduler.step(it)
                 losses = self._step(batches, it)
@@ -570,10 +570,11 @@ class _Trainer:
         while True:
             self.train_set.set_epoch(epoch)
             self.sampler.set_epoch(epoch, offset)
-            for batch in loader:
-                offset += 1
-                self.position = (epoch, offset)
-                yield batch
+            with worker_pool(loader) as epoch_batches:
+                for batch in epoch_batches:
+                    offset += 1
+                    self.position = (epoch, offset)
+                    yield batch
             epoch, offset = epoch + 1, 0
             self.position = (epoch, offset)
 
