@@ -545,6 +545,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         max_pixels=args.max_pixels,
         max_side=args.max_side,
+        device=_device(args.device),
+        amp=args.amp,
         **({} if args.scale is _UNSET else {"scale": args.scale}),
     )
     return 0
@@ -790,6 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LONGxSHORT",
         help="resize uploads to fit first; 0 = the original size (default: the model's test protocol)",
     )
+    _add_run_options(p, progress=False)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("score", help="mIoU of predicted label PNGs against ground-truth PNGs")

@@ -21,6 +21,7 @@ LONG_RUNNING = {  # command -> the common flags it takes (--amp / --device only 
     "predict": {"--no-progress", "--device", "--amp"},
     "demo": {"--no-progress", "--device", "--amp"},
     "explain": {"--device", "--amp"},
+    "serve": {"--device", "--amp"},
     "check-data": {"--no-progress"},
     "download": {"--no-progress"},
 }

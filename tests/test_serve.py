@@ -115,6 +115,21 @@ def test_the_model_protocol_decides_unless_told_otherwise() -> None:
     np.testing.assert_array_equal(decode_png(native["label_png"]), semask.predict(model, image, scale=None))
 
 
+def test_amp_runs_each_request_under_autocast() -> None:
+    """``serve --amp`` autocasts in the request's own thread (autocast state is per thread)."""
+    model = tiny_model()
+    seen: list[tuple[bool, torch.dtype]] = []
+    model.register_forward_hook(
+        lambda *_: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+    )
+    service = ModelService(model, amp_dtype=torch.bfloat16)
+    worker = threading.Thread(target=service.run, args=(scene(),))
+    worker.start()
+    worker.join()
+    ModelService(model).run(scene())
+    assert seen == [(True, torch.bfloat16), (False, torch.bfloat16)]
+
+
 def test_priors_multipart_and_jpeg(server: Any) -> None:
     httpd, service = server
     image = scene(seed=3)

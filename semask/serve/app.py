@@ -156,6 +156,7 @@ class ModelService:
         max_upload_bytes: int = 10 * 1024 * 1024,
         max_queue: int = 8,
         name: str = "model",
+        amp_dtype: torch.dtype | None = None,
     ) -> None:
         from ..data.palettes import default_palette
         from ..engine.health import semantic_layers
@@ -170,6 +171,7 @@ class ModelService:
         self.class_names = list(config.class_names or [f"class {i}" for i in range(config.num_classes)])
         self.palette = [list(map(int, c)) for c in (config.palette or default_palette(config.num_classes))]
         self.has_priors = bool(semantic_layers(model))
+        self.amp_dtype = amp_dtype  # autocast on the model's device (None: float32)
         self.lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(max_queue)
 
@@ -201,13 +203,15 @@ class ModelService:
 
     def run(self, rgb: np.ndarray, priors: bool = False, top_k: int = 3) -> dict[str, Any]:
         from ..data.visualize import colorize
+        from ..engine.amp import autocast
         from ..engine.predict import predict
 
         options = {} if self.scale is FROM_MODEL else {"scale": self.scale}  # default: the model's protocol
         with self.lock:
             start = time.perf_counter()
             found = None
-            with torch.inference_mode():
+            device = next(self.model.parameters()).device
+            with torch.inference_mode(), autocast(device, self.amp_dtype):  # per request: autocast is per thread
                 label = predict(self.model, rgb, **options)  # the model's protocol: what `semask predict` writes
                 if priors and self.has_priors:
                     from ..explain import explain
@@ -410,18 +414,24 @@ def serve(
     max_pixels: int = 4096 * 4096,
     max_side: int = 8192,
     scale: tuple[int, int] | None = FROM_MODEL,
+    device: torch.device | str = "cpu",
+    amp: str | None = None,
 ) -> None:
     """Load ``model`` (a path as ``semask predict`` takes, or a module) once and serve it until Ctrl-C.
 
     Images are segmented with the model's test protocol; ``scale`` replaces its resize (None: the
-    original size)."""
+    original size). ``device`` runs the model there, ``amp`` (``bf16`` / ``fp16``) under autocast."""
+    from ..engine.amp import resolve_amp_dtype
+
     name = str(model) if not isinstance(model, nn.Module) else type(model).__name__
     if not isinstance(model, nn.Module):
         from ..engine.predict import load_model_any
 
         model, _ = load_model_any(model)
+    model = model.to(device)
     service = ModelService(
         model,
+        amp_dtype=resolve_amp_dtype(device, amp),
         scale=scale,
         max_pixels=max_pixels,
         max_side=max_side,
