@@ -12,8 +12,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from semask.config import get_recipe, recipe_names
-from semask.models.pretrained import get_pretrained, list_pretrained
+from semask.config import PAPER_MIOU, format_miou, get_recipe, recipe_names
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- recipes:start (scripts/recipe_table.py) -->", "<!-- recipes:end -->"
@@ -55,27 +54,18 @@ def table() -> str:
             source, gpus = _link(o["repo"], o["file"]), o["gpus"]
             if name.startswith("semask_mit"):
                 source = f"none (no SeMask MiT code); the SegFormer file {source}"
-            miou = f"{o['paper'][0]:.2f} / {o['paper'][1]:.2f}" if o["paper"] else "-"
         elif name in official.ABLATIONS:  # type: ignore[attr-defined]
-            _, base, where, value = official.ABLATIONS[name]  # type: ignore[attr-defined]
+            _, base, where, _ = official.ABLATIONS[name]  # type: ignore[attr-defined]
             o = official.OFFICIAL[base]  # type: ignore[attr-defined]
             source, gpus = f"none (ablation, paper {where}); recipe of `{base}`", o["gpus"]
-            miou = f"{value:.2f} / -"
         elif name in official.MASK2FORMER:  # type: ignore[attr-defined]
             path = official.MASK2FORMER[name]  # type: ignore[attr-defined]
             source = _link("Picsart-AI-Research/SeMask-Segmentation", path)
             gpus = official.MASK2FORMER_TOTAL_BATCH // batch  # type: ignore[attr-defined]
-            entry = f"{cfg.model.name}.{cfg.data.type}"
-            released = get_pretrained(entry) if entry in list_pretrained() else None
-            miou = (
-                f"{released.paper_miou[0]:.2f} / {released.paper_miou[1]:.2f}"
-                if released and released.paper_miou
-                else "-"
-            )
         else:  # the demo
-            source, gpus, miou = "none (the built-in demo, `semask demo`)", 1, "-"
+            source, gpus = "none (the built-in demo, `semask demo`)", 1
         lines.append(
-            f"| `{name}` | {source} | {batch} x {gpus} | {cfg.schedule.iters:,} | {miou} "
+            f"| `{name}` | {source} | {batch} x {gpus} | {cfg.schedule.iters:,} | {format_miou(PAPER_MIOU.get(name))} "
             f"| {_command(name, gpus, cfg.data.root)} |"
         )
     return "\n".join(lines)

@@ -478,21 +478,15 @@ def cmd_list_models(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
-    from .config import recipe_names, recipe_path
-    from .models import get_pretrained, list_pretrained
+    from .config import PAPER_MIOU, format_miou, recipe_names, recipe_path
 
     if args.name is None:
         rows = []
         for name in recipe_names():
             cfg = get_recipe(name)
-            entry = f"{cfg.model.name}.{cfg.data.type}"
-            released = get_pretrained(entry) if entry in list_pretrained() else None
-            miou = (
-                f"{released.paper_miou[0]:.2f} / {released.paper_miou[1]:.2f}"
-                if released and released.paper_miou
-                else "-"
+            rows.append(
+                (name, cfg.model.name, cfg.data.type, f"{cfg.schedule.iters:,}", format_miou(PAPER_MIOU.get(name)))
             )
-            rows.append((name, cfg.model.name, cfg.data.type, f"{cfg.schedule.iters:,}", miou))
         _print_table(("recipe", "model", "dataset", "iterations", "paper mIoU (s.s. / m.s.)"), rows)
         print("\nsemask config NAME prints one resolved; semask train NAME [key=value ...] trains it")
         return 0

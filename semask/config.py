@@ -430,6 +430,44 @@ AUG_TEST_RATIOS = list(MS_RATIOS)
 #: The packaged recipes: one YAML per experiment of the paper (and the demo), shipped in the wheel.
 RECIPES_DIR = Path(__file__).parent / "configs"
 
+_FPN_PAPER = {  # paper Table 2: (s.s., m.s.) val mIoU per dataset and size t/s/b/l
+    ("semask_swin", "ade20k"): ((42.06, 43.36), (45.92, 47.63), (49.35, 50.98), (51.89, 53.52)),
+    ("swin", "ade20k"): ((41.48, 42.89), (45.20, 46.96), (48.80, 50.28), (50.85, 52.95)),
+    ("semask_swin", "cityscapes"): ((74.92, 76.56), (77.13, 79.14), (77.70, 79.73), (78.53, 80.39)),
+    ("swin", "cityscapes"): ((71.81, 73.74), (75.19, 77.68), (76.54, 79.05), (78.03, 79.53)),
+    ("semask_swin", "coco_stuff10k"): ((37.53, 38.88), (40.72, 42.27), (44.63, 46.30), (47.47, 48.54)),
+}
+#: The paper's val mIoU (single-scale, multi-scale; None where it gives one number) of the recipes
+#: it reports: Table 2 (Semantic-FPN), Tables 3-5 (ablations), Table 6 (MiT-B4), and the SeMask
+#: README's mask-classification models. Released weights carry the same (a test keeps them equal).
+PAPER_MIOU: dict[str, tuple[float, float | None]] = {
+    **{
+        f"{prefix}_{size}_fpn_{dataset}": miou
+        for (prefix, dataset), row in _FPN_PAPER.items()
+        for size, miou in zip("tsbl", row)
+    },
+    "trans_swin_t_fpn_ade20k": (41.42, None),  # Table 3
+    "semask_swin_t_fpn_no_lambda_ade20k": (41.11, None),  # Table 4
+    "semask_swin_s_fpn_no_lambda_ade20k": (45.00, None),
+    "semask_swin_t_fpn_no_prior_loss_ade20k": (41.72, None),  # Table 5
+    "swin_t_fpn_aux_ade20k": (41.52, None),
+    "query_swin_t_fpn_ade20k": (40.81, None),
+    "mit_b4_ade20k": (48.46, 49.76),  # Table 6 (mmseg's SegFormer-B4)
+    "semask_mit_b4_ade20k": (50.01, 51.07),
+    "semask_swin_l_maskformer_ade20k": (54.75, 56.15),
+    "semask_swin_l_mask2former_ade20k": (56.41, 57.52),
+    "semask_swin_l_mask2former_fapn_ade20k": (56.88, 58.25),
+    "semask_swin_l_mask2former_msfapn_ade20k": (57.00, 58.25),
+    "semask_swin_l_mask2former_cityscapes": (83.97, 84.98),
+}
+
+
+def format_miou(miou: tuple[float, float | None] | None) -> str:
+    """``s.s. / m.s.`` as the tables print it (``-`` for what the paper does not give)."""
+    if miou is None:
+        return "-"
+    return f"{miou[0]:.2f} / " + ("-" if miou[1] is None else f"{miou[1]:.2f}")
+
 
 def recipe_names() -> list[str]:
     """Every packaged recipe by name: the file stem (``semask_swin_t_fpn_ade20k``), sorted.

@@ -38,8 +38,11 @@ def test_config_lists_every_recipe_with_its_model(capsys: pytest.CaptureFixture)
     listed = {line.split()[0]: line.split()[1] for line in lines[1:] if line and not line.startswith("semask ")}
     assert set(listed) == set(recipe_names())
     assert listed["semask_swin_l_mask2former_ade20k"] == "semask_swin_l_mask2former"
-    row = next(line for line in lines if line.startswith("semask_swin_t_fpn_ade20k "))
-    assert row.split()[2:] == ["ade20k", "80,000", "42.06", "/", "43.36"]  # paper Table 2, from the registry
+    rows = {line.split()[0]: line.split()[2:] for line in lines[1:] if line and not line.startswith("semask ")}
+    assert rows["semask_swin_t_fpn_ade20k"] == ["ade20k", "80,000", "42.06", "/", "43.36"]  # paper Table 2
+    assert rows["swin_t_fpn_ade20k"] == ["ade20k", "80,000", "41.48", "/", "42.89"]  # a baseline: no weights
+    assert rows["trans_swin_t_fpn_ade20k"] == ["ade20k", "80,000", "41.42", "/", "-"]  # Table 3: s.s. only
+    assert rows["demo"][-1] == "-"
 
 
 @pytest.mark.parametrize("name", recipe_names())
