@@ -12,7 +12,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from semask.config import PAPER_MIOU, format_miou, get_recipe, recipe_names
+from semask.config import format_miou, get_recipe, paper_miou, recipe_names
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- recipes:start (scripts/recipe_table.py) -->", "<!-- recipes:end -->"
@@ -65,7 +65,7 @@ def table() -> str:
         else:  # the demo
             source, gpus = "none (the built-in demo, `semask demo`)", 1
         lines.append(
-            f"| `{name}` | {source} | {batch} x {gpus} | {cfg.schedule.iters:,} | {format_miou(PAPER_MIOU.get(name))} "
+            f"| `{name}` | {source} | {batch} x {gpus} | {cfg.schedule.iters:,} | {format_miou(paper_miou(name, cfg))} "
             f"| {_command(name, gpus, cfg.data.root)} |"
         )
     return "\n".join(lines)

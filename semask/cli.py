@@ -478,15 +478,14 @@ def cmd_list_models(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
-    from .config import PAPER_MIOU, format_miou, recipe_names, recipe_path
+    from .config import format_miou, paper_miou, recipe_names, recipe_path
 
     if args.name is None:
         rows = []
         for name in recipe_names():
             cfg = get_recipe(name)
-            rows.append(
-                (name, cfg.model.name, cfg.data.type, f"{cfg.schedule.iters:,}", format_miou(PAPER_MIOU.get(name)))
-            )
+            miou = format_miou(paper_miou(name, cfg))
+            rows.append((name, cfg.model.name, cfg.data.type, f"{cfg.schedule.iters:,}", miou))
         _print_table(("recipe", "model", "dataset", "iterations", "paper mIoU (s.s. / m.s.)"), rows)
         print("\nsemask config NAME prints one resolved; semask train NAME [key=value ...] trains it")
         return 0

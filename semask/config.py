@@ -430,20 +430,16 @@ AUG_TEST_RATIOS = list(MS_RATIOS)
 #: The packaged recipes: one YAML per experiment of the paper (and the demo), shipped in the wheel.
 RECIPES_DIR = Path(__file__).parent / "configs"
 
-_FPN_PAPER = {  # paper Table 2: (s.s., m.s.) val mIoU per dataset and size t/s/b/l
-    ("semask_swin", "ade20k"): ((42.06, 43.36), (45.92, 47.63), (49.35, 50.98), (51.89, 53.52)),
-    ("swin", "ade20k"): ((41.48, 42.89), (45.20, 46.96), (48.80, 50.28), (50.85, 52.95)),
-    ("semask_swin", "cityscapes"): ((74.92, 76.56), (77.13, 79.14), (77.70, 79.73), (78.53, 80.39)),
-    ("swin", "cityscapes"): ((71.81, 73.74), (75.19, 77.68), (76.54, 79.05), (78.03, 79.53)),
-    ("semask_swin", "coco_stuff10k"): ((37.53, 38.88), (40.72, 42.27), (44.63, 46.30), (47.47, 48.54)),
-}
 #: The paper's val mIoU (single-scale, multi-scale; None where it gives one number) of the recipes
-#: it reports: Table 2 (Semantic-FPN), Tables 3-5 (ablations), Table 6 (MiT-B4), and the SeMask
-#: README's mask-classification models. Released weights carry the same (a test keeps them equal).
+#: whose model has no released weights: the Swin baselines (Table 2), the ablations (Tables 3-5) and
+#: MiT-B4 (Table 6). Recipes of released models take their weights' numbers (:func:`paper_miou`).
 PAPER_MIOU: dict[str, tuple[float, float | None]] = {
     **{
-        f"{prefix}_{size}_fpn_{dataset}": miou
-        for (prefix, dataset), row in _FPN_PAPER.items()
+        f"swin_{size}_fpn_{dataset}": miou
+        for dataset, row in {
+            "ade20k": ((41.48, 42.89), (45.20, 46.96), (48.80, 50.28), (50.85, 52.95)),
+            "cityscapes": ((71.81, 73.74), (75.19, 77.68), (76.54, 79.05), (78.03, 79.53)),
+        }.items()
         for size, miou in zip("tsbl", row)
     },
     "trans_swin_t_fpn_ade20k": (41.42, None),  # Table 3
@@ -454,12 +450,18 @@ PAPER_MIOU: dict[str, tuple[float, float | None]] = {
     "query_swin_t_fpn_ade20k": (40.81, None),
     "mit_b4_ade20k": (48.46, 49.76),  # Table 6 (mmseg's SegFormer-B4)
     "semask_mit_b4_ade20k": (50.01, 51.07),
-    "semask_swin_l_maskformer_ade20k": (54.75, 56.15),
-    "semask_swin_l_mask2former_ade20k": (56.41, 57.52),
-    "semask_swin_l_mask2former_fapn_ade20k": (56.88, 58.25),
-    "semask_swin_l_mask2former_msfapn_ade20k": (57.00, 58.25),
-    "semask_swin_l_mask2former_cityscapes": (83.97, 84.98),
 }
+
+
+def paper_miou(name: str, cfg: ExperimentConfig | None = None) -> tuple[float, float | None] | None:
+    """The paper's mIoU of recipe ``name`` (``cfg``: the recipe, if already loaded), or None: its
+    released weights' numbers (``MODEL.DATASET``), else :data:`PAPER_MIOU`."""
+    from .models import get_pretrained, list_pretrained
+
+    cfg = cfg or get_recipe(name)
+    entry = f"{cfg.model.name}.{cfg.data.type}"
+    released = get_pretrained(entry).paper_miou if entry in list_pretrained() else None
+    return released or PAPER_MIOU.get(name)
 
 
 def format_miou(miou: tuple[float, float | None] | None) -> str:
@@ -505,9 +507,14 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     file exists.
     """
     path = Path(path)
-    if not path.is_file() and path.suffix in ("", ".yaml") and not path.is_absolute():
+    if not path.is_file() and _names_a_recipe(path):
         path = recipe_path(str(path))
     return ExperimentConfig.from_dict(_read_with_bases(path, chain=()), str(path), overrides)
+
+
+def _names_a_recipe(path: Path) -> bool:
+    """Whether a path that is no file could be a packaged recipe's name (``NAME``, ``dir/NAME[.yaml]``)."""
+    return path.suffix in ("", ".yaml") and not path.is_absolute()
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -554,7 +561,7 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for base in bases:
         base_path = path.parent / base
-        if not base_path.is_file() and Path(base).suffix in ("", ".yaml") and not Path(base).is_absolute():
+        if not base_path.is_file() and _names_a_recipe(Path(base)):
             with contextlib.suppress(ConfigError):  # a packaged recipe by name; else the missing-file error
                 base_path = recipe_path(base)
         merged = _merge(merged, _read_with_bases(base_path, (*chain, resolved)))
