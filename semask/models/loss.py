@@ -4,7 +4,7 @@ weighted sums of them (see :func:`build_loss`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -113,20 +113,13 @@ class SegLoss(nn.Module):
         super().__init__()
         self.ignore_index = ignore_index
 
-    def _reduce(self, per_pixel: Tensor, weights: Tensor, reduction: str) -> Tensor:
-        """``per_pixel`` (B, H, W) losses (0 where ignored); ``weights`` the matching pixel weights."""
-        if reduction == "all":
-            return per_pixel.mean()
-        if reduction == "valid":
-            return per_pixel.sum() / weights.sum().clamp(min=1e-12)
-        raise ValueError(f"unknown loss reduction {reduction!r}; use 'all' or 'valid'")
-
-    def _reduce_sum(self, total: Tensor, labels: Tensor, weights: Tensor, reduction: str) -> Tensor:
-        """``total`` (the summed pixel losses) over all pixels or over ``weights``' sum, as :meth:`_reduce`."""
+    def _reduce(self, total: Tensor, labels: Tensor, reduction: str, weights: Callable[[], Tensor]) -> Tensor:
+        """``total`` (the summed pixel losses) over all B*H*W pixels ("all", mmseg's 'mean') or over
+        the sum of the pixel weights ("valid"); ``weights`` builds those only when they are needed."""
         if reduction == "all":
             return total / labels.numel()
         if reduction == "valid":
-            return total / weights.sum().clamp(min=1e-12)
+            return total / weights().sum().clamp(min=1e-12)
         raise ValueError(f"unknown loss reduction {reduction!r}; use 'all' or 'valid'")
 
     def _pixel_weights(self, labels: Tensor, class_weight: Tensor | None) -> Tensor:
@@ -185,8 +178,9 @@ class CrossEntropyLoss(SegLoss):
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         weight = _class_weight_tensor(self.class_weight, logits.shape[1], logits)
-        weights = self._pixel_weights(labels, weight)
-        return self._reduce_sum(self.summed(logits, labels), labels, weights, self.reduction)
+        return self._reduce(
+            self.summed(logits, labels), labels, self.reduction, lambda: self._pixel_weights(labels, weight)
+        )
 
 
 class OhemCrossEntropyLoss(CrossEntropyLoss):
@@ -254,8 +248,12 @@ class OhemCrossEntropyLoss(CrossEntropyLoss):
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         keep = self.kept(logits, labels)
         weight = _class_weight_tensor(self.class_weight, logits.shape[1], logits)
-        weights = self._pixel_weights(labels, weight) * keep
-        return self._reduce_sum(self.summed(logits, labels, keep), labels, weights, self.reduction)
+        return self._reduce(
+            self.summed(logits, labels, keep),
+            labels,
+            self.reduction,
+            lambda: self._pixel_weights(labels, weight) * keep,
+        )
 
 
 class FocalLoss(SegLoss):
@@ -287,7 +285,7 @@ class FocalLoss(SegLoss):
         weight = _class_weight_tensor(self.class_weight, logits.shape[1], logits)
         pixel_weight = self._pixel_weights(labels, weight)
         per_pixel = torch.where(valid, -((1 - log_p.exp()) ** self.gamma) * log_p * pixel_weight, 0.0)
-        return self._reduce(per_pixel, pixel_weight, self.reduction)
+        return self._reduce(per_pixel.sum(), labels, self.reduction, lambda: pixel_weight)
 
 
 class DiceLoss(SegLoss):
