@@ -7,9 +7,7 @@ python scripts/recipe_table.py --write    # replace the table between the marker
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import sys
 from pathlib import Path
 
 from semask.config import format_miou, get_recipe, paper_miou, recipe_names
@@ -71,19 +69,7 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def write(readme: Path = README) -> None:
-    text = readme.read_text()
-    if START not in text or END not in text:
-        sys.exit(f"{readme} has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{table()}\n{END}{tail}")
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="update semask/configs/README.md in place")
-    if parser.parse_args().write:
-        write()
-    else:
-        print(table())
+    from readme_section import run  # beside this file: on sys.path when run as a script
+
+    run(__doc__, table, README, START, END)

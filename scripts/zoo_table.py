@@ -6,8 +6,6 @@ python scripts/zoo_table.py --write    # replace the table between the markers i
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 from semask.models.pretrained import get_pretrained, list_pretrained
@@ -36,19 +34,7 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def write(readme: Path = README) -> None:
-    text = readme.read_text()
-    if START not in text or END not in text:
-        sys.exit(f"{readme} has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{table()}\n{END}{tail}")
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="update README.md in place")
-    if parser.parse_args().write:
-        write()
-    else:
-        print(table())
+    from readme_section import run  # beside this file: on sys.path when run as a script
+
+    run(__doc__, table, README, START, END)
