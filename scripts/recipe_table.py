@@ -64,7 +64,7 @@ def table() -> str:
             source, gpus = "none (the built-in demo, `semask demo`)", 1
         lines.append(
             f"| `{name}` | {source} | {batch} x {gpus} | {cfg.schedule.iters:,} | {format_miou(paper_miou(name, cfg))} "
-            f"| {_command(name, gpus, cfg.data.root)} |"
+            f"| {_command(name, gpus, 'semask_demo/data' if name == 'demo' else cfg.data.root)} |"
         )
     return "\n".join(lines)
 

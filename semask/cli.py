@@ -829,7 +829,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("download", help="fetch released weights NAME.TAG into the cache (or --to DIR)")
     p.add_argument("name", help="preset.tag, e.g. semask_swin_t_fpn.ade20k (see semask list-pretrained)")
-    p.add_argument("--to", help="folder to put the file in (default: $SEMASK_HOME or ~/.cache/semask)")
+    p.add_argument(
+        "--to",
+        help="folder to put the file in (default: $SEMASK_HOME or ~/.cache/semask; Hugging Face entries go to huggingface_hub's cache)",
+    )
     _add_run_options(p, device=False, amp=False)
     p.set_defaults(func=cmd_download)
 
