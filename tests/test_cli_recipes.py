@@ -12,7 +12,7 @@ from conftest import NAMED_TINY
 from PIL import Image
 
 import semask
-from semask.cli import build_parser, main
+from semask.cli import _training_overrides, build_parser, main
 from semask.config import get_recipe, load_config, recipe_names
 
 LONG_RUNNING = {  # command -> the common flags it takes (--amp / --device only where they apply)
@@ -100,7 +100,24 @@ def test_long_running_commands_share_the_common_flags(command: str) -> None:
     assert _flags(command) & common == LONG_RUNNING[command]
 
 
-def test_training_device_and_amp_flags_are_config_overrides(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("flags", "overrides"),
+    [
+        ([], []),
+        (["--device", "cpu"], ["train.device=cpu"]),
+        (["--amp"], ["train.amp=true", "train.amp_dtype=bf16"]),
+        (["--device", "cuda", "--amp", "fp16"], ["train.device=cuda", "train.amp=true", "train.amp_dtype=fp16"]),
+    ],
+)
+def test_training_device_and_amp_flags_become_config_overrides(flags: list[str], overrides: list[str]) -> None:
+    for command in ("train", "demo"):
+        args = build_parser().parse_args([command, *(["demo"] if command == "train" else []), *flags])
+        assert _training_overrides(args) == overrides
+    cfg = get_recipe("demo", _training_overrides(build_parser().parse_args(["demo", *flags])))
+    assert (cfg.train.amp, cfg.train.amp_dtype) == (("--amp" in flags), "fp16" if "fp16" in flags else "bf16")
+
+
+def test_training_refuses_a_numbered_gpu(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "demo", "--device", "cuda:1", "--work-dir", str(tmp_path / "w")]) == 1
     assert "training takes auto, cpu or cuda" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
