@@ -171,11 +171,14 @@ def photometric_distortion(
 
 
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 HxWx3 RGB -> float32 (3, H, W) ``(image - mean) / std``."""
-    out = image.astype(np.float32)
-    out -= np.asarray(mean, dtype=np.float32)
-    out /= np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    """HxWxC image -> contiguous float32 (C, H, W) ``(image - mean) / std``: the float32 arithmetic of
+    mmcv's ``imnormalize`` and of detectron2's model on its CHW tensor. The raw image is made
+    channel-first before the arithmetic, so numpy runs long loops per channel instead of 3-long ones
+    per pixel (the same values, about 8x faster)."""
+    out = np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)
+    out -= np.asarray(mean, dtype=np.float32)[:, None, None]
+    out /= np.asarray(std, dtype=np.float32)[:, None, None]
+    return out
 
 
 _PIXEL_TYPES = (np.uint8, np.uint16, np.float32)  # 8-bit RGB; multi-band/16-bit/float imagery
