@@ -53,17 +53,7 @@ from PIL import Image
 
 from ..models.base import IMAGENET_MEAN, IMAGENET_STD
 from ..models.loss import IGNORE_INDEX
-from .transforms import as_pair, normalize
-
-
-def _check_image(image: np.ndarray, label: np.ndarray | None, channels: int) -> None:
-    if image.dtype not in (np.uint8, np.uint16, np.float32) or image.ndim != 3 or image.shape[2] != channels:
-        raise ValueError(
-            f"expected an HxWx{channels} uint8 image (uint16 and float32 bands are read too), got {image.dtype} "
-            f"array of shape {image.shape}; mean/std give {channels} channel(s)"
-        )
-    if label is not None and label.shape != image.shape[:2]:
-        raise ValueError(f"label shape {label.shape} does not match image size {image.shape[:2]}")
+from .transforms import TestTransform, _check_image, _convert, as_pair, mean_std, normalize
 
 
 def shortest_edge_size(size: tuple[int, int], short_edge: int, max_size: int) -> tuple[int, int]:
@@ -147,11 +137,6 @@ def crop_window(
     return top, left, ch, cw
 
 
-def _convert(image: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
-    # ColorAugSSDTransform.convert: float32 affine map, clip, truncate to uint8
-    return np.clip(image.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
-
-
 def color_aug_ssd(
     image: np.ndarray,
     rng: np.random.Generator,
@@ -216,8 +201,7 @@ class ShortEdgeTrainTransform:
             raise ValueError(f"need positive short edges and max size, got {list(short_edges)}, {max_size}")
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
-        if not len(mean) or len(mean) != len(std) or min(std) <= 0:
-            raise ValueError(f"mean and std need one value per input channel each (std > 0), got {mean!r}, {std!r}")
+        self.mean, self.std = mean_std(mean, std)
         self.crop_size = None if crop_size is None else as_pair(crop_size, "crop_size")
         if pad_size is not None and (pad_size < 1 or (self.crop_size is not None and max(self.crop_size) > pad_size)):
             raise ValueError(f"pad_size must be positive and at least the crop size {self.crop_size}, got {pad_size}")
@@ -230,8 +214,6 @@ class ShortEdgeTrainTransform:
         self.flip_prob = float(flip_prob)
         self.pad_size = pad_size
         self.pad_value = int(pad_value)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
         self.ignore_index = ignore_index
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -269,12 +251,10 @@ class ShortEdgeTrainTransform:
         )
 
 
-class ShortEdgeTestTransform:
+class ShortEdgeTestTransform(TestTransform):
     """detectron2's test resize: ``ResizeShortestEdge(min(scale), max(scale))`` with PIL, then
     normalise (``scale`` = (``MAX_SIZE_TEST``, ``MIN_SIZE_TEST``) in either order; ``None``: the
     original size). The label is returned at its original size, as metrics are computed there."""
-
-    __test__ = False  # not a pytest test class despite the name
 
     def __init__(
         self,
@@ -282,11 +262,7 @@ class ShortEdgeTestTransform:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        if not len(mean) or len(mean) != len(std) or min(std) <= 0:
-            raise ValueError(f"mean and std need one value per input channel each (std > 0), got {mean!r}, {std!r}")
-        self.scale = None if scale is None else as_pair(scale, "scale")
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        super().__init__(scale, mean, std)  # only the default differs: detectron2's ADE20K test scale
 
     def resize(self, image: np.ndarray, ratio: float = 1.0) -> np.ndarray:
         """The test resize; a ``ratio`` other than 1 multiplies both bounds (truncated), a multi-scale
@@ -303,12 +279,3 @@ class ShortEdgeTestTransform:
         base = self.resize(image)
         for size in sizes:
             yield resize_image(base, shortest_edge_size(base.shape[:2], int(size), max_size))
-
-    def __call__(
-        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        _check_image(image, label, len(self.mean))
-        return normalize(self.resize(image), self.mean, self.std), label.astype(np.int64)
-
-    def __repr__(self) -> str:
-        return f"ShortEdgeTestTransform(scale={self.scale})"

@@ -194,6 +194,13 @@ def _check_image(image: np.ndarray, label: np.ndarray | None, channels: int = 3)
         raise ValueError(f"label shape {label.shape} does not match image size {image.shape[:2]}")
 
 
+def mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A transform's ``mean`` and ``std`` as float tuples, one value per input channel each (std > 0)."""
+    if not len(mean) or len(mean) != len(std) or min(std) <= 0:
+        raise ValueError(f"mean and std need one value per input channel each (std > 0), got {mean!r}, {std!r}")
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 def as_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     """``value`` as an (h, w) pair of positive ints (one int means both); errors name ``name``."""
     pair = (value, value) if isinstance(value, int) else tuple(value)
@@ -235,8 +242,7 @@ class TrainTransform:
             raise ValueError(f"ratio_range must be (lo, hi) with 0 < lo <= hi, got {ratio_range!r}")
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
-        if not len(mean) or len(mean) != len(std) or min(std) <= 0:
-            raise ValueError(f"mean and std need one value per input channel each (std > 0), got {mean!r}, {std!r}")
+        self.mean, self.std = mean_std(mean, std)
         self.crop_size = None if crop_size is None else as_pair(crop_size, "crop_size")
         self.scale = as_pair(scale, "scale")
         self.ratio_range = None if ratio_range is None else (float(ratio_range[0]), float(ratio_range[1]))
@@ -244,8 +250,6 @@ class TrainTransform:
         self.cat_max_ratio = float(cat_max_ratio)
         self.flip_prob = float(flip_prob)
         self.photometric = photometric
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
         self.ignore_index = ignore_index
 
     def sample_ratio(self, rng: np.random.Generator) -> float:
@@ -306,11 +310,8 @@ class TestTransform:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        if not len(mean) or len(mean) != len(std) or min(std) <= 0:
-            raise ValueError(f"mean and std need one value per input channel each (std > 0), got {mean!r}, {std!r}")
+        self.mean, self.std = mean_std(mean, std)
         self.scale = None if scale is None else as_pair(scale, "scale")
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
 
     def resize(self, image: np.ndarray, ratio: float = 1.0) -> np.ndarray:
         """The test resize at ``ratio`` times the scale (multi-scale testing resizes the original)."""
@@ -328,4 +329,4 @@ class TestTransform:
         return normalize(self.resize(image), self.mean, self.std), label.astype(np.int64)
 
     def __repr__(self) -> str:
-        return f"TestTransform(scale={self.scale})"
+        return f"{type(self).__name__}(scale={self.scale})"
