@@ -301,7 +301,7 @@ def explain(
     scale = model_protocol(model, scale=scale).scale
     rgb = load_rgb(image)
     model.eval()
-    resized = pipeline_for(config).test_transform(scale, config.mean, config.std).resize(rgb)  # as predict does
+    resized = next(pipeline_for(config).test_views(rgb, scale))  # as predict does
     x = torch.from_numpy(normalize(resized, config.mean, config.std))
     x = x[None].to(_model_device(model))
     input_size = (x.shape[-2], x.shape[-1])

@@ -278,6 +278,30 @@ def test_test_transform_resizes_image_only():
     np.testing.assert_allclose(img[:, 7, 9], (image[7, 9] - np.array(MEAN)) / np.array(STD), rtol=1e-6)
 
 
+def test_training_fields_are_checked_before_the_work_dir_or_the_data(tmp_path):
+    """A config without its family's training fields (mask-classification: data.short_edges/max_size;
+    mmseg: data.scale) loads, as testing does not read them; train() refuses it naming the field before
+    it creates the work dir or reads the data (here: a data root that does not exist)."""
+    from semask.config import ExperimentConfig
+    from semask.data.pipelines import pipeline_for
+    from semask.engine.trainer import train
+    from semask.models import get_config
+
+    missing = {
+        "semask_swin_t_mask2former": ({}, r"data.short_edges \(INPUT.MIN_SIZE_TRAIN\)"),
+        "semask_swin_t_fpn": ({"scale": None}, r"data.scale \(the \(long, short\) base scale"),
+    }
+    for name, (data, message) in missing.items():
+        cfg = ExperimentConfig.from_dict({"model": {"name": name}, "data": {**data, "root": str(tmp_path / "none")}})
+        pipeline = pipeline_for(get_config(name))
+        pipeline.check(cfg.data)  # a test-only config
+        with pytest.raises(ValueError, match=message):
+            pipeline.check(cfg.data, training=True)
+        with pytest.raises(ValueError, match=message):
+            train(cfg, tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- datasets
 
 

@@ -4,7 +4,7 @@ The official SeMask code feeds its two code bases differently: the Semantic-FPN 
 went through mmsegmentation's pipeline (:mod:`.transforms`: keep-ratio "fit" resizes, random
 crop with retries, photometric distortion), the mask-classification models through detectron2's
 (:mod:`.detectron2`: short-edge resizes with PIL, SSD colour augmentation, raw padding). A
-:class:`DataPipeline` bundles one path's training transform (built from
+:class:`DataPipeline` bundles one path's data-field rules, training transform (built from
 :class:`semask.config.DataConfig`) and test resize; :func:`pipeline_for` picks it from the model
 config's ``model_type``, and training, evaluation, prediction, serving, explanations and
 ``check-data`` all ask it, so no option travels down to choose.
@@ -29,22 +29,19 @@ DETECTRON2_FIELDS = ("short_edges", "max_size", "pad_size", "pad_value")
 
 
 class DataPipeline:
-    """One family's data path: :meth:`train_transform`, :meth:`test_transform`, :meth:`test_views`."""
+    """One family's data path: :meth:`check`, :meth:`train_transform`, :meth:`test_views`."""
 
     name = ""
 
-    def check(self, data: DataConfig) -> None:
-        """Raise ``ValueError`` naming the ``data.*`` fields this path cannot use (the training
-        fields it needs are checked by :meth:`train_transform`, so a test-only config passes)."""
+    def check(self, data: DataConfig, training: bool = False) -> None:
+        """Raise ``ValueError`` naming the ``data.*`` fields this path cannot use and, with
+        ``training``, the training fields it needs and lacks. Every config is checked without
+        ``training`` (a test-only config passes); the trainer checks with it before it touches the
+        work dir or the data, and :meth:`train_transform` does too."""
 
     def train_transform(
         self, data: DataConfig, mean: Sequence[float], std: Sequence[float], ignore_index: int
     ) -> Transform:
-        raise NotImplementedError
-
-    def test_transform(self, scale: tuple[int, int] | None, mean: Sequence[float], std: Sequence[float]) -> Any:
-        """The single-scale test transform of ``eval.scale``; its ``resize(image, ratio)`` gives
-        the resized uint8 image (what :func:`semask.explain` and predictions feed the model)."""
         raise NotImplementedError
 
     def test_views(
@@ -69,7 +66,7 @@ class MMSegPipeline(DataPipeline):
 
     name = "mmseg"
 
-    def check(self, data: DataConfig) -> None:
+    def check(self, data: DataConfig, training: bool = False) -> None:
         defaults = {f.name: f.default for f in dataclasses.fields(data)}
         used = [f"data.{k}" for k in DETECTRON2_FIELDS if getattr(data, k) != defaults[k]]
         if used:
@@ -77,13 +74,13 @@ class MMSegPipeline(DataPipeline):
                 f"{', '.join(used)} belong to detectron2's data path (mask-classification models); this model "
                 "trains on mmseg's: set data.scale with data.ratios or data.ratio_range instead"
             )
-        if data.scale is None:
+        if training and data.scale is None:
             raise ValueError("data.scale (the (long, short) base scale of mmseg's resize) is needed by this model")
 
     def train_transform(
         self, data: DataConfig, mean: Sequence[float], std: Sequence[float], ignore_index: int
     ) -> Transform:
-        self.check(data)
+        self.check(data, training=True)
         assert data.scale is not None
         return TrainTransform(
             crop_size=data.crop_size,
@@ -97,11 +94,6 @@ class MMSegPipeline(DataPipeline):
             std=std,
             ignore_index=ignore_index,
         )
-
-    def test_transform(
-        self, scale: tuple[int, int] | None, mean: Sequence[float], std: Sequence[float]
-    ) -> TestTransform:
-        return TestTransform(scale, mean, std)
 
     def test_views(
         self,
@@ -127,15 +119,19 @@ class Detectron2Pipeline(DataPipeline):
 
     name = "detectron2"
 
-    def train_transform(
-        self, data: DataConfig, mean: Sequence[float], std: Sequence[float], ignore_index: int
-    ) -> Transform:
-        if data.short_edges is None or data.max_size is None:
+    def check(self, data: DataConfig, training: bool = False) -> None:
+        if training and (data.short_edges is None or data.max_size is None):
             raise ValueError(
                 "this model trains on detectron2's data path: set data.short_edges (INPUT.MIN_SIZE_TRAIN) and "
                 "data.max_size (INPUT.MAX_SIZE_TRAIN), and data.scale, data.ratios and data.ratio_range to null "
                 "(see the recipes under mask2former/)"
             )
+
+    def train_transform(
+        self, data: DataConfig, mean: Sequence[float], std: Sequence[float], ignore_index: int
+    ) -> Transform:
+        self.check(data, training=True)
+        assert data.short_edges is not None and data.max_size is not None
         return ShortEdgeTrainTransform(
             short_edges=data.short_edges,
             max_size=data.max_size,
@@ -149,11 +145,6 @@ class Detectron2Pipeline(DataPipeline):
             std=std,
             ignore_index=ignore_index,
         )
-
-    def test_transform(
-        self, scale: tuple[int, int] | None, mean: Sequence[float], std: Sequence[float]
-    ) -> ShortEdgeTestTransform:
-        return ShortEdgeTestTransform(scale, mean, std)
 
     def test_views(
         self,

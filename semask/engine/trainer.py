@@ -208,6 +208,15 @@ def build_datasets(cfg: ExperimentConfig) -> tuple[Any, Any]:
     return train_set, val_set
 
 
+def check_training_data(cfg: ExperimentConfig) -> None:
+    """Raise ``ValueError`` naming the ``data.*`` training fields the model family's data path needs
+    and ``cfg`` lacks (config loading passes test-only configs)."""
+    from ..data.pipelines import pipeline_for
+    from ..models import get_config
+
+    pipeline_for(get_config(cfg.model.name, **cfg.model.overrides)).check(cfg.data, training=True)
+
+
 def attach_train_transform(cfg: ExperimentConfig, train_set: Any, model_config: Any) -> None:
     """The training augmentation of the model family's data path (mmseg's or detectron2's,
     :func:`semask.data.pipelines.pipeline_for`), normalising with the model's mean/std.
@@ -256,6 +265,7 @@ def train(
     """
     if not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg)
+    check_training_data(cfg)  # a test-only config is refused before the work dir or the data is touched
     work_dir = Path(work_dir)
     used = holds_run(work_dir)  # decided before any rank touches the folder
     if resume and overwrite:
