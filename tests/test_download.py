@@ -168,6 +168,43 @@ def test_recorded_hash_catches_corrupted_cache(server, tmp_path):
     assert download_file(f"{server.url}/file.bin", "w.bin", progress=False).read_bytes() == BODY  # fetched again
 
 
+@pytest.mark.parametrize("gone", ["moved aside", "deleted by hand"])
+def test_a_hash_record_goes_with_its_file(server, tmp_path, gone):
+    """The record describes the file that loaded: once that file is gone, a new download (whose bytes
+    differ: the server's file changed) is judged by its own hash, not rejected on every other load."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "w.bin").write_bytes(b"an older release")
+    record_hash(home / "w.bin")  # it loaded
+    if gone == "moved aside":
+        (home / "w.bin").write_bytes(b"an older release, rotted")
+        with pytest.raises(DownloadError, match="moved aside"):
+            download_file(f"{server.url}/file.bin", "w.bin", progress=False)
+        assert not (home / "w.bin.sha256").exists()
+    else:
+        (home / "w.bin").unlink()
+    for _ in range(3):  # load, load, load: downloaded once, then checked against its own record
+        path = download_file(f"{server.url}/file.bin", "w.bin", progress=False)
+        assert path.read_bytes() == BODY
+        record_hash(path)
+        assert (home / "w.bin.sha256").read_text().split()[0] == BODY_SHA
+    assert len(_gets(server, "/file.bin")) == 1
+
+
+def test_a_copy_put_back_after_a_move_aside_loads(server, tmp_path):
+    """After a move-aside the record is gone with the file, so a copy put there by hand (offline) is used."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "w.bin").write_bytes(b"first copy")
+    record_hash(home / "w.bin")
+    (home / "w.bin").write_bytes(b"first copy, rotted")
+    with pytest.raises(DownloadError, match="if you replaced it on purpose, move it back"):
+        download_file(f"{server.url}/file.bin", "w.bin", progress=False)
+    (home / "w.bin").write_bytes(b"second copy")
+    assert download_file(f"{server.url}/file.bin", "w.bin", progress=False).read_bytes() == b"second copy"
+    assert server.log == []
+
+
 @pytest.mark.parametrize("record", ["", "\n", "not-a-hash  w.bin\n", "abc\x00\xff"])
 def test_an_empty_or_garbled_record_counts_as_none(server, tmp_path, record):
     home = tmp_path / "home"

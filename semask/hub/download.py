@@ -9,7 +9,8 @@ so a cached file is never deleted: one whose sha256 differs from the registry's,
 hash recorded when it last loaded, is moved aside to ``NAME.mismatch-<time>`` and the error says
 so. A hash is recorded (``NAME.sha256``) only for a file that has loaded (:func:`record_hash`),
 so an interrupted copy never becomes the reference a complete copy is judged by, and a
-read-only cache is used as it is.
+read-only cache is used as it is. A record goes when its file goes (moved aside, or replaced by a
+download), so it never judges another copy.
 """
 
 from __future__ import annotations
@@ -121,12 +122,12 @@ def _download(
             return _verify_cached(dest, expected)
         part = folder / f"{filename}.part"
         _fetch_with_retries(url, part, filename, progress, html_page)
-        actual = sha256_of(part)
-        if expected is not None and actual != expected:
+        if expected is not None and (actual := sha256_of(part)) != expected:
             part.unlink()  # our own partial download, never a file someone put here
             raise DownloadError(
                 f"sha256 mismatch for {filename} from {url}: expected {expected}, got {actual}; the download was deleted"
             )
+        _sha_path(dest).unlink(missing_ok=True)  # a record left by a file deleted by hand is not this file's
         os.replace(part, dest)
     return dest
 
@@ -160,16 +161,16 @@ def _verify_cached(dest: Path, expected: str | None) -> Path:
     actual = sha256_of(dest)
     if actual != reference:
         source = "expected" if expected else f"recorded in {_sha_path(dest).name} when it last loaded"
-        hint = "" if expected else f" (if you replaced it on purpose, delete {_sha_path(dest)} and move it back)"
         raise DownloadError(
-            f"sha256 mismatch for cached {dest}: {source} {reference}, got {actual}; {_move_aside(dest)}{hint}"
+            f"sha256 mismatch for cached {dest}: {source} {reference}, got {actual}; {_move_aside(dest, recorded=not expected)}"
         )
     return dest
 
 
-def _move_aside(dest: Path) -> str:
-    """Rename a rejected cache file to ``NAME.mismatch-<time>`` (never delete what someone put there);
-    says what happened, for the error message."""
+def _move_aside(dest: Path, recorded: bool) -> str:
+    """Rename a rejected cache file to ``NAME.mismatch-<time>`` (never delete what someone put there)
+    and drop its hash record, which describes the file that last loaded, not the next copy put there;
+    says what happened, for the error message (``recorded``: the record was what it failed)."""
     target = dest.with_name(f"{dest.name}.mismatch-{time.strftime('%Y%m%d-%H%M%S')}")
     n = 1
     while target.exists():
@@ -178,7 +179,9 @@ def _move_aside(dest: Path) -> str:
         os.rename(dest, target)
     except OSError as err:
         return f"it was left in place (it could not be moved aside: {err.strerror}); replace it with a good copy"
-    return f"it was moved aside to {target}; the next load downloads it again"
+    _sha_path(dest).unlink(missing_ok=True)
+    hint = " (if you replaced it on purpose, move it back)" if recorded else ""
+    return f"it was moved aside to {target}; the next load downloads it again{hint}"
 
 
 def record_hash(path: str | os.PathLike[str]) -> None:
