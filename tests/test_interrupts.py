@@ -100,6 +100,37 @@ def test_a_signal_mid_run_checkpoints_and_the_resume_is_bit_exact(data: Path, tm
     _assert_same_weights(tmp_path / "straight/checkpoints/best.pth", tmp_path / "resumed/checkpoints/best.pth")
 
 
+def test_a_stop_in_the_last_step_is_evaluated_once(data: Path, tmp_path: Path, monkeypatch) -> None:
+    """A signal in the last step puts off the final evaluation; the resumed run does it and saves
+    that it did (latest.pth: nothing pending, the new best), so a second resume neither evaluates
+    again nor logs a second val record of that iteration."""
+    cfg = tiny_config(data, "schedule.iters=4", "train.eval_interval=4", "train.ckpt_interval=4")
+    work = tmp_path / "work"
+    step = _Trainer._step
+
+    def signalled_in_the_last_step(self: _Trainer, batches, it: int):  # type: ignore[no-untyped-def]
+        if it == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, batches, it)
+
+    monkeypatch.setattr(_Trainer, "_step", signalled_in_the_last_step)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(cfg, work, progress=False)
+    monkeypatch.setattr(_Trainer, "_step", step)
+    assert info.value.iteration == 4 and load_training_checkpoint(info.value.checkpoint)["eval_pending"]
+    assert [r["type"] for r in _records(work)] == ["train"] * 4
+
+    resumed = train(cfg, work, resume=True, progress=False)
+    assert resumed["best"]["iteration"] == 4
+    state = load_training_checkpoint(work / "checkpoints" / "latest.pth")
+    assert state["iteration"] == 4 and not state["eval_pending"] and state["best"] == resumed["best"]
+    records = _records(work)
+    assert [r["type"] + str(r["iter"]) for r in records] == ["train1", "train2", "train3", "train4", "val4"]
+
+    again = train(cfg, work, resume=True, progress=False)  # nothing left to do
+    assert _records(work) == records and again["best"] == resumed["best"]
+
+
 _HOLD_SIGNALS = """
 import sys, time
 from semask.engine.signals import StopSignals

@@ -516,6 +516,7 @@ class _Trainer:
         self.model.train()
         if self.eval_pending and self.val_set is not None:  # the evaluation a signal put off
             self._evaluate(start, writer)
+            self._save(start)  # replaces the stop's checkpoint: without it, each resume would evaluate again
         it = start
         with StopSignals(announce=info.is_main) as stop, contextlib.closing(batches):  # closing: workers end
             while it < total:
