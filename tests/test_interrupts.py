@@ -247,7 +247,8 @@ def test_a_lock_nobody_holds_is_taken_over(tmp_path: Path, caplog) -> None:
     # a file naming a live process (its id reused) on another host, held by nobody: taken over too
     (folder / "x.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "yesterday"}))
     with FolderLock(folder, "x.lock", "semask predict", "--out"):
-        pass
+        assert json.loads((folder / "x.lock").read_text())["pid"] == os.getpid()
+    assert "taking over the lock of process 1 on elsewhere started yesterday" in caplog.text
 
 
 # ----------------------------------------------------------------------------- torchrun
