@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .distributed import DistInfo, broadcast_object
+
 logger = logging.getLogger(__name__)
 
 
@@ -110,6 +112,26 @@ class FolderLock:
             pass
         os.close(self._fd)
         self._fd = -1
+
+
+def lock_for_ranks(
+    folder: str | os.PathLike[str], name: str, what: str, option: str, info: DistInfo | None = None
+) -> FolderLock | None:
+    """Rank 0 takes ``folder``'s lock (:class:`FolderLock`) for all the ranks of its run (``info``;
+    None: one process) and, when it cannot, every rank raises the same :class:`FolderLockedError`,
+    so none of them touches the folder. Returns the lock on rank 0 (the caller releases it), None on
+    the others."""
+    lock, refusal = None, None
+    if info is None or info.is_main:
+        try:
+            lock = FolderLock(folder, name, what, option)
+        except FolderLockedError as exc:
+            refusal = str(exc)
+    if info is not None:
+        refusal = broadcast_object(refusal, info)
+    if refusal is not None:
+        raise FolderLockedError(refusal)
+    return lock
 
 
 def _read_holder(fd: int) -> dict[str, Any]:

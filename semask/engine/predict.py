@@ -260,31 +260,13 @@ LOCK_NAME = ".semask-predict.lock"
 
 @contextlib.contextmanager
 def output_lock(out_dir: Path, info: DistInfo | None = None) -> Iterator[None]:
-    """Hold ``out_dir/.semask-predict.lock`` while predicting into it (:class:`.lock.FolderLock`).
+    """Hold ``out_dir/.semask-predict.lock`` while predicting into it, for all ranks under ``torchrun``
+    (:func:`.lock.lock_for_ranks`): another live predict there is refused with a message naming it; a
+    lock nobody holds any more (kill -9, a host that went down) is taken over."""
+    from .lock import lock_for_ranks
 
-    Under ``torchrun`` (``info``) rank 0 takes it for all the ranks of its run, and every rank
-    stops if it cannot. Another live predict there is refused with a message naming it; a lock
-    nobody holds any more (kill -9, a host that went down) is taken over.
-    """
-    from .lock import FolderLock, FolderLockedError
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    main = info is None or info.is_main
-    lock, refusal = None, None
-    if main:
-        try:
-            lock = FolderLock(out_dir, LOCK_NAME, "semask predict", "--out")
-        except FolderLockedError as exc:
-            refusal = str(exc)
-    if info is not None and info.distributed:
-        refusal = broadcast_object(refusal, info)  # the other ranks stop with rank 0
-    if refusal is not None:
-        raise FolderLockedError(refusal)
-    try:
+    with lock_for_ranks(out_dir, LOCK_NAME, "semask predict", "--out", info) or contextlib.nullcontext():
         yield
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def image_error(source: Any, image: np.ndarray, exc: BaseException) -> str:

@@ -53,7 +53,6 @@ from .distributed import (
     all_reduce_mean,
     barrier,
     broadcast_buffers,
-    broadcast_object,
     cleanup_distributed,
     init_distributed,
     prepare_model,
@@ -61,7 +60,7 @@ from .distributed import (
 )
 from .evaluate import evaluate, to_jsonable
 from .health import SemanticHealthMonitor, lambdas_learnable, semantic_lambdas
-from .lock import FolderLock, FolderLockedError
+from .lock import FolderLock, lock_for_ranks
 from .signals import StopSignals, ignore_stop_signals, worker_pool
 
 logger = logging.getLogger("semask.train")
@@ -273,7 +272,9 @@ def train(
     info = init_distributed(cfg.train.device, timedelta(seconds=cfg.train.dist_timeout))
     lock = handler = None
     try:
-        lock = _lock_work_dir(work_dir, info)  # before anything reads, cleans or truncates the folder
+        # before anything reads, cleans or truncates the folder: a second train or resume there (say, beside
+        # workers a killed launcher left running) would truncate and interleave its logs and clean up its temporaries
+        lock = lock_for_ranks(work_dir, WORK_DIR_LOCK, "semask train", "--work-dir", info)
         if used and not resume and not overwrite:
             raise FileExistsError(
                 f"{work_dir} already holds a training run; pass --resume to continue it, choose a new --work-dir, "
@@ -311,22 +312,6 @@ def train(
 
 
 WORK_DIR_LOCK = ".semask-train.lock"
-
-
-def _lock_work_dir(work_dir: Path, info: DistInfo) -> FolderLock | None:
-    """Rank 0 holds ``work_dir``'s lock for the run's lifetime (a second train or resume there, e.g.
-    next to workers a killed launcher left running, would truncate and interleave its logs and clean
-    up its temporary files); every rank raises the same refusal."""
-    lock, refusal = None, None
-    if info.is_main:
-        try:
-            lock = FolderLock(work_dir, WORK_DIR_LOCK, "semask train", "--work-dir")
-        except FolderLockedError as exc:
-            refusal = str(exc)
-    refusal = broadcast_object(refusal, info)
-    if refusal is not None:
-        raise FolderLockedError(refusal)
-    return lock
 
 
 class TrainingInterrupted(Exception):
