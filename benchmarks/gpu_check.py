@@ -22,7 +22,9 @@ PREFIX`` reruns some):
   in DDP as ``semask.engine.distributed.prepare_model`` does for several GPUs (it leaves one process
   unwrapped), one step against the plain model. With one rank SyncBN falls back to BatchNorm, so
   ``syncbn_kernels`` also runs torch's SyncBN autograd function on the 1-rank group (the CUDA
-  statistics, all-gather and backward kernels) against ``F.batch_norm``.
+  statistics, all-gather and backward kernels) against ``F.batch_norm``. The trainer's per-step
+  stop agreement (``agree_stop``) on the gloo group ``gloo_group`` makes beside NCCL: it must agree
+  while a GPU kernel still runs (no CUDA sync).
 * ``train/<family>/<precision>``: the trainer itself (``semask.engine.trainer.train``) on synthetic
   scenes for SeMask Swin-T FPN, SeMask MiT-B2 and SeMask Swin-T Mask2Former, in fp32, fp16 (GradScaler
   with clipping through ``unscale_``) and bf16, each with its evaluation and checkpoint; the first
@@ -426,12 +428,33 @@ def check_ddp(plan: Plan) -> dict[str, Any]:
             "tolerance_grad": TOLERANCES["fp32_grad"],
         }
         ok = {"loss": result["loss_rel"] <= TOLERANCES["fp32"], "grads": result["grad_rel"] <= TOLERANCES["fp32_grad"]}
+        ok["stop agreement over gloo, no CUDA sync"] = _agree_stop_on_the_side(plan, backend, result)
         if plan.device.type == "cuda":
             ok["SyncBN"] = synced > 0
         result["status"] = verdict(ok)
         return result
     finally:
         dist.destroy_process_group()
+
+
+def _agree_stop_on_the_side(plan: Plan, backend: str, result: dict[str, Any]) -> bool:
+    """``agree_stop`` over the group ``init_distributed`` makes (a gloo side group beside NCCL,
+    the default group under gloo), called while a GPU kernel of about 0.2 s is still running."""
+    import torch.distributed as dist
+
+    from semask.engine.distributed import DistInfo, agree_stop, gloo_group
+
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=plan.device, cpu_group=gloo_group())
+    if plan.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda._sleep(300_000_000)  # spins on the GPU; a CUDA sync would wait for it
+    agreed = [agree_stop(15, info), agree_stop(0, info)]
+    busy = plan.device.type == "cuda" and not torch.cuda.current_stream().query()
+    result["stop_group"] = {"backend": dist.get_backend(info.cpu_group), "side": info.cpu_group is not dist.group.WORLD}
+    result["stop_agreed"] = agreed
+    result["stop_while_gpu_busy"] = busy
+    side = result["stop_group"] == {"backend": "gloo", "side": backend != "gloo"}
+    return agreed == [15, 0] and side and (busy or plan.device.type != "cuda")
 
 
 def check_syncbn_kernels(plan: Plan) -> dict[str, Any]:

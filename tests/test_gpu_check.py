@@ -40,6 +40,7 @@ def test_gpu_check_cpu_dry_run_passes_every_check(tmp_path: Path) -> None:
     assert set(statuses.values()) == {"pass"}, statuses
     checks = report["checks"]
     assert checks["banded_ce"]["grad_rel"] < 1e-4 and checks["ddp"]["backend"] == "gloo"
+    assert checks["ddp"]["stop_group"] == {"backend": "gloo", "side": False} and checks["ddp"]["stop_agreed"] == [15, 0]
     assert checks["train/fpn/fp32/ckpt"]["loss_1_vs_no_ckpt_rel"] < 1e-3
     assert checks["mfu/semask_swin_t_fpn"]["mfu"] > 0 and checks["mfu/semask_swin_t_fpn"]["images_per_s"] > 0
     markdown = (tmp_path / "gpu_check_cpu_dry_run.md").read_text()

@@ -24,6 +24,7 @@ from semask.cli import main
 from semask.config import dump_config
 from semask.data import make_context_dataset
 from semask.engine.checkpoint import load_training_checkpoint
+from semask.engine.distributed import agree_stop, init_distributed
 from semask.engine.lock import FolderLock, FolderLockedError
 from semask.engine.trainer import WORK_DIR_LOCK, TrainingInterrupted, _Trainer, train
 
@@ -298,6 +299,71 @@ def test_torchrun_ranks_stop_together_when_one_gets_sigterm(data: Path, tmp_path
     assert result.returncode == 0, result.stderr[-4000:]
     digests = json.loads((work / "summary.json").read_text())["parameter_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
+
+
+_AGREE = """
+import json, os, signal, sys
+from datetime import timedelta
+import torch
+import torch.distributed as dist
+from semask.engine.distributed import agree_stop, all_reduce_mean, cleanup_distributed, init_distributed
+
+rank, got = int(os.environ["RANK"]), {}
+for backend, port in zip(("gloo", "cpu:gloo,cuda:gloo"), sys.argv[1:]):
+    os.environ["MASTER_PORT"] = port
+    if backend != "gloo":  # a default group that is not plain gloo, as NCCL's: a gloo side group is made
+        dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=60))
+    info = init_distributed("cpu", timedelta(seconds=60))
+    mean = all_reduce_mean(torch.tensor([float(rank)]), info)  # the default group, between the agreements
+    got[backend] = {
+        "world": info.cpu_group is dist.group.WORLD,
+        "backend": dist.get_backend(info.cpu_group),
+        "mean": mean.item(),
+        "agreed": [agree_stop(signal.SIGTERM if rank == 1 else 0, info), agree_stop(0, info)],
+    }
+    cleanup_distributed()
+print(json.dumps(got), flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_ranks_agree_to_stop_over_a_gloo_group(monkeypatch) -> None:
+    """agree_stop runs every step, so it reduces a CPU tensor over a gloo group: the default group
+    when that is gloo, else a gloo side group made at start-up (NCCL runs: no CUDA sync per step).
+    One process has no group and needs none."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    one = init_distributed("cpu")
+    assert one.cpu_group is None and agree_stop(signal.SIGUSR1, one) == signal.SIGUSR1
+    assert not torch.distributed.is_initialized()
+
+    ports = [str(_free_port()), str(_free_port())]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _AGREE, *ports],
+            env={**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out) for out, _ in outs]
+    assert results[0] == results[1]  # every rank the same
+    agreed = [signal.SIGTERM, 0]  # rank 1's signal stops rank 0 too; the next step nobody stops
+    assert results[0]["gloo"] == {"world": True, "backend": "gloo", "mean": 0.5, "agreed": agreed}
+    assert results[0]["cpu:gloo,cuda:gloo"] == {"world": False, "backend": "gloo", "mean": 0.5, "agreed": agreed}
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +26,9 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    # the gloo group of small CPU-side collectives (agree_stop): the default group when that is gloo,
+    # else a gloo group of the same processes (an NCCL all-reduce would sync CPU and GPU every step); None: one process
+    cpu_group: Any = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -70,11 +73,23 @@ def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> 
         torch_device = torch.device("cpu")
     else:
         raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if torch_device.type == "cuda" else "gloo", init_method="env://", timeout=timeout
-        )
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)
+    cpu_group = None
+    if world_size > 1:
+        if not dist.is_initialized():
+            dist.init_process_group(
+                backend="nccl" if torch_device.type == "cuda" else "gloo", init_method="env://", timeout=timeout
+            )
+        cpu_group = gloo_group(timeout)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device, cpu_group=cpu_group)
+
+
+def gloo_group(timeout: timedelta | None = None) -> Any:
+    """A gloo group of every process of the default group: that group itself when its backend is
+    gloo, else a new one (a collective: every process calls this, once, at start-up), as
+    detectron2/utils/comm.py's ``_get_global_gloo_group`` does for its CPU-side gathers."""
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    return dist.new_group(backend="gloo", timeout=timeout)
 
 
 def cleanup_distributed() -> None:
@@ -138,11 +153,12 @@ def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 def agree_stop(signum: int, info: DistInfo) -> int:
     """The stop signal any rank has received (0: none), the same on every rank, so that all stop
-    at the same step whichever of them got the signal."""
-    if not info.distributed:
+    at the same step whichever of them got the signal. Runs every step, so over ``info.cpu_group``:
+    a CPU tensor, no CUDA sync."""
+    if info.cpu_group is None:
         return signum
-    flag = torch.tensor([signum], dtype=torch.int64, device=_comm_device(info))
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    flag = torch.tensor([signum], dtype=torch.int64)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=info.cpu_group)
     return int(flag.item())
 
 
