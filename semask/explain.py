@@ -285,10 +285,10 @@ def explain(
     the scale of the model's test protocol; one whole-image pass, whatever the protocol's mode). Raises
     :class:`NoSemanticLayersError` for models without semantic layers (the baselines).
     """
-    from .data.palettes import default_palette
     from .data.pipelines import pipeline_for
     from .data.transforms import normalize
     from .engine.inference import _model_device
+    from .models.palettes import default_palette
 
     layers = semantic_layers(model)
     label = _model_label(model)

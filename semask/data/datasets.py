@@ -35,7 +35,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .palettes import (
+from ..models.palettes import (
     ADE20K_CLASSES,
     ADE20K_PALETTE,
     CITYSCAPES_CLASSES,

@@ -356,9 +356,9 @@ def predict_folder(
     from tqdm import tqdm
 
     from ..data.datasets import DataError
-    from ..data.palettes import default_palette
     from ..data.visualize import colorize, overlay, save_label_png, save_png
     from ..models.io import atomic_write
+    from ..models.palettes import default_palette
     from .checkpoint import remove_stale_temporaries
     from .inference import check_protocol
 

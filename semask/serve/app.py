@@ -158,8 +158,8 @@ class ModelService:
         name: str = "model",
         amp_dtype: torch.dtype | None = None,
     ) -> None:
-        from ..data.palettes import default_palette
         from ..engine.health import semantic_layers
+        from ..models.palettes import default_palette
 
         self.model = model.eval()
         config = model.config  # type: ignore[union-attr]
