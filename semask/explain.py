@@ -288,7 +288,6 @@ def explain(
     from .data.pipelines import pipeline_for
     from .data.transforms import normalize
     from .engine.inference import _model_device
-    from .models.palettes import default_palette
 
     layers = semantic_layers(model)
     label = _model_label(model)
@@ -347,9 +346,8 @@ def explain(
     semantic_confidence, semantic = semantic_logits.softmax(dim=1).max(dim=1)
     disagreement = (semantic != prediction).float() * semantic_confidence * confidence
 
-    num_classes = config.num_classes
-    names = list(config.class_names or [f"class {i}" for i in range(num_classes)])
-    palette = [list(map(int, c)) for c in (config.palette or default_palette(num_classes))]
+    names = config.names()
+    palette = config.colours()
     prediction_np = prediction[0].cpu().numpy().astype(np.int64)
     chosen = _resolve_classes(classes, names, prediction_np, top_k)
     stages = sorted(caught)

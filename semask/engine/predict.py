@@ -196,7 +196,7 @@ def predict(
     many = isinstance(image, (list, tuple))
     if return_probabilities and not many:
         raise ValueError("return_probabilities needs a list of images (it returns Prediction objects)")
-    names = list(config.class_names or [str(k) for k in range(config.num_classes)])
+    names = config.names()
     results = []
     with eval_mode(model):
         for item in image if many else [image]:
@@ -358,7 +358,6 @@ def predict_folder(
     from ..data.datasets import DataError
     from ..data.visualize import colorize, overlay, save_label_png, save_png
     from ..models.io import atomic_write
-    from ..models.palettes import default_palette
     from .checkpoint import remove_stale_temporaries
     from .inference import check_protocol
 
@@ -366,7 +365,7 @@ def predict_folder(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     check_protocol(**options)  # once: an error in the loop is then about its image
     config = model.config  # type: ignore[union-attr]
-    palette = config.palette or default_palette(config.num_classes)
+    palette = config.colours()
     out_dir = Path(out_dir)
     extra_outputs = dict(extra_outputs or {})
     images = sorted(set(collect_images(inputs)))  # every rank shards the same list

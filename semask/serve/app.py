@@ -159,7 +159,6 @@ class ModelService:
         amp_dtype: torch.dtype | None = None,
     ) -> None:
         from ..engine.health import semantic_layers
-        from ..models.palettes import default_palette
 
         self.model = model.eval()
         config = model.config  # type: ignore[union-attr]
@@ -168,8 +167,8 @@ class ModelService:
         self.max_side = max_side
         self.max_upload_bytes = max_upload_bytes
         self.name = name
-        self.class_names = list(config.class_names or [f"class {i}" for i in range(config.num_classes)])
-        self.palette = [list(map(int, c)) for c in (config.palette or default_palette(config.num_classes))]
+        self.class_names = config.names()
+        self.palette = config.colours()
         self.has_priors = bool(semantic_layers(model))
         self.amp_dtype = amp_dtype  # autocast on the model's device (None: float32)
         self.lock = threading.Lock()
