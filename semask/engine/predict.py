@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from ..config import EvalConfig, ExperimentConfig
-from ..data.datasets import IMAGE_SUFFIXES  # one list for training folders, eval and predict
+from ..data.datasets import IMAGE_SUFFIXES, warn_left_out  # one list for training folders, eval and predict
 from .distributed import DistInfo, all_gather_objects, broadcast_object
 
 logger = logging.getLogger(__name__)
@@ -229,15 +229,7 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 if p.suffix.lower() not in IMAGE_SUFFIXES
                 and not any(s.startswith(".") for s in p.relative_to(path).parts)
             ]
-            if others:
-                shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
-                logger.warning(
-                    "%s: %d file(s) are not image types semask reads (%s) and are left out: %s",
-                    path,
-                    len(others),
-                    " ".join(IMAGE_SUFFIXES),
-                    shown,
-                )
+            warn_left_out(path, others, f"image types semask reads ({' '.join(IMAGE_SUFFIXES)})")
             found.extend(files)
         elif path.is_file():
             found.append(path)
