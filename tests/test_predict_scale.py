@@ -195,3 +195,24 @@ def test_extra_outputs_are_part_of_a_complete_image(model_dir: Path, tmp_path: P
     before = _stamps(out)
     predict_folder(model, [images], out, **options)  # no extra kinds: another run, every image again
     assert all(before[k] != v for k, v in _stamps(out).items())
+
+
+@pytest.mark.parametrize(
+    "setting, message", [({"window_batch": 0}, "window_batch must be >= 1"), ({"sizes": [32]}, "sizes needs")]
+)
+def test_a_bad_setting_is_one_error_before_any_image(model_dir: Path, tmp_path: Path, setting, message) -> None:
+    """Review finding 1: a setting that fits no image was reported as a failure of every image,
+    after each image's completion record had been deleted."""
+    from semask.engine.predict import UnreadableImagesError
+
+    model = semask.load(model_dir)
+    images, out = _images(tmp_path / "in", 2), tmp_path / "out"
+    predict_folder(model, [images], out, progress=False, scale=None)
+    records = {p.name: p.read_bytes() for p in (out / DONE_DIR).iterdir()}
+    before = _stamps(out)
+    for skip_existing in (False, True):
+        with pytest.raises(ValueError, match=message) as info:
+            predict_folder(model, [images], out, progress=False, scale=None, skip_existing=skip_existing, **setting)
+        assert not isinstance(info.value, UnreadableImagesError)
+        assert {p.name: p.read_bytes() for p in (out / DONE_DIR).iterdir()} == records and len(records) == 2
+        assert _stamps(out) == before

@@ -73,7 +73,7 @@ def evaluate(
     listed in ``skipped``, one line naming it and why; the metrics are those of the others.
     """
     from ..data.visualize import save_label_png
-    from .inference import check_protocol, eval_mode, predict_image
+    from .inference import eval_mode, predict_image
     from .metrics import IoUAccumulator, format_table
     from .predict import image_error
 
@@ -81,7 +81,6 @@ def evaluate(
     config = model.config  # type: ignore[union-attr]
     if config.num_classes != dataset.num_classes:
         raise ValueError(f"the model predicts {config.num_classes} classes but the dataset has {dataset.num_classes}")
-    check_protocol(**eval_cfg.predict_options())
     is_main = info is None or info.is_main
     indices = list(range(len(dataset))) if info is None else shard_range(len(dataset), info)
     loader = DataLoader(

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import EvalConfig
 from ..data.pipelines import pipeline_for
 from ..data.transforms import as_pair, normalize
 from ..models.base import SeMaskModel
@@ -92,8 +93,6 @@ def _window_logits(
     (:func:`slide_windows` shifts border windows back), so they stack."""
     if window_batch is None:
         window_batch = auto_window_batch(x, num_classes, windows)
-    if window_batch < 1:
-        raise ValueError(f"window_batch must be >= 1 (or None: sized to memory), got {window_batch}")
     b = x.shape[0]
     for start in range(0, len(windows), window_batch):
         group = windows[start : start + window_batch]
@@ -201,28 +200,6 @@ def _average_probabilities(
     return total / n
 
 
-def _check_call(model: Model, mode: str, crop_size: Any, stride: Any, scales: Sequence[float]) -> None:
-    if isinstance(model, nn.Module) and model.training:
-        raise ValueError("the model is in training mode (dropout, batch-norm updates); call model.eval() first")
-    check_protocol(mode, crop_size, stride, scales)
-
-
-def check_protocol(
-    mode: str = "whole", crop_size: Any = None, stride: Any = None, scales: Sequence[float] = (1.0,), **_: Any
-) -> None:
-    """Refuse test-protocol settings that fit no image, once before a loop over images (whose
-    per-image errors are then about the image: its size, its memory)."""
-    if mode not in ("whole", "slide"):
-        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-    if mode == "slide":
-        if crop_size is None or stride is None:
-            raise ValueError(f"slide mode needs crop_size and stride, got crop_size={crop_size}, stride={stride}")
-        as_pair(crop_size, "crop_size")
-        as_pair(stride, "stride")
-    if len(scales) == 0 or min(scales) <= 0:
-        raise ValueError(f"scales must be a non-empty sequence of positive ratios, got {list(scales)}")
-
-
 def _model_device(model: Model) -> torch.device:
     if isinstance(model, nn.Module):
         for tensor in model.parameters():
@@ -263,7 +240,19 @@ def predict_image(
     ``window_batch``: sliding windows per forward pass (``None``: :func:`auto_window_batch`);
     the result is that of one window at a time wherever the model is batch-invariant.
     """
-    _check_call(model, mode, crop_size, stride, scales)
+    if isinstance(model, nn.Module) and model.training:
+        raise ValueError("the model is in training mode (dropout, batch-norm updates); call model.eval() first")
+    EvalConfig(  # the settings' checks (one place for them)
+        mode=mode,
+        crop_size=crop_size,  # type: ignore[arg-type]
+        stride=stride,  # type: ignore[arg-type]
+        scale=scale,
+        scales=list(scales),
+        flip=flip,
+        sizes=None if sizes is None else list(sizes),
+        max_size=max_size,
+        window_batch=window_batch,
+    )
     image = np.asarray(image_rgb_uint8)
     bands = len(mean)  # 3 for RGB models; in_channels for multi-band ones (uint16/float32 allowed)
     if bands == 3 and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3):
@@ -275,8 +264,6 @@ def predict_image(
         )
     device = _model_device(model)
     if sizes is not None:
-        if not sizes or max_size is None:
-            raise ValueError(f"sizes needs at least one size and a max_size, got {sizes}, {max_size}")
         scales = tuple(sizes)
     pipeline = pipeline_for(getattr(model, "config", None))  # the family's test resize
     resized = pipeline.test_views(image, scale, ratios=scales, sizes=sizes, max_size=max_size)

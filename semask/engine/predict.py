@@ -327,8 +327,9 @@ def predict_folder(
     ``labels/NAME.png`` (class ids, 8-bit), ``color/NAME.png`` (palette colours) and
     ``overlay/NAME.png`` (colours blended over the image with opacity ``alpha``), plus, for each
     ``extra_outputs`` entry KIND, what its writer puts into ``KIND/``. ``options`` go to
-    :func:`predict` (scale, mode, crop_size, stride, scales, flip, window_batch). Returns, in
-    sorted input order, the files of every image whose outputs are complete at the end.
+    :func:`predict` (scale, mode, crop_size, stride, scales, flip, window_batch); a setting that
+    fits no image is refused before any. Returns, in sorted input order, the files of every
+    image whose outputs are complete at the end.
 
     Each file is written atomically (temporary file + rename), so an interrupted or concurrent
     run never leaves a truncated PNG. After an image's files, ``.semask-predict/NAME.json``
@@ -351,11 +352,10 @@ def predict_folder(
     from ..data.visualize import colorize, overlay, save_label_png, save_png
     from ..models.io import atomic_write
     from .checkpoint import remove_stale_temporaries
-    from .inference import check_protocol
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    check_protocol(**options)  # once: an error in the loop is then about its image
+    options = model_protocol(model, **options).predict_options()  # checked once, before any image
     config = model.config  # type: ignore[union-attr]
     palette = config.colours()
     out_dir = Path(out_dir)
