@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from .data.visualize import save_png
 from .engine.health import semantic_lambdas, semantic_layers
-from .engine.predict import FROM_MODEL, image_error, load_rgb, model_protocol
+from .engine.inference import UnsegmentableImageError, image_error, out_of_memory_is_unsegmentable
+from .engine.predict import FROM_MODEL, load_rgb, model_protocol
 from .models.io import atomic_write
 
 __all__ = ["Explanation", "NoSemanticLayersError", "explain", "prior_heatmaps"]
@@ -324,10 +325,11 @@ def explain(
 
     handles = [layer.register_forward_hook(hook_for(stage)) for stage, layer in layers]
     try:
-        out = model(x, output_semantic_logits=True)
-    except ValueError as exc:  # e.g. a 10x20000 strip too thin for the encoder: say which image
+        with out_of_memory_is_unsegmentable():
+            out = model(x, output_semantic_logits=True)
+    except UnsegmentableImageError as exc:  # e.g. a 10x20000 strip too thin for the encoder: say which image
         source = image if isinstance(image, (str, os.PathLike)) else "the image"
-        raise ValueError(image_error(source, rgb, exc)) from exc
+        raise UnsegmentableImageError(image_error(source, rgb, exc)) from exc
     finally:
         for handle in handles:
             handle.remove()

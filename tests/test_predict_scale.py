@@ -216,3 +216,38 @@ def test_a_bad_setting_is_one_error_before_any_image(model_dir: Path, tmp_path: 
         assert not isinstance(info.value, UnreadableImagesError)
         assert {p.name: p.read_bytes() for p in (out / DONE_DIR).iterdir()} == records and len(records) == 2
         assert _stamps(out) == before
+
+
+def test_out_of_memory_skips_the_image_and_a_model_error_stops_the_run(
+    model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Review finding 5: only an image the model cannot segment (too small for its encoder, out of
+    memory) is skipped; any other error (here a bug in the model) stops the run at once."""
+    from semask.engine.predict import UnreadableImagesError
+
+    model = semask.load(model_dir)
+    images, out = _images(tmp_path / "in", 3), tmp_path / "out"  # img01 is 48x48
+    real = model.forward
+    error: list[BaseException] = [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")]
+
+    def forward(x, *args, **kwargs):
+        if tuple(x.shape[-2:]) == (48, 48):
+            raise error[0]
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    with pytest.raises(UnreadableImagesError) as info:
+        predict_folder(model, [images], out, progress=False, scale=None)
+    assert [(p.name, reason) for p, reason in info.value.failed] == [
+        (
+            "img01.png",
+            f"cannot segment {images / 'img01.png'} (48x48 pixels): out of memory: CUDA out of memory. "
+            "Tried to allocate 2.00 GiB",
+        )
+    ]
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["img00.png", "img02.png"]
+    error[0] = ValueError("a bug in the model")
+    with pytest.raises(ValueError, match="a bug in the model") as info:
+        predict_folder(model, [images], tmp_path / "out2", progress=False, scale=None)
+    assert not isinstance(info.value, UnreadableImagesError)
+    assert sorted(p.name for p in (tmp_path / "out2" / "labels").iterdir()) == ["img00.png"]  # stopped at once

@@ -73,9 +73,8 @@ def evaluate(
     listed in ``skipped``, one line naming it and why; the metrics are those of the others.
     """
     from ..data.visualize import save_label_png
-    from .inference import eval_mode, predict_image
+    from .inference import UnsegmentableImageError, eval_mode, image_error, predict_image
     from .metrics import IoUAccumulator, format_table
-    from .predict import image_error
 
     eval_cfg = EvalConfig() if eval_cfg is None else eval_cfg
     config = model.config  # type: ignore[union-attr]
@@ -108,7 +107,7 @@ def evaluate(
                     num_classes=config.num_classes,
                     **eval_cfg.predict_options(),
                 )
-            except (ValueError, torch.OutOfMemoryError) as exc:  # this image (e.g. a 10x20000 strip), not the run
+            except UnsegmentableImageError as exc:  # this image (e.g. a 10x20000 strip), not the run
                 skipped.append(image_error(dataset.samples[int(index)][0], image.numpy(), exc))
                 continue
             accumulator.update(pred, label.numpy())

@@ -41,6 +41,7 @@ from ..config import EvalConfig
 from ..data.pipelines import pipeline_for
 from ..data.transforms import as_pair, normalize
 from ..models.base import SeMaskModel
+from ..models.outputs import UnsegmentableImageError
 
 Model = Callable[[Tensor], Any]
 Mode = Literal["whole", "slide"]
@@ -200,6 +201,22 @@ def _average_probabilities(
     return total / n
 
 
+def image_error(source: Any, image: np.ndarray, exc: UnsegmentableImageError) -> str:
+    """One line for an image the model could not segment, naming it, its size and why."""
+    h, w = image.shape[:2]
+    return f"cannot segment {source} ({w}x{h} pixels): {exc}"
+
+
+@contextlib.contextmanager
+def out_of_memory_is_unsegmentable() -> Iterator[None]:
+    """Raise running out of device memory on one image as :class:`UnsegmentableImageError` (a
+    smaller image may still fit), so that callers skip that image and nothing else."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise UnsegmentableImageError(f"out of memory: {exc}") from exc
+
+
 def _model_device(model: Model) -> torch.device:
     if isinstance(model, nn.Module):
         for tensor in model.parameters():
@@ -239,6 +256,8 @@ def predict_image(
     again as detectron2's ``DatasetMapperTTA`` does; other families fit the original image).
     ``window_batch``: sliding windows per forward pass (``None``: :func:`auto_window_batch`);
     the result is that of one window at a time wherever the model is batch-invariant.
+    :class:`UnsegmentableImageError`: this image cannot be segmented (too small for the encoder,
+    out of memory); any other error is about the call or the model.
     """
     if isinstance(model, nn.Module) and model.training:
         raise ValueError("the model is in training mode (dropout, batch-norm updates); call model.eval() first")
@@ -269,15 +288,16 @@ def predict_image(
     resized = pipeline.test_views(image, scale, ratios=scales, sizes=sizes, max_size=max_size)
     inputs = (torch.from_numpy(normalize(x, mean, std))[None].to(device) for x in resized)
     size = (image.shape[0], image.shape[1])
-    if len(scales) == 1 and not flip and not return_probabilities:  # memory bounded (module docstring, "Memory")
-        x = next(iter(inputs))
-        if mode == "slide" and tuple(x.shape[-2:]) == size:
-            return _slide_argmax(model, x, crop_size, stride, num_classes, window_batch).cpu().numpy()
-        logits = _forward(model, x, mode, crop_size, stride, num_classes, window_batch)
-        return _resized_argmax(logits, size).cpu().numpy()
-    probs = _average_probabilities(model, inputs, flip, size, mode, crop_size, stride, num_classes, window_batch)
-    labels = probs.argmax(dim=1)[0].cpu().numpy()
-    return (labels, probs[0].float().cpu().numpy()) if return_probabilities else labels
+    with out_of_memory_is_unsegmentable():
+        if len(scales) == 1 and not flip and not return_probabilities:  # memory bounded (module docstring, "Memory")
+            x = next(iter(inputs))
+            if mode == "slide" and tuple(x.shape[-2:]) == size:
+                return _slide_argmax(model, x, crop_size, stride, num_classes, window_batch).cpu().numpy()
+            logits = _forward(model, x, mode, crop_size, stride, num_classes, window_batch)
+            return _resized_argmax(logits, size).cpu().numpy()
+        probs = _average_probabilities(model, inputs, flip, size, mode, crop_size, stride, num_classes, window_batch)
+        labels = probs.argmax(dim=1)[0].cpu().numpy()
+        return (labels, probs[0].float().cpu().numpy()) if return_probabilities else labels
 
 
 #: Elements (float32) of one class chunk in :func:`_resized_argmax`: 2**25 = 128 MiB.

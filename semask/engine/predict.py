@@ -279,12 +279,6 @@ def output_lock(out_dir: Path, info: DistInfo | None = None) -> Iterator[None]:
             lock.release()
 
 
-def image_error(source: Any, image: np.ndarray, exc: BaseException) -> str:
-    """One line for an image the model could not segment, naming it and its size."""
-    h, w = image.shape[:2]
-    return f"cannot segment {source} ({w}x{h} pixels): {type(exc).__name__}: {exc}"
-
-
 class UnreadableImagesError(ValueError):
     """Some inputs of :func:`predict_folder` could not be read or segmented; the others were written.
 
@@ -338,7 +332,8 @@ def predict_folder(
     alpha, output kinds, autocast dtype; the input file's size and modification time) and whose
     files all exist is not predicted again, so a killed run continues where it stopped. An image
     that cannot be read, or that the model cannot segment (e.g. a 10x20000 strip too thin for its
-    encoder, or one that runs out of memory), is skipped and the others are predicted; at the end
+    encoder, or one that runs out of memory: :class:`~semask.models.UnsegmentableImageError`), is
+    skipped and the others are predicted; at the end
     an :class:`UnreadableImagesError` lists the skipped ones (``strict=True``: the first such
     image stops the run at once).
 
@@ -352,6 +347,7 @@ def predict_folder(
     from ..data.visualize import colorize, overlay, save_label_png, save_png
     from ..models.io import atomic_write
     from .checkpoint import remove_stale_temporaries
+    from .inference import UnsegmentableImageError, image_error
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -386,7 +382,7 @@ def predict_folder(
                     image = load_input(path, getattr(config, "in_channels", 3))
                     with torch.inference_mode():
                         label = predict(model, image, **options)
-                except (ValueError, torch.OutOfMemoryError) as exc:  # this image: unreadable, or unsegmentable
+                except (DataError, UnsegmentableImageError) as exc:  # this image: unreadable, or unsegmentable
                     reason = str(exc) if image is None else image_error(path, image, exc)
                     if strict:
                         raise DataError(reason) from exc

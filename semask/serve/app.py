@@ -45,7 +45,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..engine.predict import FROM_MODEL, image_error
+from ..engine.inference import UnsegmentableImageError, image_error
+from ..engine.predict import FROM_MODEL
 from .page import PAGE
 
 logger = logging.getLogger("semask.serve")
@@ -315,7 +316,7 @@ class Handler(BaseHTTPRequestHandler):
                 rgb = decode_image(self._read_upload(), service.max_pixels, service.max_side)
                 try:
                     answer = service.run(rgb, priors=priors, top_k=max(1, min(top_k, 10)))
-                except (ValueError, torch.OutOfMemoryError) as exc:  # e.g. a strip too thin for the encoder
+                except UnsegmentableImageError as exc:  # e.g. a strip too thin for the encoder
                     raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, image_error("the upload", rgb, exc)) from None
         except RequestError as exc:
             self._discard_body()
