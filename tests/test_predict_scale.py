@@ -251,3 +251,25 @@ def test_out_of_memory_skips_the_image_and_a_model_error_stops_the_run(
         predict_folder(model, [images], tmp_path / "out2", progress=False, scale=None)
     assert not isinstance(info.value, UnreadableImagesError)
     assert sorted(p.name for p in (tmp_path / "out2" / "labels").iterdir()) == ["img00.png"]  # stopped at once
+
+
+def test_a_malformed_completion_record_counts_as_incomplete(model_dir: Path, tmp_path: Path) -> None:
+    """Review finding 4: a record without a valid ``files`` list crashed ``skip_existing``."""
+    model = semask.load(model_dir)
+    images, out = _images(tmp_path / "in", 4), tmp_path / "out"
+    predict_folder(model, [images], out, progress=False, scale=None)
+    changes = {
+        "img00": lambda r: r.pop("files"),
+        "img01": lambda r: r.update(files=7),
+        "img02": lambda r: r.update(files=[3]),
+    }
+    for stem, change in changes.items():
+        path = out / DONE_DIR / f"{stem}.json"
+        record = json.loads(path.read_text())
+        change(record)
+        path.write_text(json.dumps(record))
+    before = _stamps(out)
+    again = predict_folder(model, [images], out, progress=False, scale=None, skip_existing=True)
+    after = _stamps(out)
+    assert sorted({Path(k).stem for k in after if after[k] != before[k]}) == ["img00", "img01", "img02"]
+    assert len(again) == 4

@@ -476,9 +476,9 @@ def _complete(out_dir: Path, path: Path, key: str) -> bool:
     try:
         record = json.loads((out_dir / DONE_DIR / f"{path.stem}.json").read_text())
         same = record["key"] == key and {k: record[k] for k in ("image", "size", "mtime_ns")} == _source(path)
-    except (OSError, ValueError, KeyError, TypeError):
+        files = [out_dir / kind / f"{path.stem}.png" for kind in OUTPUT_KINDS] + [out_dir / f for f in record["files"]]
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable or malformed: not complete
         return False
-    files = [out_dir / kind / f"{path.stem}.png" for kind in OUTPUT_KINDS] + [out_dir / f for f in record["files"]]
     return same and all(f.is_file() for f in files)
 
 
