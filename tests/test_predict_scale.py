@@ -273,3 +273,12 @@ def test_a_malformed_completion_record_counts_as_incomplete(model_dir: Path, tmp
     after = _stamps(out)
     assert sorted({Path(k).stem for k in after if after[k] != before[k]}) == ["img00", "img01", "img02"]
     assert len(again) == 4
+
+
+def test_outputs_come_back_in_the_order_of_the_inputs(model_dir: Path, tmp_path: Path) -> None:
+    """Review finding 17: files named one by one keep their order (a folder's files are sorted)."""
+    model = semask.load(model_dir)
+    images = _images(tmp_path / "in", 3)
+    order = [images / "img02.png", images / "img00.png", images / "img01.png"]
+    written = predict_folder(model, order, tmp_path / "out", progress=False, scale=None)
+    assert [e["image"] for e in written] == order

@@ -322,8 +322,8 @@ def predict_folder(
     ``overlay/NAME.png`` (colours blended over the image with opacity ``alpha``), plus, for each
     ``extra_outputs`` entry KIND, what its writer puts into ``KIND/``. ``options`` go to
     :func:`predict` (scale, mode, crop_size, stride, scales, flip, window_batch); a setting that
-    fits no image is refused before any. Returns, in sorted input order, the files of every
-    image whose outputs are complete at the end.
+    fits no image is refused before any. Returns, in the order of :func:`collect_images`, the
+    files of every image whose outputs are complete at the end.
 
     Each file is written atomically (temporary file + rename), so an interrupted or concurrent
     run never leaves a truncated PNG. After an image's files, ``.semask-predict/NAME.json``
@@ -337,7 +337,7 @@ def predict_folder(
     an :class:`UnreadableImagesError` lists the skipped ones (``strict=True``: the first such
     image stops the run at once).
 
-    Under ``torchrun`` (``info``, world size > 1) the sorted input list (less the complete
+    Under ``torchrun`` (``info``, world size > 1) the input list (less the complete
     images) is split over the ranks, every ``world_size``-th image to each; each rank writes its
     own images and the returned list and errors cover all ranks.
     """
@@ -356,7 +356,7 @@ def predict_folder(
     palette = config.colours()
     out_dir = Path(out_dir)
     extra_outputs = dict(extra_outputs or {})
-    images = sorted(set(collect_images(inputs)))  # every rank shards the same list
+    images = collect_images(inputs)  # the same list on every rank: each takes its share of it
     folders = [*OUTPUT_KINDS, *extra_outputs, DONE_DIR]
     for sub in folders:
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -368,7 +368,7 @@ def predict_folder(
             for sub in folders:  # partial writes of a killed run
                 remove_stale_temporaries(out_dir / sub)
             done = {p for p in images if skip_existing and _complete(out_dir, p, key)}
-            plan = ([p for p in images if p not in done], sorted(done))
+            plan = ([p for p in images if p not in done], [p for p in images if p in done])
         todo, skipped = broadcast_object(plan, info) if info is not None else plan  # type: ignore[misc]
         written: list[dict[str, Path]] = []
         failed: list[tuple[Path, str]] = []
@@ -415,7 +415,8 @@ def predict_folder(
                 error = RuntimeError(f"rank {r} of the distributed predict stopped: {kind}: {message}")
         if error is not None:
             raise error
-    entries = sorted(written + [_entry(out_dir, p) for p in skipped], key=lambda e: e["image"])
+    done = {e["image"]: e for e in written + [_entry(out_dir, p) for p in skipped]}
+    entries = [done[p] for p in images if p in done]
     summary = f"{len(written)} predicted into {out_dir}"
     summary += f", {len(skipped)} skipped as complete from an earlier run" if skipped else ""
     if failed:
