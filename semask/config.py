@@ -329,6 +329,18 @@ class EvalConfig:
     window_batch: int | None = None
 
     def __post_init__(self) -> None:
+        """Every setting that fits no image is refused here, so a loop over images never meets one."""
+        from .data.transforms import as_pair
+
+        if self.mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {self.mode!r}")
+        if self.mode == "slide":
+            if self.crop_size is None or self.stride is None:
+                raise ValueError(
+                    f"slide mode needs crop_size and stride, got crop_size={self.crop_size}, stride={self.stride}"
+                )
+            as_pair(self.crop_size, "crop_size")
+            as_pair(self.stride, "stride")
         if self.window_batch is not None and self.window_batch < 1:
             raise ValueError(f"window_batch must be >= 1 (or null: sized to memory), got {self.window_batch}")
         if not self.scales or min(self.scales) <= 0:

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from .data.visualize import save_png
 from .engine.health import semantic_lambdas, semantic_layers
-from .engine.predict import FROM_MODEL, image_error, load_rgb, model_protocol
+from .engine.inference import UnsegmentableImageError, image_error, out_of_memory_is_unsegmentable
+from .engine.predict import FROM_MODEL, load_rgb, model_protocol
 from .models.io import atomic_write
 
 __all__ = ["Explanation", "NoSemanticLayersError", "explain", "prior_heatmaps"]
@@ -285,7 +286,6 @@ def explain(
     the scale of the model's test protocol; one whole-image pass, whatever the protocol's mode). Raises
     :class:`NoSemanticLayersError` for models without semantic layers (the baselines).
     """
-    from .data.palettes import default_palette
     from .data.pipelines import pipeline_for
     from .data.transforms import normalize
     from .engine.inference import _model_device
@@ -325,10 +325,11 @@ def explain(
 
     handles = [layer.register_forward_hook(hook_for(stage)) for stage, layer in layers]
     try:
-        out = model(x, output_semantic_logits=True)
-    except ValueError as exc:  # e.g. a 10x20000 strip too thin for the encoder: say which image
+        with out_of_memory_is_unsegmentable():
+            out = model(x, output_semantic_logits=True)
+    except UnsegmentableImageError as exc:  # e.g. a 10x20000 strip too thin for the encoder: say which image
         source = image if isinstance(image, (str, os.PathLike)) else "the image"
-        raise ValueError(image_error(source, rgb, exc)) from exc
+        raise UnsegmentableImageError(image_error(source, rgb, exc)) from exc
     finally:
         for handle in handles:
             handle.remove()
@@ -347,9 +348,8 @@ def explain(
     semantic_confidence, semantic = semantic_logits.softmax(dim=1).max(dim=1)
     disagreement = (semantic != prediction).float() * semantic_confidence * confidence
 
-    num_classes = config.num_classes
-    names = list(config.class_names or [f"class {i}" for i in range(num_classes)])
-    palette = [list(map(int, c)) for c in (config.palette or default_palette(num_classes))]
+    names = config.names()
+    palette = config.colours()
     prediction_np = prediction[0].cpu().numpy().astype(np.int64)
     chosen = _resolve_classes(classes, names, prediction_np, top_k)
     stages = sorted(caught)

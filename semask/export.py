@@ -38,7 +38,6 @@ from torch import Tensor, nn
 from .data.pipelines import pipeline_for
 from .models.io import atomic_write
 from .models.mit.convert import to_hf_segformer
-from .models.palettes import default_palette
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +56,14 @@ def onnx_metadata(model: nn.Module) -> dict[str, str]:
     """The ``metadata_props`` of ``model``'s ONNX file: :data:`METADATA_KEYS` as JSON strings
     (unnamed classes get their ids as names, no palette the default colours)."""
     config = model.config  # type: ignore[union-attr]
-    k = config.num_classes
     values = {
         "mean": list(config.mean),
         "std": list(config.std),
-        "class_names": list(config.class_names or [str(i) for i in range(k)]),
-        "palette": [list(map(int, c)) for c in (config.palette or default_palette(k))[:k]],
+        "class_names": config.names(),
+        "palette": config.colours(),
         "protocol": getattr(config, "protocol", None),
         "resize": pipeline_for(config).name,  # how protocol.scale resizes: "mmseg" fit or "detectron2" short edge
-        "num_classes": k,
+        "num_classes": config.num_classes,
         "in_channels": getattr(config, "in_channels", 3),
     }
     return {key: json.dumps(values[key]) for key in METADATA_KEYS}

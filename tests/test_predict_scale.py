@@ -195,3 +195,90 @@ def test_extra_outputs_are_part_of_a_complete_image(model_dir: Path, tmp_path: P
     before = _stamps(out)
     predict_folder(model, [images], out, **options)  # no extra kinds: another run, every image again
     assert all(before[k] != v for k, v in _stamps(out).items())
+
+
+@pytest.mark.parametrize(
+    "setting, message", [({"window_batch": 0}, "window_batch must be >= 1"), ({"sizes": [32]}, "sizes needs")]
+)
+def test_a_bad_setting_is_one_error_before_any_image(model_dir: Path, tmp_path: Path, setting, message) -> None:
+    """Review finding 1: a setting that fits no image was reported as a failure of every image,
+    after each image's completion record had been deleted."""
+    from semask.engine.predict import UnreadableImagesError
+
+    model = semask.load(model_dir)
+    images, out = _images(tmp_path / "in", 2), tmp_path / "out"
+    predict_folder(model, [images], out, progress=False, scale=None)
+    records = {p.name: p.read_bytes() for p in (out / DONE_DIR).iterdir()}
+    before = _stamps(out)
+    for skip_existing in (False, True):
+        with pytest.raises(ValueError, match=message) as info:
+            predict_folder(model, [images], out, progress=False, scale=None, skip_existing=skip_existing, **setting)
+        assert not isinstance(info.value, UnreadableImagesError)
+        assert {p.name: p.read_bytes() for p in (out / DONE_DIR).iterdir()} == records and len(records) == 2
+        assert _stamps(out) == before
+
+
+def test_out_of_memory_skips_the_image_and_a_model_error_stops_the_run(
+    model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Review finding 5: only an image the model cannot segment (too small for its encoder, out of
+    memory) is skipped; any other error (here a bug in the model) stops the run at once."""
+    from semask.engine.predict import UnreadableImagesError
+
+    model = semask.load(model_dir)
+    images, out = _images(tmp_path / "in", 3), tmp_path / "out"  # img01 is 48x48
+    real = model.forward
+    error: list[BaseException] = [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")]
+
+    def forward(x, *args, **kwargs):
+        if tuple(x.shape[-2:]) == (48, 48):
+            raise error[0]
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    with pytest.raises(UnreadableImagesError) as info:
+        predict_folder(model, [images], out, progress=False, scale=None)
+    assert [(p.name, reason) for p, reason in info.value.failed] == [
+        (
+            "img01.png",
+            f"cannot segment {images / 'img01.png'} (48x48 pixels): out of memory: CUDA out of memory. "
+            "Tried to allocate 2.00 GiB",
+        )
+    ]
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["img00.png", "img02.png"]
+    error[0] = ValueError("a bug in the model")
+    with pytest.raises(ValueError, match="a bug in the model") as info:
+        predict_folder(model, [images], tmp_path / "out2", progress=False, scale=None)
+    assert not isinstance(info.value, UnreadableImagesError)
+    assert sorted(p.name for p in (tmp_path / "out2" / "labels").iterdir()) == ["img00.png"]  # stopped at once
+
+
+def test_a_malformed_completion_record_counts_as_incomplete(model_dir: Path, tmp_path: Path) -> None:
+    """Review finding 4: a record without a valid ``files`` list crashed ``skip_existing``."""
+    model = semask.load(model_dir)
+    images, out = _images(tmp_path / "in", 4), tmp_path / "out"
+    predict_folder(model, [images], out, progress=False, scale=None)
+    changes = {
+        "img00": lambda r: r.pop("files"),
+        "img01": lambda r: r.update(files=7),
+        "img02": lambda r: r.update(files=[3]),
+    }
+    for stem, change in changes.items():
+        path = out / DONE_DIR / f"{stem}.json"
+        record = json.loads(path.read_text())
+        change(record)
+        path.write_text(json.dumps(record))
+    before = _stamps(out)
+    again = predict_folder(model, [images], out, progress=False, scale=None, skip_existing=True)
+    after = _stamps(out)
+    assert sorted({Path(k).stem for k in after if after[k] != before[k]}) == ["img00", "img01", "img02"]
+    assert len(again) == 4
+
+
+def test_outputs_come_back_in_the_order_of_the_inputs(model_dir: Path, tmp_path: Path) -> None:
+    """Review finding 17: files named one by one keep their order (a folder's files are sorted)."""
+    model = semask.load(model_dir)
+    images = _images(tmp_path / "in", 3)
+    order = [images / "img02.png", images / "img00.png", images / "img01.png"]
+    written = predict_folder(model, order, tmp_path / "out", progress=False, scale=None)
+    assert [e["image"] for e in written] == order

@@ -365,7 +365,10 @@ def test_an_image_the_model_cannot_segment_is_a_422() -> None:
     with serving(model) as (httpd, _):
         status, answer = request(httpd, "POST", "/predict", png_bytes(np.zeros((10, 2000, 3), np.uint8)), "image/png")
         assert status == 422
-        assert answer["error"].startswith("cannot segment the upload (2000x10 pixels): ValueError")  # type: ignore[index]
+        assert answer["error"] == (  # the reason, without the type name of the error
+            "cannot segment the upload (2000x10 pixels): a 3x500 stage map is smaller than its spatial-reduction "
+            "ratio 8; the input image is too small for this model"
+        )
         assert "too small for this model" in answer["error"]  # type: ignore[index]
         status, _ = request(httpd, "POST", "/predict", png_bytes(scene()), "image/png")
         assert status == 200
@@ -380,3 +383,28 @@ def test_info_reads_lambda_from_the_current_weights() -> None:
             if name.endswith("lambda_"):
                 param.fill_(0.25)
     assert set(service.info()["lambda"].values()) == {0.25}
+
+
+def test_unnamed_classes_have_the_same_names_and_colours_everywhere() -> None:
+    """Review finding 16: the web demo called unnamed classes "class 0", ... while predict, the
+    ONNX metadata and the Hugging Face export called them "0", ...; one fallback now serves all."""
+    from conftest import TINY
+
+    from semask.explain import explain
+    from semask.export import onnx_metadata
+    from semask.models.palettes import default_palette
+
+    torch.manual_seed(0)
+    model = semask.create_model("semask_swin_t_fpn", num_classes=3, **TINY).eval()
+    names, colours = ["0", "1", "2"], default_palette(3)
+    assert model.config.names() == names and model.config.colours() == colours
+    info = ModelService(model).info()
+    assert info["class_names"] == names and info["palette"] == colours
+    assert semask.predict(model, [scene()])[0].class_names == names
+    metadata = onnx_metadata(model)
+    assert json.loads(metadata["class_names"]) == names and json.loads(metadata["palette"]) == colours
+    explained = explain(model, scene(), scale=None)
+    assert explained.class_names == names and explained.palette == colours
+    named = semask.create_model("semask_swin_t_fpn", num_classes=3, class_names=["a", "b", "c"], **TINY)
+    named.config.palette = [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]  # more colours than classes
+    assert named.config.names() == ["a", "b", "c"] and named.config.colours() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]

@@ -1,6 +1,15 @@
 """Datasets, the mmseg- and detectron2-exact data paths (:func:`pipeline_for` picks one per model
 family), a synthetic context dataset, palettes and visualisation."""
 
+from ..models.palettes import (
+    ADE20K_CLASSES,
+    ADE20K_PALETTE,
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    COCO_STUFF_CLASSES,
+    COCO_STUFF_PALETTE,
+    default_palette,
+)
 from .datasets import (
     DATASETS,
     ADE20KDataset,
@@ -15,15 +24,6 @@ from .datasets import (
     reduce_zero_label,
 )
 from .detectron2 import ShortEdgeTestTransform, ShortEdgeTrainTransform
-from .palettes import (
-    ADE20K_CLASSES,
-    ADE20K_PALETTE,
-    CITYSCAPES_CLASSES,
-    CITYSCAPES_PALETTE,
-    COCO_STUFF_CLASSES,
-    COCO_STUFF_PALETTE,
-    default_palette,
-)
 from .pipelines import DataPipeline, Detectron2Pipeline, MMSegPipeline, pipeline_for
 from .synthetic import CONTEXT_CLASSES, CONTEXT_PALETTE, make_context_dataset
 from .transforms import (

@@ -35,7 +35,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .palettes import (
+from ..models.palettes import (
     ADE20K_CLASSES,
     ADE20K_PALETTE,
     CITYSCAPES_CLASSES,
@@ -771,6 +771,14 @@ def _strip_suffix(name: str, suffix: str | None) -> str | None:
     return name[: -len(suffix)] if name.lower().endswith(suffix.lower()) and len(name) > len(suffix) else None
 
 
+def warn_left_out(folder: Path, files: Sequence[str], what: str) -> None:
+    """Log the ``files`` of ``folder`` that are left out because they are not ``what`` (the first
+    10 named), so that none is skipped silently."""
+    if files:
+        shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+        logger.warning("%s: %d file(s) are not %s and are left out: %s", folder, len(files), what, shown)
+
+
 def _folder_samples(
     root: Path, split: str, img_suffix: str | None, label_suffix: str, skip_unlabelled: bool = False
 ) -> list[tuple[Path, Path]]:
@@ -806,16 +814,7 @@ def folder_candidates(
             if name in names:
                 raise DataError(f"two images share the name {name!r}: {names[name]} and {path}")
             names[name] = path
-        if others:
-            expected = img_suffix or " ".join(IMAGE_SUFFIXES)
-            shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
-            logger.warning(
-                "%s: %d file(s) are not images of this dataset (%s) and are left out: %s",
-                image_dir,
-                len(others),
-                expected,
-                shown,
-            )
+        warn_left_out(image_dir, others, f"images of this dataset ({img_suffix or ' '.join(IMAGE_SUFFIXES)})")
         label_for = {path: label_dir / f"{name}{label_suffix}" for name, path in names.items()}
         return list(names.values()), label_for, str(image_dir), label_dir
     lines = [line.strip() for line in list_file.read_text(encoding="utf-8").splitlines()]

@@ -73,15 +73,13 @@ def evaluate(
     listed in ``skipped``, one line naming it and why; the metrics are those of the others.
     """
     from ..data.visualize import save_label_png
-    from .inference import check_protocol, eval_mode, predict_image
+    from .inference import UnsegmentableImageError, eval_mode, image_error, predict_image
     from .metrics import IoUAccumulator, format_table
-    from .predict import image_error
 
     eval_cfg = EvalConfig() if eval_cfg is None else eval_cfg
     config = model.config  # type: ignore[union-attr]
     if config.num_classes != dataset.num_classes:
         raise ValueError(f"the model predicts {config.num_classes} classes but the dataset has {dataset.num_classes}")
-    check_protocol(**eval_cfg.predict_options())
     is_main = info is None or info.is_main
     indices = list(range(len(dataset))) if info is None else shard_range(len(dataset), info)
     loader = DataLoader(
@@ -109,7 +107,7 @@ def evaluate(
                     num_classes=config.num_classes,
                     **eval_cfg.predict_options(),
                 )
-            except (ValueError, torch.OutOfMemoryError) as exc:  # this image (e.g. a 10x20000 strip), not the run
+            except UnsegmentableImageError as exc:  # this image (e.g. a 10x20000 strip), not the run
                 skipped.append(image_error(dataset.samples[int(index)][0], image.numpy(), exc))
                 continue
             accumulator.update(pred, label.numpy())

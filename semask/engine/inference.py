@@ -37,9 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import EvalConfig
 from ..data.pipelines import pipeline_for
 from ..data.transforms import as_pair, normalize
 from ..models.base import SeMaskModel
+from ..models.outputs import UnsegmentableImageError
 
 Model = Callable[[Tensor], Any]
 Mode = Literal["whole", "slide"]
@@ -92,8 +94,6 @@ def _window_logits(
     (:func:`slide_windows` shifts border windows back), so they stack."""
     if window_batch is None:
         window_batch = auto_window_batch(x, num_classes, windows)
-    if window_batch < 1:
-        raise ValueError(f"window_batch must be >= 1 (or None: sized to memory), got {window_batch}")
     b = x.shape[0]
     for start in range(0, len(windows), window_batch):
         group = windows[start : start + window_batch]
@@ -201,26 +201,20 @@ def _average_probabilities(
     return total / n
 
 
-def _check_call(model: Model, mode: str, crop_size: Any, stride: Any, scales: Sequence[float]) -> None:
-    if isinstance(model, nn.Module) and model.training:
-        raise ValueError("the model is in training mode (dropout, batch-norm updates); call model.eval() first")
-    check_protocol(mode, crop_size, stride, scales)
+def image_error(source: Any, image: np.ndarray, exc: UnsegmentableImageError) -> str:
+    """One line for an image the model could not segment, naming it, its size and why."""
+    h, w = image.shape[:2]
+    return f"cannot segment {source} ({w}x{h} pixels): {exc}"
 
 
-def check_protocol(
-    mode: str = "whole", crop_size: Any = None, stride: Any = None, scales: Sequence[float] = (1.0,), **_: Any
-) -> None:
-    """Refuse test-protocol settings that fit no image, once before a loop over images (whose
-    per-image errors are then about the image: its size, its memory)."""
-    if mode not in ("whole", "slide"):
-        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-    if mode == "slide":
-        if crop_size is None or stride is None:
-            raise ValueError(f"slide mode needs crop_size and stride, got crop_size={crop_size}, stride={stride}")
-        as_pair(crop_size, "crop_size")
-        as_pair(stride, "stride")
-    if len(scales) == 0 or min(scales) <= 0:
-        raise ValueError(f"scales must be a non-empty sequence of positive ratios, got {list(scales)}")
+@contextlib.contextmanager
+def out_of_memory_is_unsegmentable() -> Iterator[None]:
+    """Raise running out of device memory on one image as :class:`UnsegmentableImageError` (a
+    smaller image may still fit), so that callers skip that image and nothing else."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise UnsegmentableImageError(f"out of memory: {exc}") from exc
 
 
 def _model_device(model: Model) -> torch.device:
@@ -262,8 +256,22 @@ def predict_image(
     again as detectron2's ``DatasetMapperTTA`` does; other families fit the original image).
     ``window_batch``: sliding windows per forward pass (``None``: :func:`auto_window_batch`);
     the result is that of one window at a time wherever the model is batch-invariant.
+    :class:`UnsegmentableImageError`: this image cannot be segmented (too small for the encoder,
+    out of memory); any other error is about the call or the model.
     """
-    _check_call(model, mode, crop_size, stride, scales)
+    if isinstance(model, nn.Module) and model.training:
+        raise ValueError("the model is in training mode (dropout, batch-norm updates); call model.eval() first")
+    EvalConfig(  # the settings' checks (one place for them)
+        mode=mode,
+        crop_size=crop_size,  # type: ignore[arg-type]
+        stride=stride,  # type: ignore[arg-type]
+        scale=scale,
+        scales=list(scales),
+        flip=flip,
+        sizes=None if sizes is None else list(sizes),
+        max_size=max_size,
+        window_batch=window_batch,
+    )
     image = np.asarray(image_rgb_uint8)
     bands = len(mean)  # 3 for RGB models; in_channels for multi-band ones (uint16/float32 allowed)
     if bands == 3 and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3):
@@ -275,22 +283,21 @@ def predict_image(
         )
     device = _model_device(model)
     if sizes is not None:
-        if not sizes or max_size is None:
-            raise ValueError(f"sizes needs at least one size and a max_size, got {sizes}, {max_size}")
         scales = tuple(sizes)
     pipeline = pipeline_for(getattr(model, "config", None))  # the family's test resize
     resized = pipeline.test_views(image, scale, ratios=scales, sizes=sizes, max_size=max_size)
     inputs = (torch.from_numpy(normalize(x, mean, std))[None].to(device) for x in resized)
     size = (image.shape[0], image.shape[1])
-    if len(scales) == 1 and not flip and not return_probabilities:  # memory bounded (module docstring, "Memory")
-        x = next(iter(inputs))
-        if mode == "slide" and tuple(x.shape[-2:]) == size:
-            return _slide_argmax(model, x, crop_size, stride, num_classes, window_batch).cpu().numpy()
-        logits = _forward(model, x, mode, crop_size, stride, num_classes, window_batch)
-        return _resized_argmax(logits, size).cpu().numpy()
-    probs = _average_probabilities(model, inputs, flip, size, mode, crop_size, stride, num_classes, window_batch)
-    labels = probs.argmax(dim=1)[0].cpu().numpy()
-    return (labels, probs[0].float().cpu().numpy()) if return_probabilities else labels
+    with out_of_memory_is_unsegmentable():
+        if len(scales) == 1 and not flip and not return_probabilities:  # memory bounded (module docstring, "Memory")
+            x = next(iter(inputs))
+            if mode == "slide" and tuple(x.shape[-2:]) == size:
+                return _slide_argmax(model, x, crop_size, stride, num_classes, window_batch).cpu().numpy()
+            logits = _forward(model, x, mode, crop_size, stride, num_classes, window_batch)
+            return _resized_argmax(logits, size).cpu().numpy()
+        probs = _average_probabilities(model, inputs, flip, size, mode, crop_size, stride, num_classes, window_batch)
+        labels = probs.argmax(dim=1)[0].cpu().numpy()
+        return (labels, probs[0].float().cpu().numpy()) if return_probabilities else labels
 
 
 #: Elements (float32) of one class chunk in :func:`_resized_argmax`: 2**25 = 128 MiB.

@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from ..config import EvalConfig, ExperimentConfig
-from ..data.datasets import IMAGE_SUFFIXES  # one list for training folders, eval and predict
+from ..data.datasets import IMAGE_SUFFIXES, warn_left_out  # one list for training folders, eval and predict
 from .distributed import DistInfo, all_gather_objects, broadcast_object
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def predict(
     many = isinstance(image, (list, tuple))
     if return_probabilities and not many:
         raise ValueError("return_probabilities needs a list of images (it returns Prediction objects)")
-    names = list(config.class_names or [str(k) for k in range(config.num_classes)])
+    names = config.names()
     results = []
     with eval_mode(model):
         for item in image if many else [image]:
@@ -229,15 +229,7 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 if p.suffix.lower() not in IMAGE_SUFFIXES
                 and not any(s.startswith(".") for s in p.relative_to(path).parts)
             ]
-            if others:
-                shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
-                logger.warning(
-                    "%s: %d file(s) are not image types semask reads (%s) and are left out: %s",
-                    path,
-                    len(others),
-                    " ".join(IMAGE_SUFFIXES),
-                    shown,
-                )
+            warn_left_out(path, others, f"image types semask reads ({' '.join(IMAGE_SUFFIXES)})")
             found.extend(files)
         elif path.is_file():
             found.append(path)
@@ -267,12 +259,6 @@ def output_lock(out_dir: Path, info: DistInfo | None = None) -> Iterator[None]:
 
     with lock_for_ranks(out_dir, LOCK_NAME, "semask predict", "--out", info) or contextlib.nullcontext():
         yield
-
-
-def image_error(source: Any, image: np.ndarray, exc: BaseException) -> str:
-    """One line for an image the model could not segment, naming it and its size."""
-    h, w = image.shape[:2]
-    return f"cannot segment {source} ({w}x{h} pixels): {type(exc).__name__}: {exc}"
 
 
 class UnreadableImagesError(ValueError):
@@ -317,8 +303,9 @@ def predict_folder(
     ``labels/NAME.png`` (class ids, 8-bit), ``color/NAME.png`` (palette colours) and
     ``overlay/NAME.png`` (colours blended over the image with opacity ``alpha``), plus, for each
     ``extra_outputs`` entry KIND, what its writer puts into ``KIND/``. ``options`` go to
-    :func:`predict` (scale, mode, crop_size, stride, scales, flip, window_batch). Returns, in
-    sorted input order, the files of every image whose outputs are complete at the end.
+    :func:`predict` (scale, mode, crop_size, stride, scales, flip, window_batch); a setting that
+    fits no image is refused before any. Returns, in the order of :func:`collect_images`, the
+    files of every image whose outputs are complete at the end.
 
     Each file is written atomically (temporary file + rename), so an interrupted or concurrent
     run never leaves a truncated PNG. After an image's files, ``.semask-predict/NAME.json``
@@ -327,31 +314,31 @@ def predict_folder(
     alpha, output kinds, autocast dtype; the input file's size and modification time) and whose
     files all exist is not predicted again, so a killed run continues where it stopped. An image
     that cannot be read, or that the model cannot segment (e.g. a 10x20000 strip too thin for its
-    encoder, or one that runs out of memory), is skipped and the others are predicted; at the end
+    encoder, or one that runs out of memory: :class:`~semask.models.UnsegmentableImageError`), is
+    skipped and the others are predicted; at the end
     an :class:`UnreadableImagesError` lists the skipped ones (``strict=True``: the first such
     image stops the run at once).
 
-    Under ``torchrun`` (``info``, world size > 1) the sorted input list (less the complete
+    Under ``torchrun`` (``info``, world size > 1) the input list (less the complete
     images) is split over the ranks, every ``world_size``-th image to each; each rank writes its
     own images and the returned list and errors cover all ranks.
     """
     from tqdm import tqdm
 
     from ..data.datasets import DataError
-    from ..data.palettes import default_palette
     from ..data.visualize import colorize, overlay, save_label_png, save_png
     from ..models.io import atomic_write
     from .checkpoint import remove_stale_temporaries
-    from .inference import check_protocol
+    from .inference import UnsegmentableImageError, image_error
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    check_protocol(**options)  # once: an error in the loop is then about its image
+    options = model_protocol(model, **options).predict_options()  # checked once, before any image
     config = model.config  # type: ignore[union-attr]
-    palette = config.palette or default_palette(config.num_classes)
+    palette = config.colours()
     out_dir = Path(out_dir)
     extra_outputs = dict(extra_outputs or {})
-    images = sorted(set(collect_images(inputs)))  # every rank shards the same list
+    images = collect_images(inputs)  # the same list on every rank: each takes its share of it
     folders = [*OUTPUT_KINDS, *extra_outputs, DONE_DIR]
     for sub in folders:
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -363,7 +350,7 @@ def predict_folder(
             for sub in folders:  # partial writes of a killed run
                 remove_stale_temporaries(out_dir / sub)
             done = {p for p in images if skip_existing and _complete(out_dir, p, key)}
-            plan = ([p for p in images if p not in done], sorted(done))
+            plan = ([p for p in images if p not in done], [p for p in images if p in done])
         todo, skipped = broadcast_object(plan, info) if info is not None else plan  # type: ignore[misc]
         written: list[dict[str, Path]] = []
         failed: list[tuple[Path, str]] = []
@@ -377,7 +364,7 @@ def predict_folder(
                     image = load_input(path, getattr(config, "in_channels", 3))
                     with torch.inference_mode():
                         label = predict(model, image, **options)
-                except (ValueError, torch.OutOfMemoryError) as exc:  # this image: unreadable, or unsegmentable
+                except (DataError, UnsegmentableImageError) as exc:  # this image: unreadable, or unsegmentable
                     reason = str(exc) if image is None else image_error(path, image, exc)
                     if strict:
                         raise DataError(reason) from exc
@@ -410,7 +397,8 @@ def predict_folder(
                 error = RuntimeError(f"rank {r} of the distributed predict stopped: {kind}: {message}")
         if error is not None:
             raise error
-    entries = sorted(written + [_entry(out_dir, p) for p in skipped], key=lambda e: e["image"])
+    done = {e["image"]: e for e in written + [_entry(out_dir, p) for p in skipped]}
+    entries = [done[p] for p in images if p in done]
     summary = f"{len(written)} predicted into {out_dir}"
     summary += f", {len(skipped)} skipped as complete from an earlier run" if skipped else ""
     if failed:
@@ -471,9 +459,9 @@ def _complete(out_dir: Path, path: Path, key: str) -> bool:
     try:
         record = json.loads((out_dir / DONE_DIR / f"{path.stem}.json").read_text())
         same = record["key"] == key and {k: record[k] for k in ("image", "size", "mtime_ns")} == _source(path)
-    except (OSError, ValueError, KeyError, TypeError):
+        files = [out_dir / kind / f"{path.stem}.png" for kind in OUTPUT_KINDS] + [out_dir / f for f in record["files"]]
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable or malformed: not complete
         return False
-    files = [out_dir / kind / f"{path.stem}.png" for kind in OUTPUT_KINDS] + [out_dir / f for f in record["files"]]
     return same and all(f.is_file() for f in files)
 
 

@@ -8,7 +8,7 @@ from . import (
 from .base import ModelConfig, SeMaskModel
 from .io import read_checkpoint
 from .loader import create_model, load
-from .outputs import SegmentationOutput
+from .outputs import SegmentationOutput, UnsegmentableImageError
 from .pretrained import PretrainedCfg, get_pretrained, list_pretrained
 from .registry import build_model, get_config, list_models
 from .strict import BackboneLoadReport, CheckpointError
@@ -20,6 +20,7 @@ __all__ = [
     "PretrainedCfg",
     "SeMaskModel",
     "SegmentationOutput",
+    "UnsegmentableImageError",
     "build_model",
     "create_model",
     "get_config",

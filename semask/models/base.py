@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .io import read_checkpoint, save
 from .loader import load
+from .palettes import default_palette
 from .pretrained import IMAGENET_MEAN, IMAGENET_STD, MS_RATIOS, get_pretrained, is_pretrained_name, resolved_weights
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,14 @@ class ModelConfig:
             if unknown:
                 raise ValueError(f"protocol has unknown fields {unknown}; a protocol has {list(PROTOCOL_FIELDS)}")
             self.protocol = json.loads(json.dumps(dict(self.protocol)))  # plain JSON values: equal after a save
+
+    def names(self) -> list[str]:
+        """One name per class: ``class_names``, or the ids ("0", "1", ...) for unnamed classes."""
+        return list(self.class_names or [str(k) for k in range(self.num_classes)])
+
+    def colours(self) -> list[list[int]]:
+        """One ``[r, g, b]`` per class: ``palette``, or :func:`~semask.models.palettes.default_palette`'s."""
+        return [list(map(int, c)) for c in (self.palette or default_palette(self.num_classes))[: self.num_classes]]
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": self.model_type, **dataclasses.asdict(self)}

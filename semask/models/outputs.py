@@ -1,4 +1,5 @@
-"""Typed model outputs, so callers read fields by name instead of unpacking tuples."""
+"""Typed model outputs, so callers read fields by name instead of unpacking tuples, and the
+error a model raises for an input it cannot segment."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+class UnsegmentableImageError(ValueError):
+    """This one image cannot be segmented by the model (e.g. a 10x20000 strip too thin for the
+    encoder, or one that runs out of memory); other images can. Loops over images skip it."""
 
 
 @dataclass

@@ -121,7 +121,7 @@ def reset_classes(
             for _, new, old in copied:
                 target.select(axis, new).copy_(old_state[key].select(axis, old))
     matched = {new for _, new, _ in copied}
-    names = class_names or [str(i) for i in range(num_classes)]
+    names = config.names()
     report = ClassResetReport(
         source=source_name,
         old_classes=old_config.num_classes,

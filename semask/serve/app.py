@@ -45,7 +45,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..engine.predict import FROM_MODEL, image_error
+from ..engine.inference import UnsegmentableImageError, image_error
+from ..engine.predict import FROM_MODEL
 from .page import PAGE
 
 logger = logging.getLogger("semask.serve")
@@ -158,7 +159,6 @@ class ModelService:
         name: str = "model",
         amp_dtype: torch.dtype | None = None,
     ) -> None:
-        from ..data.palettes import default_palette
         from ..engine.health import semantic_layers
 
         self.model = model.eval()
@@ -168,8 +168,8 @@ class ModelService:
         self.max_side = max_side
         self.max_upload_bytes = max_upload_bytes
         self.name = name
-        self.class_names = list(config.class_names or [f"class {i}" for i in range(config.num_classes)])
-        self.palette = [list(map(int, c)) for c in (config.palette or default_palette(config.num_classes))]
+        self.class_names = config.names()
+        self.palette = config.colours()
         self.has_priors = bool(semantic_layers(model))
         self.amp_dtype = amp_dtype  # autocast on the model's device (None: float32)
         self.lock = threading.Lock()
@@ -316,7 +316,7 @@ class Handler(BaseHTTPRequestHandler):
                 rgb = decode_image(self._read_upload(), service.max_pixels, service.max_side)
                 try:
                     answer = service.run(rgb, priors=priors, top_k=max(1, min(top_k, 10)))
-                except (ValueError, torch.OutOfMemoryError) as exc:  # e.g. a strip too thin for the encoder
+                except UnsegmentableImageError as exc:  # e.g. a strip too thin for the encoder
                     raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, image_error("the upload", rgb, exc)) from None
         except RequestError as exc:
             self._discard_body()

@@ -463,8 +463,7 @@ def to_hf_segformer(model: nn.Module) -> tuple[dict[str, Any], dict[str, Tensor]
         else:
             raise ValueError(f"{key} has no Hugging Face SegFormer name")
     n = len(config.depths)
-    k = config.num_classes
-    names = list(config.class_names or [str(i) for i in range(k)])
+    names = config.names()
     ratio = int(config.mlp_ratio) if float(config.mlp_ratio).is_integer() else config.mlp_ratio
     hf_config = {
         "architectures": ["SegformerForSemanticSegmentation"],

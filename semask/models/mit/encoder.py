@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, init_transformer_weights
+from ..outputs import UnsegmentableImageError
 from ..semantic_layer import SemanticLayer
 from ..swin import EncoderOutput
 
@@ -49,7 +50,7 @@ class EfficientSelfAttention(nn.Module):
         q = self.q(x).view(b, n, self.num_heads, d).transpose(1, 2)
         if self.sr_ratio > 1:
             if h < self.sr_ratio or w < self.sr_ratio:
-                raise ValueError(
+                raise UnsegmentableImageError(
                     f"a {h}x{w} stage map is smaller than its spatial-reduction ratio {self.sr_ratio}; "
                     "the input image is too small for this model"
                 )

@@ -14,9 +14,9 @@ from typing import ClassVar, Literal
 
 from torch import Tensor
 
-from ..base import check_choice
+from ..base import MS_RATIOS, check_choice
 from ..loss import LOSS_REDUCTIONS
-from ..pretrained import MS_RATIOS, PretrainedCfg, register_pretrained
+from ..pretrained import PretrainedCfg, register_pretrained
 from ..registry import register_architecture, register_preset
 from ..segmenter import EncoderDecoderModel
 from ..semantic_layer import SelfAttentionBlock, SemanticAttentionBlock
