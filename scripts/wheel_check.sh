@@ -36,11 +36,12 @@ semask="$work/venv/bin/semask"
 cd "$work"  # away from the checkout: only the installed wheel can answer
 "$work/venv/bin/python" -c "import semask, sys; assert '$repo' not in semask.__file__, semask.__file__; print('wheel-check: semask from', semask.__file__)"
 export OMP_NUM_THREADS=2
-echo "wheel-check: semask config"; "$semask" config | tee config.txt | head -4
+echo "wheel-check: semask config"; "$semask" config > config.txt; head -4 config.txt  # no pipe into head: pipefail
 test "$(grep -c '_ade20k ' config.txt)" -ge 20
 echo "wheel-check: semask config semask_swin_t_fpn_ade20k"; "$semask" config semask_swin_t_fpn_ade20k > recipe.yaml
 grep -q "name: semask_swin_t_fpn" recipe.yaml && head -3 recipe.yaml
-echo "wheel-check: semask list-models"; "$semask" list-models | head -4
+echo "wheel-check: semask list-models"; "$semask" list-models > models.txt; head -4 models.txt
+grep -q "^semask_swin_l_mask2former  *222,632,383  *150  *ade20k" models.txt
 "$work/venv/bin/python" -c "from semask.data import make_context_dataset; make_context_dataset('data', num_train=4, num_val=2, size=64, seed=0)"
 echo "wheel-check: semask train semask_swin_t_fpn_ade20k (2 iterations on generated data)"
 "$semask" train semask_swin_t_fpn_ade20k --work-dir run --no-progress \
