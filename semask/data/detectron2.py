@@ -53,7 +53,7 @@ from PIL import Image
 
 from ..models.base import IMAGENET_MEAN, IMAGENET_STD
 from ..models.loss import IGNORE_INDEX
-from .transforms import TestTransform, _check_image, _convert, as_pair, mean_std, normalize
+from .transforms import TestTransform, _check_image, _convert, as_pair, check_colour_input, mean_std, normalize
 
 
 def shortest_edge_size(size: tuple[int, int], short_edge: int, max_size: int) -> tuple[int, int]:
@@ -228,11 +228,7 @@ class ShortEdgeTrainTransform:
         label = resize_label(label, size, window)
         image = resize_image(image, size)[top : top + h, left : left + w]
         if self.color_aug:
-            if image.dtype != np.uint8 or image.shape[2] != 3:
-                raise ValueError(
-                    f"the SSD colour augmentation works on 8-bit RGB images, not {image.shape[2]}-channel "
-                    f"{image.dtype} ones; set data.photometric: false"
-                )
+            check_colour_input(image, "the SSD colour augmentation")
             image = color_aug_ssd(image, rng)
         if rng.random() < self.flip_prob:
             image, label = image[:, ::-1], label[:, ::-1]

@@ -201,6 +201,15 @@ def mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, 
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
+def check_colour_input(image: np.ndarray, step: str) -> None:
+    """The colour augmentations (both data paths) convert to HSV: 8-bit RGB only."""
+    if image.dtype != np.uint8 or image.shape[2] != 3:
+        raise ValueError(
+            f"{step} works on 8-bit RGB images, not {image.shape[2]}-channel {image.dtype} ones; "
+            "set data.photometric: false"
+        )
+
+
 def as_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     """``value`` as an (h, w) pair of positive ints (one int means both); errors name ``name``."""
     pair = (value, value) if isinstance(value, int) else tuple(value)
@@ -270,11 +279,7 @@ class TrainTransform:
         if rng.random() < self.flip_prob:
             image, label = image[:, ::-1], label[:, ::-1]
         if self.photometric:
-            if image.dtype != np.uint8 or image.shape[2] != 3:
-                raise ValueError(
-                    f"the photometric distortion works on 8-bit RGB images, not {image.shape[2]}-channel "
-                    f"{image.dtype} ones; set data.photometric: false"
-                )
+            check_colour_input(image, "the photometric distortion")
             image = photometric_distortion(image, rng)
         chw = normalize(image, self.mean, self.std)
         label = label.astype(np.int64)
